@@ -1,0 +1,57 @@
+# chunksnap — build, test, benchmark and demo entry points.
+# `make deps` installs everything the build and the tests need on a fresh Debian 12 machine (root).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+JOBS ?= 2
+CARGO_FLAGS ?= -j$(JOBS)
+APT_PACKAGES := containerd runc docker-registry casync skopeo umoci debootstrap protobuf-compiler \
+	zstd iproute2 jq unzip python3-yaml busybox-static e2fsprogs util-linux ca-certificates \
+	attr tar time gnuplot-nox
+
+.PHONY: all deps build test unit e2e lint fmt-check clippy bench demo chart-lint fuzz clean-e2e
+
+all: build
+
+deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "make deps must run as root (apt-get)"; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	# containerd and docker-registry must not run as system services: tests start their own.
+	-systemctl disable --now containerd docker-registry >/dev/null 2>&1 || true
+	-pkill -x docker-registry || true
+	rustup show active-toolchain || rustup toolchain install
+	rustup component add rustfmt clippy
+	bash scripts/install-helm.sh
+
+build:
+	$(CARGO) build --workspace --all-targets $(CARGO_FLAGS)
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets $(CARGO_FLAGS) -- -D warnings
+
+lint: fmt-check clippy
+
+unit:
+	$(CARGO) test --workspace --exclude chunksnap-e2e $(CARGO_FLAGS)
+
+e2e:
+	$(CARGO) test -p chunksnap-e2e $(CARGO_FLAGS) -- --test-threads=1
+
+chart-lint:
+	bash scripts/chart-lint.sh
+
+# Everything: formatting, lints, unit + integration tests, the chart, and e2e against real services.
+test: lint unit chart-lint e2e
+
+bench:
+	bash bench/run.sh
+
+demo:
+	bash scripts/demo.sh
+
+fuzz:
+	bash scripts/fuzz.sh

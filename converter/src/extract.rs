@@ -1,0 +1,241 @@
+//! `chunkconv extract`: assembles an image's root filesystem from its chunksnap artifact,
+//! without containerd.
+//!
+//! Resolves the image to one platform manifest, finds its artifact, and for each layer in image
+//! order loads the layer index, fetches the chunks the store lacks (coalesced Range reads of the
+//! packs, each chunk verified) and applies the layer into the destination with
+//! [`WhiteoutMode::Apply`] (whiteouts delete, as containerd's own applier does). With no store
+//! directory a temporary store is used and removed afterwards.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chunksnap_core::assemble::{AssembleError, AssembleStats, WhiteoutMode, assemble_layer};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::fetch::{FetchError, FetchOptions, FetchStats, Inflight, fetch_missing};
+use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RepoRangeSource};
+use chunksnap_core::store::{ChunkStore, StoreError};
+use serde::Serialize;
+
+use crate::ConvertError;
+use crate::catalog::load_index;
+
+/// Errors from extracting an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// Resolving the image, finding its artifact or loading an index failed.
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    /// The image (or one of its layers) has no chunksnap artifact / index.
+    #[error("{0}: no chunksnap artifact; run `chunkconv convert` first")]
+    NotConverted(String),
+    /// An index has several platforms and none was chosen (or the chosen one is absent).
+    #[error("{image}: choose a platform with --platform (available: {available})")]
+    Platform { image: String, available: String },
+    /// The chunk store failed.
+    #[error("chunk store: {0}")]
+    Store(#[from] StoreError),
+    /// Fetching chunks failed.
+    #[error("layer {layer}: fetching chunks: {source}")]
+    Fetch { layer: String, source: FetchError },
+    /// Assembling a layer failed.
+    #[error("layer {layer}: {source}")]
+    Assemble {
+        layer: String,
+        source: AssembleError,
+    },
+    /// Creating the destination or temporary store failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Extract options.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractOptions {
+    /// `os/arch[/variant]` to extract from a multi-platform image (default: the host's, when the
+    /// image has several).
+    pub platform: Option<String>,
+    /// Range request shaping.
+    pub fetch: FetchOptions,
+}
+
+/// What happened to one layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractLayer {
+    /// Source layer digest.
+    pub digest: String,
+    /// Distinct chunks the layer needs.
+    pub chunks: u64,
+    /// Chunks fetched from the registry.
+    pub fetched_chunks: u64,
+    /// Chunks already in the store.
+    pub reused_chunks: u64,
+    /// Bytes received (including coalescing gaps).
+    pub fetched_bytes: u64,
+    /// Range requests made.
+    pub requests: u64,
+    /// Entries written.
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub whiteouts: u64,
+    /// File bytes written, and left as holes.
+    pub bytes_written: u64,
+    pub hole_bytes: u64,
+}
+
+/// What `extract` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractSummary {
+    /// The image manifest extracted.
+    pub manifest: String,
+    pub platform: Option<String>,
+    /// The artifact used.
+    pub artifact: String,
+    pub layers: Vec<ExtractLayer>,
+}
+
+/// The host platform in OCI terms.
+fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+fn choose(
+    image: &Reference,
+    mut manifests: Vec<PlatformManifest>,
+    wanted: Option<&str>,
+) -> Result<PlatformManifest, ExtractError> {
+    if manifests.len() == 1 && wanted.is_none() {
+        return Ok(manifests.remove(0));
+    }
+    let host = host_platform();
+    let want = wanted.unwrap_or(&host);
+    let available = manifests
+        .iter()
+        .map(|m| m.platform.clone().unwrap_or_else(|| "?".into()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    manifests
+        .into_iter()
+        .find(|m| m.platform.as_deref() == Some(want))
+        .ok_or_else(|| ExtractError::Platform {
+            image: image.whole(),
+            available,
+        })
+}
+
+/// Extracts `image` into `dest` (created if missing), using the chunk store at `store_dir` (kept)
+/// or a temporary one.
+pub async fn run(
+    client: &RegistryClient,
+    image: &Reference,
+    dest: &Path,
+    store_dir: Option<&Path>,
+    opts: &ExtractOptions,
+) -> Result<ExtractSummary, ExtractError> {
+    let manifests = client
+        .platform_manifests(image)
+        .await
+        .map_err(ConvertError::from)?;
+    let pm = choose(image, manifests, opts.platform.as_deref())?;
+    let (art_digest, art) = client
+        .find_artifact(image, &pm.raw.digest)
+        .await
+        .map_err(ConvertError::from)?
+        .ok_or_else(|| {
+            ExtractError::NotConverted(format!("{}@{}", image.whole(), pm.raw.digest))
+        })?;
+
+    let io = |what: String| move |source| ExtractError::Io { what, source };
+    tokio::fs::create_dir_all(dest)
+        .await
+        .map_err(io(dest.display().to_string()))?;
+    // Keep the temp dir alive until the end; it is removed on drop.
+    let (store_path, _temp) = match store_dir {
+        Some(p) => (p.to_owned(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("chunkconv-store-")
+                .tempdir()
+                .map_err(io("temporary chunk store".into()))?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let store =
+        Arc::new(tokio::task::spawn_blocking(move || ChunkStore::open(&store_path, None)).await??);
+    let source = RepoRangeSource {
+        client: client.clone(),
+        repo: image.clone(),
+    };
+    let inflight = Inflight::default();
+
+    let mut layers = Vec::new();
+    for layer in &pm.manifest.layers {
+        let not_converted = || ExtractError::NotConverted(format!("layer {}", layer.digest));
+        let layer_digest = Digest::parse(&layer.digest).map_err(|_| not_converted())?;
+        let desc = art.indexes.get(&layer_digest).ok_or_else(not_converted)?;
+        let index = Arc::new(load_index(client, image, desc).await?);
+        let digests: Vec<Digest> = index
+            .chunks
+            .iter()
+            .filter_map(|c| Digest::from_slice(&c.digest).ok())
+            .collect();
+        let _pins = store.pin(digests);
+        let fetched: FetchStats = fetch_missing(&index, &store, &source, &opts.fetch, &inflight)
+            .await
+            .map_err(|source| ExtractError::Fetch {
+                layer: layer.digest.clone(),
+                source,
+            })?;
+        let (idx, st, d) = (Arc::clone(&index), Arc::clone(&store), dest.to_owned());
+        let assembled: AssembleStats = tokio::task::spawn_blocking(move || {
+            assemble_layer(&idx, &*st, &d, WhiteoutMode::Apply)
+        })
+        .await?
+        .map_err(|source| ExtractError::Assemble {
+            layer: layer.digest.clone(),
+            source,
+        })?;
+        tracing::info!(
+            layer = %layer.digest,
+            chunks = fetched.chunks_needed,
+            fetched = fetched.chunks_fetched,
+            reused = fetched.chunks_reused,
+            bytes = fetched.bytes_fetched,
+            requests = fetched.requests,
+            "layer extracted"
+        );
+        layers.push(ExtractLayer {
+            digest: layer.digest.clone(),
+            chunks: fetched.chunks_needed,
+            fetched_chunks: fetched.chunks_fetched,
+            reused_chunks: fetched.chunks_reused + fetched.chunks_waited,
+            fetched_bytes: fetched.bytes_fetched,
+            requests: fetched.requests,
+            files: assembled.files,
+            dirs: assembled.dirs,
+            links: assembled.symlinks + assembled.hardlinks,
+            whiteouts: assembled.whiteouts,
+            bytes_written: assembled.bytes_written,
+            hole_bytes: assembled.hole_bytes,
+        });
+    }
+    Ok(ExtractSummary {
+        manifest: pm.raw.digest.to_string(),
+        platform: pm.platform.clone(),
+        artifact: art_digest.to_string(),
+        layers,
+    })
+}

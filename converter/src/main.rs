@@ -1,0 +1,327 @@
+//! `chunkconv`: convert OCI images to chunksnap artifacts, inspect them, extract them.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result, bail};
+use chunkconv::convert::{ConvertOptions, ConvertReport, convert};
+use chunkconv::inspect::{InspectManifest, inspect};
+use chunkconv::layer::LayerOptions;
+use chunkconv::progress::{Progress, short};
+use chunksnap_core::chunker::ChunkerParams;
+use chunksnap_core::registry::{Reference, RegistryClient, RegistryConfig};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "chunkconv",
+    version,
+    about = "Convert OCI images into chunksnap chunk indexes and packs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Registry connection flags shared by every subcommand.
+#[derive(Args, Clone)]
+struct RegistryFlags {
+    /// Talk plain HTTP to the registries (local/test registries).
+    #[arg(long)]
+    plain_http: bool,
+    /// Do not verify TLS certificates of the registries named in the references.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert an image (every platform of an index) and push the artifact next to it.
+    Convert {
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// Reuse chunks of this image's artifact (repeatable).
+        #[arg(long = "base", value_name = "REF")]
+        bases: Vec<String>,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Do not reuse chunks from the artifacts of the repository's other tags.
+        #[arg(long)]
+        no_dedup_tags: bool,
+        /// Layers converted at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Average chunk size (min = avg/4, max = avg*4), e.g. 64K.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        chunk_avg: Option<u64>,
+        /// Target pack size (8M..32M), e.g. 16M.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        pack_size: Option<u64>,
+        /// The image: registry/repository:tag or @sha256:…
+        image: String,
+    },
+    /// Show what an image's artifact holds and what a base shares with it.
+    Inspect {
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// Count the chunks this image already has.
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// The image.
+        image: String,
+    },
+    /// Assemble an image's filesystem from its chunks into DIR (without containerd).
+    Extract {
+        #[command(flatten)]
+        registry: RegistryFlags,
+        /// Chunk store directory to use (and keep).
+        #[arg(long, value_name = "DIR")]
+        store: Option<std::path::PathBuf>,
+        /// Platform (`os/arch[/variant]`) of a multi-platform image.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+        /// The image.
+        image: String,
+        /// Destination directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// Parses `123`, `64K`, `64KiB`, `16M`, `1G` (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+fn client_for(flags: &RegistryFlags, refs: &[&Reference]) -> Result<RegistryClient> {
+    let hosts: Vec<String> = refs
+        .iter()
+        .map(|r| r.resolve_registry().to_owned())
+        .collect();
+    let config = RegistryConfig {
+        plain_http_hosts: if flags.plain_http {
+            hosts.clone()
+        } else {
+            Vec::new()
+        },
+        insecure_hosts: if flags.insecure { hosts } else { Vec::new() },
+        ..Default::default()
+    };
+    RegistryClient::new(config).context("creating the registry client")
+}
+
+fn reference(s: &str) -> Result<Reference> {
+    RegistryClient::parse_reference(s).with_context(|| format!("parsing image reference {s:?}"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // reqwest is built without a default TLS provider: pick ring once, before any client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    match Cli::parse().command {
+        Command::Convert {
+            registry,
+            bases,
+            json,
+            no_dedup_tags,
+            jobs,
+            chunk_avg,
+            pack_size,
+            image,
+        } => {
+            let image = reference(&image)?;
+            let bases = bases
+                .iter()
+                .map(|b| reference(b))
+                .collect::<Result<Vec<_>>>()?;
+            let mut refs = vec![&image];
+            refs.extend(bases.iter());
+            let client = client_for(&registry, &refs)?;
+            let mut layer = LayerOptions::default();
+            if let Some(avg) = chunk_avg {
+                let avg = u32::try_from(avg).context("--chunk-avg too large")?;
+                layer.chunker = ChunkerParams {
+                    min: avg / 4,
+                    avg,
+                    max: avg.saturating_mul(4),
+                    ..ChunkerParams::default()
+                };
+                layer.chunker.validate().context("--chunk-avg")?;
+            }
+            if let Some(p) = pack_size {
+                layer.pack_size = p;
+            }
+            if jobs == 0 {
+                bail!("--jobs must be at least 1");
+            }
+            let opts = ConvertOptions {
+                bases,
+                dedup_tags: !no_dedup_tags,
+                jobs,
+                layer,
+            };
+            let progress = Progress::new(std::io::stderr().is_terminal());
+            let report = convert(&client, &image, &opts, &progress)
+                .await
+                .with_context(|| format!("converting {}", image.whole()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_convert(&report);
+            }
+        }
+        Command::Inspect {
+            registry,
+            base,
+            json,
+            image,
+        } => {
+            let image = reference(&image)?;
+            let base = base.as_deref().map(reference).transpose()?;
+            let mut refs = vec![&image];
+            refs.extend(base.iter());
+            let client = client_for(&registry, &refs)?;
+            let report = inspect(&client, &image, base.as_ref())
+                .await
+                .with_context(|| format!("inspecting {}", image.whole()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_inspect(&report);
+            }
+        }
+        Command::Extract {
+            registry,
+            store,
+            platform,
+            json,
+            image,
+            dir,
+        } => {
+            let image = reference(&image)?;
+            let client = client_for(&registry, &[&image])?;
+            let opts = chunkconv::extract::ExtractOptions {
+                platform,
+                ..Default::default()
+            };
+            let summary = chunkconv::extract::run(&client, &image, &dir, store.as_deref(), &opts)
+                .await
+                .with_context(|| format!("extracting {} into {}", image.whole(), dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "{} ({}): {} layers extracted into {}",
+                    summary.manifest,
+                    summary.platform.as_deref().unwrap_or("-"),
+                    summary.layers.len(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_convert(r: &ConvertReport) {
+    for m in &r.manifests {
+        let platform = m.platform.as_deref().unwrap_or("-");
+        if m.already_converted {
+            println!(
+                "{} ({platform}): already converted, artifact {}",
+                m.manifest, m.artifact
+            );
+            continue;
+        }
+        println!("{} ({platform}): artifact {}", m.manifest, m.artifact);
+        for l in &m.layers {
+            println!(
+                "  {} entries {:>6} chunks {:>6} new {:>6} read {:>10} pushed {:>10}{}",
+                short(&l.digest),
+                l.entries,
+                l.chunks,
+                l.new_chunks,
+                l.bytes_read,
+                l.bytes_pushed,
+                if l.reused { " (reused index)" } else { "" }
+            );
+        }
+    }
+    let t = &r.totals;
+    println!(
+        "total: {} layers, {} chunks, {} new, {} bytes read, {} bytes pushed in {:.1}s",
+        t.layers, t.chunks, t.new_chunks, t.bytes_read, t.bytes_pushed, r.seconds
+    );
+}
+
+fn print_inspect(report: &[InspectManifest]) {
+    for m in report {
+        println!(
+            "{} ({}): artifact {}",
+            m.manifest,
+            m.platform.as_deref().unwrap_or("-"),
+            m.artifact
+        );
+        for l in &m.layers {
+            println!(
+                "  {} entries {:>6} chunks {:>6} content {:>10} layer {:>10}",
+                short(&l.digest),
+                l.entries,
+                l.chunks,
+                l.content_bytes,
+                l.layer_bytes
+            );
+        }
+        println!(
+            "  {} unique chunks ({} bytes stored), {} packs ({} bytes)",
+            m.unique_chunks, m.unique_stored_bytes, m.packs, m.pack_bytes
+        );
+        if let (Some(n), Some(b)) = (m.base_chunks, m.base_stored_bytes) {
+            println!("  base already has {n} of these chunks ({b} bytes)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("x").is_err());
+    }
+}

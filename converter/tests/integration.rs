@@ -1,0 +1,8 @@
+//! Integration tests against a real `docker-registry` (one test binary; see `common`).
+
+mod common;
+mod integration {
+    pub mod convert;
+    pub mod extract;
+    pub mod registry_ops;
+}

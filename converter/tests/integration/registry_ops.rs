@@ -1,0 +1,252 @@
+//! RegistryClient against distribution 2.8: push/pull, Range reads, tags, referrers fallback.
+
+use bytes::Bytes;
+use chunksnap_core::digest::Digest;
+use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, OCI_MANIFEST_MEDIA_TYPE};
+use chunksnap_core::registry::RegistryError;
+use chunksnap_core::registry::referrers::{Link, referrers_tag};
+
+use crate::common::{self, Registry};
+
+#[tokio::test]
+async fn push_pull_range_and_tags() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let image = reg.reference("ops/app", "v1");
+
+    let data = Bytes::from(common::noise(1, 100_000));
+    let d = Digest::of(&data);
+    assert!(client.push_blob(&image, &d, data.clone()).await.unwrap());
+    assert!(
+        !client.push_blob(&image, &d, data.clone()).await.unwrap(),
+        "second push skipped"
+    );
+    assert!(client.blob_exists(&image, &d).await.unwrap());
+
+    assert_eq!(client.read_blob(&image, &d, 1 << 20).await.unwrap(), data);
+    assert!(matches!(
+        client.read_blob(&image, &d, 1000).await,
+        Err(RegistryError::TooLarge { .. })
+    ));
+    let r = client.read_range(&image, &d, 12_345, 777).await.unwrap();
+    assert_eq!(&r[..], &data[12_345..12_345 + 777]);
+    let tail = client.read_range(&image, &d, 99_000, 1000).await.unwrap();
+    assert_eq!(&tail[..], &data[99_000..]);
+    assert!(
+        client.read_range(&image, &d, 99_500, 1000).await.is_err(),
+        "a range past the end must not come back short"
+    );
+
+    let elsewhere = reg.reference("ops/mounted", "v1");
+    assert!(client.mount_blob(&elsewhere, &image, &d).await.unwrap());
+    assert!(client.blob_exists(&elsewhere, &d).await.unwrap());
+
+    let missing = Digest::of(b"missing");
+    assert!(matches!(
+        client.read_blob(&image, &missing, 10).await,
+        Err(RegistryError::NotFound { .. })
+    ));
+
+    let m1 = common::push_image(
+        &client,
+        &image,
+        &[common::layer(&[common::File("a", 0o644, b"x".to_vec())])],
+    )
+    .await;
+    let resolved = client.resolve(&image).await.unwrap();
+    assert_eq!(resolved.digest, m1);
+    assert_eq!(resolved.media_type, OCI_MANIFEST_MEDIA_TYPE);
+    let by_digest = client.with_digest(&image, &m1.to_string());
+    assert_eq!(
+        client.resolve(&by_digest).await.unwrap().bytes,
+        resolved.bytes
+    );
+    let platforms = client.platform_manifests(&image).await.unwrap();
+    assert_eq!(platforms.len(), 1);
+    assert_eq!(platforms[0].manifest.layers.len(), 1);
+
+    common::push_image(&client, &reg.reference("ops/app", "v2"), &[]).await;
+    let mut tags = client.list_tags(&image).await.unwrap();
+    tags.sort();
+    assert_eq!(tags, ["v1", "v2"]);
+    assert!(matches!(
+        client.resolve(&reg.reference("ops/app", "nope")).await,
+        Err(RegistryError::NotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn referrers_tag_fallback_keeps_other_referrers() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let image = reg.reference("ref/app", "v1");
+    let subject = common::push_image(&client, &image, &[]).await;
+    let subject_desc = {
+        let raw = client.resolve(&image).await.unwrap();
+        Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &subject, raw.bytes.len() as u64)
+    };
+
+    // Another tool's referrer (e.g. a signature), linked first.
+    let empty = Digest::of(artifact::EMPTY_JSON);
+    client
+        .push_blob(&image, &empty, Bytes::from_static(artifact::EMPTY_JSON))
+        .await
+        .unwrap();
+    let sig = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST_MEDIA_TYPE,
+        "artifactType": "application/vnd.example.signature",
+        "config": {"mediaType": artifact::EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": 2},
+        "layers": [],
+        "subject": subject_desc,
+    }))
+    .unwrap();
+    let (sig_digest, link) = client
+        .publish_referrer(
+            &image,
+            &subject,
+            Bytes::from(sig),
+            "application/vnd.example.signature",
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(link, Link::TagIndexUpdated(_)),
+        "distribution 2.8 has no referrers API"
+    );
+
+    // Our artifact (no layers needed for linking).
+    let built = artifact::build(&subject_desc, &[]).unwrap();
+    let (ours, link) = client
+        .publish_referrer(
+            &image,
+            &subject,
+            Bytes::from(built.bytes.clone()),
+            ARTIFACT_TYPE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ours, built.digest);
+    assert!(matches!(link, Link::TagIndexUpdated(_)));
+
+    let all = client.referrers(&image, &subject, None).await.unwrap();
+    let mut digests: Vec<_> = all.iter().map(|d| d.digest.clone()).collect();
+    let mut expected = vec![sig_digest.to_string(), ours.to_string()];
+    expected.sort();
+    digests.sort();
+    assert_eq!(digests, expected, "the signature referrer is kept");
+    let only_ours = client
+        .referrers(&image, &subject, Some(ARTIFACT_TYPE))
+        .await
+        .unwrap();
+    assert_eq!(only_ours.len(), 1);
+    assert_eq!(only_ours[0].digest, ours.to_string());
+
+    // Publishing again changes nothing.
+    let (_, link) = client
+        .publish_referrer(
+            &image,
+            &subject,
+            Bytes::from(built.bytes.clone()),
+            ARTIFACT_TYPE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(link, Link::AlreadyListed);
+
+    let (found_digest, found) = client
+        .find_artifact(&image, &subject)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found_digest, ours);
+    assert_eq!(found.subject.digest, subject.to_string());
+
+    // The tag index is an OCI image index, entries sorted by digest.
+    let tag = client.with_tag(&image, &referrers_tag(&subject));
+    let raw = client.resolve(&tag).await.unwrap();
+    assert!(raw.is_index());
+    let v: serde_json::Value = serde_json::from_slice(&raw.bytes).unwrap();
+    let listed: Vec<&str> = v["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}
+
+/// bcrypt (cost 4) of the test password `s3cret-pass`.
+const HASH: &str = "$2b$04$sJaoBQKAqW6rpwv9pNMHEeWNV86WdXsw7nh1T234C5RGjbu0RDElq";
+
+fn client_with_auth(
+    reg: &Registry,
+    auth_b64: Option<&str>,
+) -> chunksnap_core::registry::RegistryClient {
+    let config = reg
+        .dir
+        .path()
+        .join(format!("docker-{}.json", auth_b64.unwrap_or("none")));
+    let json = match auth_b64 {
+        Some(a) => serde_json::json!({"auths": {reg.host(): {"auth": a}}}),
+        None => serde_json::json!({}),
+    };
+    std::fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
+    chunksnap_core::registry::RegistryClient::new(chunksnap_core::registry::RegistryConfig {
+        plain_http_all: true,
+        docker_config: Some(config),
+        retries: 0,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn docker_config_credentials_and_auth_errors() {
+    let reg = Registry::start_with_htpasswd("tester", HASH);
+    let image = reg.reference("auth/app", "v1");
+
+    // base64("tester:s3cret-pass")
+    let good = client_with_auth(&reg, Some("dGVzdGVyOnMzY3JldC1wYXNz"));
+    let digest = common::push_image(&good, &image, &[]).await;
+    assert_eq!(good.resolve(&image).await.unwrap().digest, digest);
+    assert_eq!(good.list_tags(&image).await.unwrap(), ["v1"]);
+
+    for client in [
+        client_with_auth(&reg, None),
+        // base64("tester:wrong")
+        client_with_auth(&reg, Some("dGVzdGVyOndyb25n")),
+    ] {
+        let err = client.resolve(&image).await.unwrap_err();
+        assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains("wrong") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refused_connections_are_retried_then_reported() {
+    let reg = Registry::start();
+    let image = reg.reference("gone/app", "v1");
+    let client =
+        chunksnap_core::registry::RegistryClient::new(chunksnap_core::registry::RegistryConfig {
+            plain_http_all: true,
+            docker_config: None,
+            retries: 2,
+            backoff: std::time::Duration::from_millis(5),
+            ..Default::default()
+        })
+        .unwrap();
+    drop(reg); // the registry process is killed and reaped
+    let err = client.resolve(&image).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::RetriesExhausted { attempts: 3, .. }),
+        "{err:?}"
+    );
+}

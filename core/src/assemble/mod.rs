@@ -1,0 +1,522 @@
+//! The layer assembler: writes a layer's filesystem from its index and a [`ChunkReader`].
+//!
+//! Entries are applied in index (= tar) order with containerd's semantics (`archive/tar.go`
+//! `applyNaive` + `createTarFile`): an existing path is removed first unless both are
+//! directories (then metadata is merged); ownership, then xattrs (so `security.capability`
+//! survives the chown), then mode (after chown, which clears setuid/setgid), then mtime;
+//! directory mtimes are set at the very end, since creating children changes them; missing
+//! parents are created 0755. Regular file contents come from the content stream, read
+//! sequentially; aligned all-zero 4 KiB blocks become holes.
+//!
+//! Whiteouts: [`WhiteoutMode::Overlay`] turns `.wh.NAME` into a 0/0 character device with the
+//! whiteout entry's uid/gid (mode 0, mtime not set, exactly as containerd's
+//! `OverlayConvertWhiteout`) and `.wh..wh..opq` into `trusted.overlay.opaque=y` on the directory.
+//! [`WhiteoutMode::Apply`] deletes `NAME`, or empties the directory of everything this layer did
+//! not create (containerd's default converter).
+//!
+//! Safety: nothing is written outside `dest`. Paths with `..` or a leading `/` are rejected;
+//! parents are opened with `openat2` relative to `dest` and every change is an `*at` call on
+//! the parent fd. In Overlay mode any symlink in a parent position is an error
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). In Apply mode symlinks left by lower layers (e.g.
+//! Debian merged-usr `bin -> usr/bin`) are followed but scoped to `dest` (`RESOLVE_IN_ROOT`),
+//! as containerd's `fs.RootPath` does: `a -> /etc` then `a/passwd` writes `dest/etc/passwd`.
+
+mod content;
+mod fsops;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use chunksnap_proto::index::{EntryType, LayerIndex};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid};
+
+pub use content::HOLE_BLOCK;
+use fsops::{Resolve, escape_or_sys, sys};
+
+use crate::digest::Digest;
+use crate::store::StoreError;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// Gives the uncompressed, verified bytes of a chunk.
+pub trait ChunkReader: Sync {
+    /// The bytes of the chunk with `digest` (`size` bytes long).
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError>;
+}
+
+/// How whiteout entries are materialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutMode {
+    /// Overlayfs whiteouts (char device 0/0, `trusted.overlay.opaque`), for snapshot layers.
+    Overlay,
+    /// Delete the whited-out paths, for applying layers in order into one directory.
+    Apply,
+}
+
+/// Counts of what was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssembleStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Char/block devices and fifos.
+    pub specials: u64,
+    pub whiteouts: u64,
+    /// File bytes written (not counting holes).
+    pub bytes_written: u64,
+    /// File bytes left as holes.
+    pub hole_bytes: u64,
+}
+
+/// Errors from assembling a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    /// A path that is absolute, contains `..` or is otherwise not a safe relative path.
+    #[error("unsafe path {path:?}")]
+    UnsafePath { path: String },
+    /// Resolving a path would leave the destination or cross a symlink.
+    #[error("path {path:?} escapes the destination or crosses a symlink")]
+    Escape { path: String },
+    /// A hardlink whose target does not exist.
+    #[error("hardlink {path:?}: target {target:?} does not exist")]
+    MissingHardlinkTarget { path: String, target: String },
+    /// The index is inconsistent.
+    #[error("bad index: {reason}")]
+    BadIndex { reason: String },
+    /// A chunk could not be read.
+    #[error("chunk {index}: {source}")]
+    Chunk { index: usize, source: StoreError },
+    /// A system call failed.
+    #[error("{op} {path:?}: {errno}")]
+    Sys {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+    /// Opening the destination or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A safe relative path split into components.
+struct EntryPath<'a> {
+    full: &'a [u8],
+    parent: Vec<&'a [u8]>,
+    name: &'a [u8],
+}
+
+/// Splits a path, dropping empty and `.` components; rejects `..` and absolute paths.
+/// `None` means the root itself.
+fn split_path(path: &[u8]) -> Result<Option<EntryPath<'_>>, AssembleError> {
+    let unsafe_path = || AssembleError::UnsafePath {
+        path: String::from_utf8_lossy(path).into_owned(),
+    };
+    if path.first() == Some(&b'/') || path.contains(&0) {
+        return Err(unsafe_path());
+    }
+    let mut comps: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(unsafe_path()),
+            c => comps.push(c),
+        }
+    }
+    let Some(name) = comps.pop() else {
+        return Ok(None);
+    };
+    Ok(Some(EntryPath {
+        full: path,
+        parent: comps,
+        name,
+    }))
+}
+
+fn join(parent: &[&[u8]], name: &[u8]) -> Vec<u8> {
+    let mut v = parent.join(&b'/');
+    if !v.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Options beyond the whiteout mode.
+#[derive(Debug, Clone, Copy)]
+pub struct AssembleOptions<'a> {
+    /// How whiteouts are materialised.
+    pub mode: WhiteoutMode,
+    /// The lower layers' directories, nearest first (overlay `lowerdir` order). A parent
+    /// directory the layer implies without an entry copies its owner, mode, times and
+    /// non-`trusted.*` xattrs from the nearest lower layer that has it (containerd's
+    /// `WithParents`); without one it is `0755 root:root`. Only meaningful for Overlay mode.
+    pub parents: &'a [PathBuf],
+}
+
+/// Writes the filesystem of the layer described by `index` into `dest` (an existing directory).
+/// Blocking; run it on a blocking thread.
+pub fn assemble_layer(
+    index: &LayerIndex,
+    chunks: &dyn ChunkReader,
+    dest: &Path,
+    mode: WhiteoutMode,
+) -> Result<AssembleStats, AssembleError> {
+    assemble_layer_with(index, chunks, dest, &AssembleOptions { mode, parents: &[] })
+}
+
+/// [`assemble_layer`] with lower layer directories (see [`AssembleOptions::parents`]).
+pub fn assemble_layer_with(
+    index: &LayerIndex,
+    chunks: &dyn ChunkReader,
+    dest: &Path,
+    opts: &AssembleOptions<'_>,
+) -> Result<AssembleStats, AssembleError> {
+    let open = |path: &Path| -> Result<OwnedFd, AssembleError> {
+        File::open(path)
+            .map(OwnedFd::from)
+            .map_err(|source| AssembleError::Io {
+                path: path.to_owned(),
+                source,
+            })
+    };
+    let root = open(dest)?;
+    let parents = opts
+        .parents
+        .iter()
+        .map(|p| open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mode = opts.mode;
+    let mut a = Assembler {
+        root: root.as_fd(),
+        parents,
+        how: match mode {
+            WhiteoutMode::Overlay => Resolve::Strict,
+            WhiteoutMode::Apply => Resolve::InRoot,
+        },
+        mode,
+        stream: content::Stream::new(&index.chunks, chunks),
+        stats: AssembleStats::default(),
+        unpacked: HashSet::new(),
+        dirs: Vec::new(),
+    };
+    for entry in &index.entries {
+        a.entry(entry)?;
+    }
+    // Directory mtimes last: creating their children changed them.
+    for (path, ts) in std::mem::take(&mut a.dirs) {
+        let fd =
+            fsops::open_dir(a.root, &path, a.how).map_err(|e| escape_or_sys(e, "open", &path))?;
+        nix::sys::stat::futimens(fd.as_fd(), &ts, &ts).map_err(sys("utimens", &path))?;
+    }
+    Ok(a.stats)
+}
+
+struct Assembler<'a> {
+    root: BorrowedFd<'a>,
+    parents: Vec<OwnedFd>,
+    how: Resolve,
+    mode: WhiteoutMode,
+    stream: content::Stream<'a>,
+    stats: AssembleStats,
+    /// Paths this layer created (Apply mode's opaque whiteouts keep these).
+    unpacked: HashSet<Vec<u8>>,
+    /// Directories whose mtime is set at the end.
+    dirs: Vec<(Vec<u8>, TimeSpec)>,
+}
+
+type Entry = chunksnap_proto::index::Entry;
+
+impl<'a> Assembler<'a> {
+    fn entry(&mut self, e: &Entry) -> Result<(), AssembleError> {
+        let Some(p) = split_path(&e.path)? else {
+            return Ok(()); // the root itself: containerd ignores it too
+        };
+        let parent = fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?;
+        let dir = parent.as_fd();
+        if p.name.starts_with(WHITEOUT_PREFIX) {
+            self.stats.whiteouts += 1;
+            return self.whiteout(dir, &p, e);
+        }
+        let ty = EntryType::try_from(e.r#type).map_err(|_| AssembleError::BadIndex {
+            reason: format!("{}: unknown entry type {}", lossy(p.full), e.r#type),
+        })?;
+        // Replace whatever is there, unless both are directories (then merge metadata).
+        if let Some(st) = fsops::lstat_at(dir, p.name).map_err(sys("lstat", p.full))?
+            && !(fsops::is_dir(&st) && ty == EntryType::Dir)
+        {
+            fsops::remove_all(dir, p.name).map_err(sys("remove", p.full))?;
+        }
+        let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
+        let name = OsStr::from_bytes(p.name);
+        match ty {
+            EntryType::File => self.file(dir, &p, e, mtime)?,
+            EntryType::Dir => {
+                match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(err) => return Err(sys("mkdir", p.full)(err)),
+                }
+                let fd = fsops::open_child_dir(dir, p.name).map_err(sys("open", p.full))?;
+                self.owner_xattrs_mode(fd.as_fd(), None, p.full, e, true)?;
+                let rel = join(&p.parent, p.name);
+                self.dirs.push((rel, mtime));
+                self.stats.dirs += 1;
+            }
+            EntryType::Symlink => {
+                nix::unistd::symlinkat(OsStr::from_bytes(&e.link_target), dir, name)
+                    .map_err(sys("symlink", p.full))?;
+                self.owner_xattrs_mode(dir, Some(p.name), p.full, e, false)?;
+                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                self.stats.symlinks += 1;
+            }
+            EntryType::Hardlink => {
+                self.hardlink(dir, &p, e)?;
+                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                self.stats.hardlinks += 1;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let kind = match ty {
+                    EntryType::Char => SFlag::S_IFCHR,
+                    EntryType::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let dev = nix::sys::stat::makedev(u64::from(e.dev_major), u64::from(e.dev_minor));
+                nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(0o600), dev)
+                    .map_err(sys("mknod", p.full))?;
+                self.owner_xattrs_mode(dir, Some(p.name), p.full, e, true)?;
+                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                self.stats.specials += 1;
+            }
+        }
+        self.unpacked.insert(join(&p.parent, p.name));
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath<'_>,
+        e: &Entry,
+        mtime: TimeSpec,
+    ) -> Result<(), AssembleError> {
+        let fd = nix::fcntl::openat(
+            dir,
+            OsStr::from_bytes(p.name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(sys("create", p.full))?;
+        let file = File::from(fd);
+        let io_err = |source| AssembleError::Io {
+            path: PathBuf::from(OsStr::from_bytes(p.full)),
+            source,
+        };
+        let mut w = content::SparseWriter::new(&file);
+        self.stream
+            .read(e.offset, e.size, |piece| w.write(piece).map_err(io_err))?;
+        let holes = w.finish().map_err(io_err)?;
+        self.stats.hole_bytes += holes;
+        self.stats.bytes_written += e.size - holes;
+        self.owner_xattrs_mode(file.as_fd(), None, p.full, e, true)?;
+        nix::sys::stat::futimens(file.as_fd(), &mtime, &mtime).map_err(sys("utimens", p.full))?;
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath<'_>,
+        e: &Entry,
+    ) -> Result<(), AssembleError> {
+        let missing = || AssembleError::MissingHardlinkTarget {
+            path: lossy(p.full),
+            target: lossy(&e.link_target),
+        };
+        let t = split_path(&e.link_target)?.ok_or_else(missing)?;
+        let tdir = match fsops::open_dir(self.root, &t.parent.join(&b'/'), self.how) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => return Err(missing()),
+            Err(err) => return Err(escape_or_sys(err, "open link target", &e.link_target)),
+        };
+        // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself, as tar does.
+        match nix::unistd::linkat(
+            tdir.as_fd(),
+            OsStr::from_bytes(t.name),
+            dir,
+            OsStr::from_bytes(p.name),
+            AtFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Err(missing()),
+            Err(err) => return Err(sys("link", p.full)(err)),
+        }
+        // containerd chmods a hardlink only when its target is not a symlink.
+        let target_is_symlink = fsops::lstat_at(dir, p.name)
+            .map_err(sys("lstat", p.full))?
+            .is_some_and(|st| fsops::is_symlink(&st));
+        self.owner_xattrs_mode(dir, Some(p.name), p.full, e, !target_is_symlink)
+    }
+
+    /// chown, then xattrs, then chmod (containerd's order). With `name`, acts on `name` in
+    /// `fd` without following it; without, on `fd` itself.
+    fn owner_xattrs_mode(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: Option<&[u8]>,
+        path: &[u8],
+        e: &Entry,
+        chmod: bool,
+    ) -> Result<(), AssembleError> {
+        let uid = u32::try_from(e.uid).map_err(|_| bad_id(path))?;
+        let gid = u32::try_from(e.gid).map_err(|_| bad_id(path))?;
+        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        match name {
+            Some(n) => nix::unistd::fchownat(
+                fd,
+                OsStr::from_bytes(n),
+                owner.0,
+                owner.1,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ),
+            None => nix::unistd::fchown(fd, owner.0, owner.1),
+        }
+        .map_err(sys("chown", path))?;
+        for x in &e.xattrs {
+            let r = match name {
+                Some(n) => fsops::lsetxattr_at(fd, n, &x.name, &x.value),
+                None => fsops::fsetxattr(fd, &x.name, &x.value),
+            };
+            match r {
+                Ok(()) => {}
+                // containerd warns and goes on when the filesystem lacks xattr support.
+                Err(Errno::ENOTSUP) => {
+                    tracing::warn!(path = %lossy(path), xattr = %x.name, "xattr not supported, ignored");
+                }
+                Err(err) => return Err(sys("setxattr", path)(err)),
+            }
+        }
+        if chmod {
+            let mode = Mode::from_bits_truncate(e.mode & 0o7777);
+            match name {
+                Some(n) => nix::sys::stat::fchmodat(
+                    fd,
+                    OsStr::from_bytes(n),
+                    mode,
+                    FchmodatFlags::FollowSymlink, // `n` was just created and is not a symlink
+                ),
+                None => nix::sys::stat::fchmod(fd, mode),
+            }
+            .map_err(sys("chmod", path))?;
+        }
+        Ok(())
+    }
+
+    fn set_mtime_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        ts: TimeSpec,
+    ) -> Result<(), AssembleError> {
+        nix::sys::stat::utimensat(
+            dir,
+            OsStr::from_bytes(name),
+            &ts,
+            &ts,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(sys("utimens", path))
+    }
+
+    fn whiteout(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath<'_>,
+        e: &Entry,
+    ) -> Result<(), AssembleError> {
+        if p.name == WHITEOUT_OPAQUE {
+            return match self.mode {
+                WhiteoutMode::Overlay => fsops::fsetxattr(dir, "trusted.overlay.opaque", b"y")
+                    .map_err(sys("setxattr opaque", p.full)),
+                WhiteoutMode::Apply => {
+                    let base = p.parent.join(&b'/');
+                    self.remove_lower(dir, &base).map_err(sys("opaque", p.full))
+                }
+            };
+        }
+        let target = &p.name[WHITEOUT_PREFIX.len()..];
+        if matches!(target, b"" | b"." | b"..") {
+            return Err(AssembleError::UnsafePath {
+                path: lossy(p.full),
+            });
+        }
+        match self.mode {
+            WhiteoutMode::Overlay => {
+                nix::sys::stat::mknodat(
+                    dir,
+                    OsStr::from_bytes(target),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    0,
+                )
+                .map_err(sys("mknod whiteout", p.full))?;
+                let uid = u32::try_from(e.uid).map_err(|_| bad_id(p.full))?;
+                let gid = u32::try_from(e.gid).map_err(|_| bad_id(p.full))?;
+                nix::unistd::fchownat(
+                    dir,
+                    OsStr::from_bytes(target),
+                    Some(Uid::from_raw(uid)),
+                    Some(Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(sys("chown whiteout", p.full))
+            }
+            WhiteoutMode::Apply => {
+                fsops::remove_all(dir, target).map_err(sys("remove whiteout target", p.full))
+            }
+        }
+    }
+
+    /// Removes everything below `dir` (at relative path `base`) not created by this layer.
+    fn remove_lower(&self, dir: BorrowedFd<'_>, base: &[u8]) -> Result<(), Errno> {
+        for name in fsops::list_dir(dir)? {
+            let rel = if base.is_empty() {
+                name.clone()
+            } else {
+                [base, b"/", &name].concat()
+            };
+            if !self.unpacked.contains(&rel) {
+                fsops::remove_all(dir, &name)?;
+            } else if let Some(st) = fsops::lstat_at(dir, &name)?
+                && fsops::is_dir(&st)
+            {
+                let child = fsops::open_child_dir(dir, &name)?;
+                self.remove_lower(child.as_fd(), &rel)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_id(path: &[u8]) -> AssembleError {
+    AssembleError::BadIndex {
+        reason: format!("{}: uid/gid out of range", lossy(path)),
+    }
+}

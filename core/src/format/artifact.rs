@@ -1,0 +1,404 @@
+//! The image artifact: an OCI image manifest that points, through `subject`, at the source image
+//! manifest and lists the layer index blobs (annotated with the source layer digest) followed by
+//! every pack those indexes use. Building it is deterministic (fixed field order, sorted packs, no
+//! timestamps) so converting the same image twice yields the same artifact digest; parsing checks
+//! that a manifest really is a chunksnap artifact for the image we asked about.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, DigestError};
+
+pub use super::index::{
+    ARTIFACT_TYPE, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE,
+};
+
+/// Media type of the artifact manifest itself (an OCI image manifest).
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index (also used by the referrers tag schema).
+pub const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of the empty config blob.
+pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+/// The empty config blob's bytes.
+pub const EMPTY_JSON: &[u8] = b"{}";
+
+/// Errors from building or parsing an artifact manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// The manifest is not JSON of the expected shape.
+    #[error("artifact manifest is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A digest in the manifest is malformed.
+    #[error("artifact manifest has a bad digest: {0}")]
+    Digest(#[from] DigestError),
+    /// The manifest is well-formed JSON but not a chunksnap artifact.
+    #[error("not a chunksnap artifact: {0}")]
+    NotArtifact(String),
+    /// The artifact refers to a different image manifest than the one asked about.
+    #[error("artifact subject is {found}, expected {expected}")]
+    SubjectMismatch {
+        /// The digest we asked about.
+        expected: Digest,
+        /// The artifact's `subject.digest`.
+        found: String,
+    },
+    /// Two descriptors give the same blob different sizes.
+    #[error("blob {digest} listed with sizes {a} and {b}")]
+    SizeConflict {
+        /// The blob.
+        digest: Digest,
+        /// One size.
+        a: u64,
+        /// The other size.
+        b: u64,
+    },
+}
+
+/// An OCI content descriptor. Fields the code does not interpret (`platform`, `urls`, `data`, …)
+/// are kept in `extra`, so read-modify-writing a referrers index preserves other tools' entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    /// Media type of the referenced content.
+    pub media_type: String,
+    /// `sha256:<hex>` (other algorithms are kept as text but never produced).
+    pub digest: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The artifact type, for referrers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    /// Annotations (sorted, so serialisation is deterministic).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Any other descriptor fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Descriptor {
+    /// A plain descriptor of `size` bytes with digest `digest`.
+    pub fn new(media_type: &str, digest: &Digest, size: u64) -> Self {
+        Self {
+            media_type: media_type.to_owned(),
+            digest: digest.to_string(),
+            size,
+            artifact_type: None,
+            annotations: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// The digest, parsed (only sha256 is supported).
+    pub fn sha256(&self) -> Result<Digest, DigestError> {
+        Digest::parse(&self.digest)
+    }
+}
+
+/// The OCI image manifest form of the artifact, with a fixed field order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArtifactManifest {
+    schema_version: u32,
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    artifact_type: String,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    subject: Option<Descriptor>,
+}
+
+/// One converted layer, as the artifact records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    /// Digest of the source (compressed) layer.
+    pub layer_digest: Digest,
+    /// Digest of the layer index blob.
+    pub index_digest: Digest,
+    /// Size of the layer index blob.
+    pub index_size: u64,
+    /// The packs the index references (digest, size).
+    pub packs: Vec<(Digest, u64)>,
+}
+
+/// An artifact manifest, built: its bytes, digest and the descriptor to link it as a referrer.
+#[derive(Debug, Clone)]
+pub struct BuiltArtifact {
+    /// The manifest JSON.
+    pub bytes: Vec<u8>,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+}
+
+impl BuiltArtifact {
+    /// The descriptor of this manifest as a referrer (with `artifactType`).
+    pub fn descriptor(&self) -> Descriptor {
+        let mut d = Descriptor::new(
+            OCI_MANIFEST_MEDIA_TYPE,
+            &self.digest,
+            self.bytes.len() as u64,
+        );
+        d.artifact_type = Some(ARTIFACT_TYPE.to_owned());
+        d
+    }
+}
+
+/// Builds the artifact manifest for `subject` (the source image manifest) from its converted
+/// layers, in image layer order. A layer digest that occurs twice is listed once; packs are
+/// sorted by digest and deduplicated.
+pub fn build(subject: &Descriptor, layers: &[LayerEntry]) -> Result<BuiltArtifact, ArtifactError> {
+    let mut seen = BTreeMap::new();
+    let mut packs: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut out_layers = Vec::with_capacity(layers.len());
+    for layer in layers {
+        if seen.insert(layer.layer_digest, ()).is_some() {
+            continue;
+        }
+        let mut d = Descriptor::new(
+            LAYER_INDEX_MEDIA_TYPE,
+            &layer.index_digest,
+            layer.index_size,
+        );
+        d.annotations.insert(
+            LAYER_DIGEST_ANNOTATION.to_owned(),
+            layer.layer_digest.to_string(),
+        );
+        out_layers.push(d);
+        for &(digest, size) in &layer.packs {
+            insert_pack(&mut packs, digest, size)?;
+        }
+    }
+    out_layers.extend(
+        packs
+            .iter()
+            .map(|(digest, size)| Descriptor::new(PACK_MEDIA_TYPE, digest, *size)),
+    );
+    let manifest = ArtifactManifest {
+        schema_version: 2,
+        media_type: OCI_MANIFEST_MEDIA_TYPE.to_owned(),
+        artifact_type: ARTIFACT_TYPE.to_owned(),
+        config: Descriptor::new(
+            EMPTY_MEDIA_TYPE,
+            &Digest::of(EMPTY_JSON),
+            EMPTY_JSON.len() as u64,
+        ),
+        layers: out_layers,
+        subject: Some(subject.clone()),
+    };
+    let bytes = serde_json::to_vec(&manifest)?;
+    let digest = Digest::of(&bytes);
+    Ok(BuiltArtifact { bytes, digest })
+}
+
+fn insert_pack(
+    packs: &mut BTreeMap<Digest, u64>,
+    digest: Digest,
+    size: u64,
+) -> Result<(), ArtifactError> {
+    match packs.insert(digest, size) {
+        Some(prev) if prev != size => Err(ArtifactError::SizeConflict {
+            digest,
+            a: prev,
+            b: size,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A parsed, validated image artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// The source image manifest it was made from.
+    pub subject: Descriptor,
+    /// Source layer digest → the layer index blob's descriptor.
+    pub indexes: BTreeMap<Digest, Descriptor>,
+    /// Every pack any index uses (digest → size), sorted.
+    pub packs: BTreeMap<Digest, u64>,
+}
+
+/// Parses and validates an artifact manifest. With `expected_subject`, the artifact must refer to
+/// that image manifest (an artifact for another image is an error, never silently used).
+pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact, ArtifactError> {
+    let m: ArtifactManifest = serde_json::from_slice(bytes)?;
+    let not = |why: String| ArtifactError::NotArtifact(why);
+    if m.schema_version != 2 {
+        return Err(not(format!("schemaVersion {}", m.schema_version)));
+    }
+    if m.media_type != OCI_MANIFEST_MEDIA_TYPE {
+        return Err(not(format!("mediaType {:?}", m.media_type)));
+    }
+    if m.artifact_type != ARTIFACT_TYPE {
+        return Err(not(format!("artifactType {:?}", m.artifact_type)));
+    }
+    if m.config.media_type != EMPTY_MEDIA_TYPE {
+        return Err(not(format!("config mediaType {:?}", m.config.media_type)));
+    }
+    let subject = m.subject.ok_or_else(|| not("no subject".to_owned()))?;
+    let subject_digest = subject.sha256()?;
+    if let Some(expected) = expected_subject
+        && *expected != subject_digest
+    {
+        return Err(ArtifactError::SubjectMismatch {
+            expected: *expected,
+            found: subject.digest,
+        });
+    }
+    let mut indexes = BTreeMap::new();
+    let mut packs = BTreeMap::new();
+    for layer in m.layers {
+        match layer.media_type.as_str() {
+            LAYER_INDEX_MEDIA_TYPE => {
+                layer.sha256()?;
+                let source = layer
+                    .annotations
+                    .get(LAYER_DIGEST_ANNOTATION)
+                    .ok_or_else(|| {
+                        not(format!(
+                            "index {} lacks {LAYER_DIGEST_ANNOTATION}",
+                            layer.digest
+                        ))
+                    })?;
+                let source = Digest::parse(source)?;
+                if indexes.insert(source, layer).is_some() {
+                    return Err(not(format!("layer {source} listed twice")));
+                }
+            }
+            PACK_MEDIA_TYPE => insert_pack(&mut packs, layer.sha256()?, layer.size)?,
+            other => return Err(not(format!("unexpected layer media type {other:?}"))),
+        }
+    }
+    Ok(Artifact {
+        subject,
+        indexes,
+        packs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn subject() -> Descriptor {
+        Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &d(100), 1234)
+    }
+
+    fn layers() -> Vec<LayerEntry> {
+        vec![
+            LayerEntry {
+                layer_digest: d(1),
+                index_digest: d(11),
+                index_size: 10,
+                packs: vec![(d(30), 300), (d(20), 200)],
+            },
+            LayerEntry {
+                layer_digest: d(2),
+                index_digest: d(12),
+                index_size: 12,
+                packs: vec![(d(20), 200)],
+            },
+        ]
+    }
+
+    #[test]
+    fn build_is_deterministic_and_parses_back() {
+        let a = build(&subject(), &layers()).unwrap();
+        let b = build(&subject(), &layers()).unwrap();
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(a.digest, Digest::of(&a.bytes));
+
+        let parsed = parse(&a.bytes, Some(&d(100))).unwrap();
+        assert_eq!(parsed.subject, subject());
+        assert_eq!(parsed.indexes.len(), 2);
+        assert_eq!(parsed.indexes[&d(1)].digest, d(11).to_string());
+        assert_eq!(parsed.indexes[&d(2)].size, 12);
+        assert_eq!(
+            parsed
+                .packs
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>(),
+            {
+                let mut v = vec![(d(20), 200), (d(30), 300)];
+                v.sort();
+                v
+            }
+        );
+    }
+
+    #[test]
+    fn manifest_shape_matches_the_oci_spec() {
+        let a = build(&subject(), &layers()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&a.bytes).unwrap();
+        assert_eq!(v["mediaType"], OCI_MANIFEST_MEDIA_TYPE);
+        assert_eq!(v["artifactType"], ARTIFACT_TYPE);
+        assert_eq!(v["config"]["mediaType"], EMPTY_MEDIA_TYPE);
+        assert_eq!(
+            v["config"]["digest"],
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(v["config"]["size"], 2);
+        let layers = v["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 4);
+        assert_eq!(layers[0]["mediaType"], LAYER_INDEX_MEDIA_TYPE);
+        assert_eq!(
+            layers[0]["annotations"][LAYER_DIGEST_ANNOTATION],
+            d(1).to_string()
+        );
+        assert_eq!(layers[2]["mediaType"], PACK_MEDIA_TYPE);
+        assert!(layers[2]["annotations"].is_null());
+        assert_eq!(v["subject"]["digest"], d(100).to_string());
+    }
+
+    #[test]
+    fn repeated_layer_is_listed_once() {
+        let mut l = layers();
+        l.push(l[0].clone());
+        let a = build(&subject(), &l).unwrap();
+        assert_eq!(parse(&a.bytes, None).unwrap().indexes.len(), 2);
+    }
+
+    #[test]
+    fn wrong_subject_is_rejected() {
+        let a = build(&subject(), &layers()).unwrap();
+        assert!(matches!(
+            parse(&a.bytes, Some(&d(99))),
+            Err(ArtifactError::SubjectMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn other_artifact_types_are_rejected() {
+        let a = build(&subject(), &layers()).unwrap();
+        let text = String::from_utf8(a.bytes)
+            .unwrap()
+            .replace(ARTIFACT_TYPE, "application/x-other");
+        assert!(matches!(
+            parse(text.as_bytes(), None),
+            Err(ArtifactError::NotArtifact(_))
+        ));
+    }
+
+    #[test]
+    fn conflicting_pack_sizes_are_rejected() {
+        let mut l = layers();
+        l[1].packs = vec![(d(20), 201)];
+        assert!(matches!(
+            build(&subject(), &l),
+            Err(ArtifactError::SizeConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_descriptor_fields_survive_a_round_trip() {
+        let text = r#"{"mediaType":"a","digest":"sha256:x","size":1,"platform":{"os":"linux"}}"#;
+        let d: Descriptor = serde_json::from_str(text).unwrap();
+        assert_eq!(d.extra["platform"]["os"], "linux");
+        assert_eq!(serde_json::to_string(&d).unwrap(), text);
+    }
+}

@@ -1,0 +1,532 @@
+//! OCI registry access for the converter and the node: one cheap-to-clone [`RegistryClient`]
+//! over `oci-client` that adds docker `config.json` credentials, per-host plain-HTTP/insecure
+//! settings, timeouts, retries with backoff, digest verification, size caps, Range reads and the
+//! referrers API with its tag-schema fallback ([`referrers`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), chunksnap_core::registry::RegistryError> {
+//! use chunksnap_core::registry::{RegistryClient, RegistryConfig};
+//! let client = RegistryClient::new(RegistryConfig { plain_http_all: true, ..Default::default() })?;
+//! let image = "127.0.0.1:5000/app:v1".parse().unwrap();
+//! let manifest = client.resolve(&image).await?;
+//! println!("{} {}", manifest.digest, manifest.media_type);
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod blobs;
+pub use blobs::{BlobStream, RepoRangeSource};
+pub mod referrers;
+mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciImageManifest;
+use oci_client::secrets::RegistryAuth;
+
+pub use auth::default_docker_config;
+pub use oci_client::Reference;
+
+use crate::digest::{Digest, DigestError};
+use crate::format::artifact::OCI_INDEX_MEDIA_TYPE;
+
+/// Docker schema 2 manifest list media type.
+pub const DOCKER_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker schema 2 image manifest media type.
+pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Manifests larger than this are refused (the distribution spec suggests 4 MiB).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// Media types we accept when resolving a reference.
+const ACCEPTED_MANIFESTS: &[&str] = &[
+    crate::format::artifact::OCI_MANIFEST_MEDIA_TYPE,
+    OCI_INDEX_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    DOCKER_LIST_MEDIA_TYPE,
+];
+
+/// Errors from registry operations. Messages name the operation and the reference or digest,
+/// never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry refused our credentials (401/403) or the token exchange failed.
+    #[error("{op} {what}: not authorized ({detail}); check docker config credentials")]
+    Auth {
+        /// The operation.
+        op: &'static str,
+        /// Reference or digest.
+        what: String,
+        /// Status or error code (no secrets).
+        detail: String,
+    },
+    /// 404: the manifest, blob, tag or repository does not exist.
+    #[error("{op} {what}: not found")]
+    NotFound {
+        /// The operation.
+        op: &'static str,
+        /// Reference or digest.
+        what: String,
+    },
+    /// Transient failures (5xx, 429, broken connections) persisted through every retry.
+    #[error("{op} {what}: registry kept failing after {attempts} attempts")]
+    RetriesExhausted {
+        /// The operation.
+        op: &'static str,
+        /// Reference or digest.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// Any other failure reported by `oci-client`.
+    #[error("{op}: {source}")]
+    Oci {
+        /// The operation.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: OciDistributionError,
+    },
+    /// Content did not hash to the digest it was fetched by.
+    #[error("{what}: content digest is {actual}, expected {expected}")]
+    DigestMismatch {
+        /// What was fetched.
+        what: String,
+        /// Requested digest.
+        expected: String,
+        /// Digest of the bytes received.
+        actual: Digest,
+    },
+    /// A blob or manifest exceeded its size cap.
+    #[error("{what}: larger than the {limit}-byte limit")]
+    TooLarge {
+        /// What was fetched.
+        what: String,
+        /// The cap.
+        limit: u64,
+    },
+    /// A Range read returned a different length than asked for.
+    #[error("range read of {digest} at {offset}: got {got} bytes, expected {expected}")]
+    ShortRange {
+        /// The blob.
+        digest: Digest,
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        expected: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// A manifest or index we cannot use.
+    #[error("{what}: {detail}")]
+    BadManifest {
+        /// Reference or digest.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// Reading credentials failed (the message never includes the credential).
+    #[error("credentials for {registry}: {detail}")]
+    Credentials {
+        /// Registry host.
+        registry: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// An image reference that does not parse.
+    #[error("invalid image reference {0:?}")]
+    InvalidReference(String),
+    /// A malformed digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// JSON (de)serialisation of an index or descriptor.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Building the HTTP client failed.
+    #[error("cannot create the registry client: {0}")]
+    Client(String),
+    /// A blocking task (credential helper) panicked or was cancelled.
+    #[error("credential lookup task failed: {0}")]
+    Task(String),
+}
+
+/// Registry client settings. Every field has a usable default.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Use plain HTTP for every registry (tests, local registries). Default: false.
+    pub plain_http_all: bool,
+    /// Hosts (`host[:port]`) reached over plain HTTP. Default: none.
+    pub plain_http_hosts: Vec<String>,
+    /// Hosts whose TLS certificates are not verified. Default: none.
+    pub insecure_hosts: Vec<String>,
+    /// docker `config.json` to read credentials from. Default: [`default_docker_config`];
+    /// `None` means anonymous access only.
+    pub docker_config: Option<PathBuf>,
+    /// TCP connect timeout. Default: 10 s.
+    pub connect_timeout: Duration,
+    /// Timeout between reads of a response. Default: 60 s.
+    pub read_timeout: Duration,
+    /// Retries after a transient failure. Default: 4.
+    pub retries: u32,
+    /// First backoff wait; doubles each retry. Default: 200 ms.
+    pub backoff: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            plain_http_all: false,
+            plain_http_hosts: Vec::new(),
+            insecure_hosts: Vec::new(),
+            docker_config: default_docker_config(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            retries: 4,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A manifest or index as fetched: raw bytes (verified against `digest`) and its media type.
+#[derive(Debug, Clone)]
+pub struct RawManifest {
+    /// The exact bytes the registry served.
+    pub bytes: Bytes,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    /// `mediaType` of the document (inferred from its shape when absent).
+    pub media_type: String,
+}
+
+impl RawManifest {
+    /// Whether this is an image index / manifest list.
+    pub fn is_index(&self) -> bool {
+        self.media_type == OCI_INDEX_MEDIA_TYPE || self.media_type == DOCKER_LIST_MEDIA_TYPE
+    }
+}
+
+/// One platform's image manifest, resolved and parsed.
+#[derive(Debug, Clone)]
+pub struct PlatformManifest {
+    /// `os/arch[/variant]`, when the index said so.
+    pub platform: Option<String>,
+    /// The manifest as fetched.
+    pub raw: RawManifest,
+    /// The parsed image manifest (config and layers).
+    pub manifest: OciImageManifest,
+}
+
+struct Inner {
+    config: RegistryConfig,
+    client: oci_client::Client,
+    insecure: Option<oci_client::Client>,
+    auth: Mutex<HashMap<String, RegistryAuth>>,
+}
+
+/// Registry access; clones share connections, tokens and the credential cache.
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryClient {
+    /// A client with `config`. reqwest is built without a TLS crypto provider; if the process has
+    /// not installed one, rustls' ring provider is installed (binaries do this first anyway).
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Losing a race with another installer is fine: some provider is then in place.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let build = |accept_invalid| {
+            let protocol = if config.plain_http_all {
+                ClientProtocol::Http
+            } else if config.plain_http_hosts.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(config.plain_http_hosts.clone())
+            };
+            oci_client::Client::try_from(ClientConfig {
+                protocol,
+                accept_invalid_certificates: accept_invalid,
+                // We resolve indexes ourselves, per platform.
+                platform_resolver: None,
+                connect_timeout: Some(config.connect_timeout),
+                read_timeout: Some(config.read_timeout),
+                user_agent: concat!("chunksnap/", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            })
+            .map_err(|e| RegistryError::Client(e.to_string()))
+        };
+        let client = build(false)?;
+        let insecure = if config.insecure_hosts.is_empty() {
+            None
+        } else {
+            Some(build(true)?)
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                insecure,
+                auth: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    /// Parses an image reference (`host/repo:tag`, `host/repo@sha256:…`).
+    pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
+        s.parse()
+            .map_err(|_| RegistryError::InvalidReference(s.to_owned()))
+    }
+
+    /// The `oci-client` for `image`'s host with its credentials registered.
+    async fn prepare(
+        &self,
+        image: &Reference,
+    ) -> Result<(&oci_client::Client, RegistryAuth), RegistryError> {
+        let host = image.resolve_registry().to_owned();
+        let client = match &self.inner.insecure {
+            Some(c) if self.inner.config.insecure_hosts.contains(&host) => c,
+            _ => &self.inner.client,
+        };
+        let cached = self
+            .inner
+            .auth
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&host).cloned());
+        let auth = match cached {
+            Some(a) => a,
+            None => {
+                let path = self.inner.config.docker_config.clone();
+                let h = host.clone();
+                // May spawn a credential helper: keep it off the async threads.
+                let a = tokio::task::spawn_blocking(move || auth::lookup(path.as_deref(), &h))
+                    .await
+                    .map_err(|e| RegistryError::Task(e.to_string()))??;
+                if let Ok(mut m) = self.inner.auth.lock() {
+                    m.insert(host.clone(), a.clone());
+                }
+                a
+            }
+        };
+        client.store_auth_if_needed(&host, &auth).await;
+        Ok((client, auth))
+    }
+
+    async fn retry<T, F, Fut>(&self, op: &'static str, what: &str, f: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        retry::with_retry(
+            op,
+            what,
+            self.inner.config.retries,
+            self.inner.config.backoff,
+            f,
+        )
+        .await
+    }
+
+    /// Fetches the manifest or index `image` names. When `image` is by digest the bytes are
+    /// checked against it; otherwise `digest` is the sha256 of the bytes served.
+    #[tracing::instrument(skip(self), fields(image = %image))]
+    pub async fn resolve(&self, image: &Reference) -> Result<RawManifest, RegistryError> {
+        let (client, auth) = self.prepare(image).await?;
+        let what = image.whole();
+        let (bytes, _) = self
+            .retry("pull manifest", &what, || {
+                client.pull_manifest_raw(image, &auth, ACCEPTED_MANIFESTS)
+            })
+            .await?;
+        if bytes.len() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::TooLarge {
+                what,
+                limit: MAX_MANIFEST_SIZE as u64,
+            });
+        }
+        let actual = Digest::of(&bytes);
+        if let Some(expected) = image.digest()
+            && expected != actual.to_string()
+        {
+            return Err(RegistryError::DigestMismatch {
+                what,
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+        let media_type = media_type_of(&bytes).map_err(|detail| RegistryError::BadManifest {
+            what: what.clone(),
+            detail,
+        })?;
+        Ok(RawManifest {
+            bytes,
+            digest: actual,
+            media_type,
+        })
+    }
+
+    /// Resolves `image` to its image manifests: itself, or for an index each platform's manifest
+    /// (attestation manifests with platform `unknown/unknown` are skipped).
+    pub async fn platform_manifests(
+        &self,
+        image: &Reference,
+    ) -> Result<Vec<PlatformManifest>, RegistryError> {
+        let raw = self.resolve(image).await?;
+        if !raw.is_index() {
+            let manifest = parse_image_manifest(&image.whole(), &raw.bytes)?;
+            return Ok(vec![PlatformManifest {
+                platform: None,
+                raw,
+                manifest,
+            }]);
+        }
+        let index: oci_client::manifest::OciImageIndex = serde_json::from_slice(&raw.bytes)?;
+        let mut out = Vec::new();
+        for entry in index.manifests {
+            let platform = entry.platform.as_ref().map(|p| {
+                let mut s = format!("{}/{}", p.os, p.architecture);
+                if let Some(v) = &p.variant {
+                    s.push('/');
+                    s.push_str(v);
+                }
+                s
+            });
+            if platform.as_deref() == Some("unknown/unknown") {
+                continue;
+            }
+            let child = self.with_digest(image, &entry.digest);
+            let raw = self.resolve(&child).await?;
+            if raw.is_index() {
+                return Err(RegistryError::BadManifest {
+                    what: child.whole(),
+                    detail: "nested image index".to_owned(),
+                });
+            }
+            let manifest = parse_image_manifest(&child.whole(), &raw.bytes)?;
+            out.push(PlatformManifest {
+                platform,
+                raw,
+                manifest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `image`'s repository, addressed by `digest`.
+    pub fn with_digest(&self, image: &Reference, digest: &str) -> Reference {
+        Reference::with_digest(
+            image.registry().to_owned(),
+            image.repository().to_owned(),
+            digest.to_owned(),
+        )
+    }
+
+    /// `image`'s repository, addressed by `tag`.
+    pub fn with_tag(&self, image: &Reference, tag: &str) -> Reference {
+        Reference::with_tag(
+            image.registry().to_owned(),
+            image.repository().to_owned(),
+            tag.to_owned(),
+        )
+    }
+
+    /// Pushes a manifest (raw bytes, served with `media_type`) under `image`'s tag or digest and
+    /// returns its digest.
+    #[tracing::instrument(skip(self, bytes), fields(image = %image))]
+    pub async fn push_manifest(
+        &self,
+        image: &Reference,
+        bytes: Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let (client, _) = self.prepare(image).await?;
+        let content_type =
+            http::HeaderValue::from_str(media_type).map_err(|_| RegistryError::BadManifest {
+                what: image.whole(),
+                detail: format!("invalid media type {media_type:?}"),
+            })?;
+        self.retry("push manifest", &image.whole(), || {
+            client.push_manifest_raw(image, bytes.clone(), content_type.clone())
+        })
+        .await?;
+        Ok(Digest::of(&bytes))
+    }
+
+    /// Every tag of `image`'s repository (paginated, 1000 per request).
+    pub async fn list_tags(&self, image: &Reference) -> Result<Vec<String>, RegistryError> {
+        let (client, auth) = self.prepare(image).await?;
+        let what = image.repository().to_owned();
+        let mut tags: Vec<String> = Vec::new();
+        loop {
+            let last = tags.last().cloned();
+            let page = self
+                .retry("list tags", &what, || {
+                    client.list_tags(image, &auth, Some(1000), last.as_deref())
+                })
+                .await?;
+            let n = page.tags.len();
+            // Stop on a short page, or a registry that ignores `last` and repeats itself.
+            let repeated = page.tags.last() == tags.last();
+            tags.extend(page.tags);
+            if n < 1000 || repeated {
+                break;
+            }
+        }
+        tags.dedup();
+        Ok(tags)
+    }
+}
+
+/// The `mediaType` of a manifest document, inferred from its shape when the field is absent.
+fn media_type_of(bytes: &[u8]) -> Result<String, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    let p: Probe = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(match (p.media_type, p.manifests) {
+        (Some(m), _) => m,
+        (None, Some(_)) => OCI_INDEX_MEDIA_TYPE.to_owned(),
+        (None, None) => crate::format::artifact::OCI_MANIFEST_MEDIA_TYPE.to_owned(),
+    })
+}
+
+/// Parses an image manifest (OCI or docker schema 2).
+pub fn parse_image_manifest(what: &str, bytes: &[u8]) -> Result<OciImageManifest, RegistryError> {
+    let m: OciImageManifest =
+        serde_json::from_slice(bytes).map_err(|e| RegistryError::BadManifest {
+            what: what.to_owned(),
+            detail: format!("not an image manifest: {e}"),
+        })?;
+    if m.schema_version != 2 {
+        return Err(RegistryError::BadManifest {
+            what: what.to_owned(),
+            detail: format!("schemaVersion {}", m.schema_version),
+        });
+    }
+    Ok(m)
+}

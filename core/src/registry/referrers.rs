@@ -1,0 +1,160 @@
+//! Referrers: listing the artifacts that refer to an image manifest, and linking a new one.
+//!
+//! Listing uses the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`) and, where the
+//! registry lacks it (404, e.g. distribution 2.8), the referrers tag schema: tag `sha256-<hex>`
+//! holding an OCI image index of referrer descriptors (`oci-client` does both).
+//!
+//! Linking pushes the artifact manifest (with its `subject`), then lists the subject's referrers:
+//! if the artifact is listed (the registry indexed it, or the tag index already has it) nothing
+//! else is done. Otherwise the tag index is read, modified and written back. `oci-client` does not
+//! expose the `OCI-Subject` response header, so "is it listed now" stands in for it, which also
+//! covers registries that index asynchronously.
+//!
+//! Tag index policy: entries of other artifact types are kept verbatim (unknown fields too); an
+//! older descriptor of the *same* artifact type is replaced, because a subject has one current
+//! artifact of a type and a reader of the tag index should find exactly that one (the old
+//! manifest stays in the registry, addressable by digest). Entries are sorted by digest so the
+//! index bytes depend only on its contents. The read-modify-write is not atomic: two writers
+//! racing on the same subject can lose one update (distribution has no conditional PUT).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{Reference, RegistryClient, RegistryError};
+use crate::digest::Digest;
+use crate::format::artifact::{
+    self, ARTIFACT_TYPE, Artifact, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
+};
+
+/// The image index stored under a referrers tag, with unknown fields kept.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReferrersIndex {
+    schema_version: u32,
+    #[serde(default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// What [`RegistryClient::publish_referrer`] had to do to make the artifact findable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The subject's referrers already list it (referrers API, or an earlier tag update).
+    AlreadyListed,
+    /// The referrers tag index was rewritten; its new digest.
+    TagIndexUpdated(Digest),
+}
+
+/// The referrers tag for `subject`: `sha256-<hex>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
+impl RegistryClient {
+    /// The referrers of `subject` in `image`'s repository, optionally only those of
+    /// `artifact_type` (filtered here too, as registries may ignore the filter).
+    #[tracing::instrument(skip(self), fields(image = %image, %subject))]
+    pub async fn referrers(
+        &self,
+        image: &Reference,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, RegistryError> {
+        let (client, _) = self.prepare(image).await?;
+        let target = self.with_digest(image, &subject.to_string());
+        let index = self
+            .retry("list referrers", &target.whole(), || {
+                client.pull_referrers(&target, artifact_type)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(index.manifests.len());
+        for entry in index.manifests {
+            let d: Descriptor = serde_json::from_value(serde_json::to_value(entry)?)?;
+            if artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t)) {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pushes the artifact manifest `manifest` (whose `subject` is `subject`) by digest and makes
+    /// sure the subject's referrers list it (see the module docs). Returns its digest and what
+    /// linking took.
+    #[tracing::instrument(skip(self, manifest), fields(image = %image, %subject))]
+    pub async fn publish_referrer(
+        &self,
+        image: &Reference,
+        subject: &Digest,
+        manifest: Bytes,
+        artifact_type: &str,
+    ) -> Result<(Digest, Link), RegistryError> {
+        let digest = Digest::of(&manifest);
+        let mut descriptor =
+            Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &digest, manifest.len() as u64);
+        descriptor.artifact_type = Some(artifact_type.to_owned());
+        let by_digest = self.with_digest(image, &digest.to_string());
+        self.push_manifest(&by_digest, manifest, OCI_MANIFEST_MEDIA_TYPE)
+            .await?;
+
+        let listed = self.referrers(image, subject, Some(artifact_type)).await?;
+        if listed.iter().any(|d| d.digest == descriptor.digest) {
+            return Ok((digest, Link::AlreadyListed));
+        }
+
+        let tag = self.with_tag(image, &referrers_tag(subject));
+        let mut index = match self.resolve(&tag).await {
+            Ok(raw) => serde_json::from_slice::<ReferrersIndex>(&raw.bytes)?,
+            Err(RegistryError::NotFound { .. }) => ReferrersIndex {
+                schema_version: 2,
+                media_type: OCI_INDEX_MEDIA_TYPE.to_owned(),
+                manifests: Vec::new(),
+                extra: BTreeMap::new(),
+            },
+            Err(e) => return Err(e),
+        };
+        if index.media_type.is_empty() {
+            index.media_type = OCI_INDEX_MEDIA_TYPE.to_owned();
+        }
+        index.manifests.retain(|d| {
+            d.digest != descriptor.digest && d.artifact_type.as_deref() != Some(artifact_type)
+        });
+        index.manifests.push(descriptor);
+        index.manifests.sort_by(|a, b| a.digest.cmp(&b.digest));
+        let bytes = Bytes::from(serde_json::to_vec(&index)?);
+        let index_digest = self
+            .push_manifest(&tag, bytes, OCI_INDEX_MEDIA_TYPE)
+            .await?;
+        Ok((digest, Link::TagIndexUpdated(index_digest)))
+    }
+
+    /// The chunksnap artifact for the image manifest `subject`, if one is linked: the first (by
+    /// digest) referrer of our artifact type that parses as an artifact for this subject.
+    /// Returns the artifact manifest's digest and contents.
+    pub async fn find_artifact(
+        &self,
+        image: &Reference,
+        subject: &Digest,
+    ) -> Result<Option<(Digest, Artifact)>, RegistryError> {
+        let mut found = self.referrers(image, subject, Some(ARTIFACT_TYPE)).await?;
+        found.sort_by(|a, b| a.digest.cmp(&b.digest));
+        for d in found {
+            let raw = match self.resolve(&self.with_digest(image, &d.digest)).await {
+                Ok(raw) => raw,
+                Err(RegistryError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            match artifact::parse(&raw.bytes, Some(subject)) {
+                Ok(a) => return Ok(Some((raw.digest, a))),
+                Err(e) => {
+                    tracing::warn!(artifact = %d.digest, error = %e, "ignoring unusable artifact");
+                }
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,296 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chunksnap_core::digest::Digest;
+use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fetch_missing};
+use chunksnap_core::store::{ChunkStore, StoreError};
+
+use crate::{Built, LayerBuilder, noise};
+
+/// Serves packs from memory, counting requests and bytes; can corrupt, truncate, fail or delay.
+#[derive(Default)]
+struct FakeSource {
+    packs: HashMap<String, Bytes>,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    corrupt: AtomicBool,
+    short: AtomicBool,
+    fail_once: AtomicBool,
+    delay: Option<Duration>,
+    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl FakeSource {
+    fn new(built: &Built) -> Self {
+        Self {
+            packs: built.packs.clone(),
+            ..Self::default()
+        }
+    }
+}
+
+impl RangeSource for FakeSource {
+    async fn read_range(&self, pack: &str, offset: u64, len: u64) -> Result<Bytes, FetchError> {
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.ranges.lock().unwrap().push((offset, len));
+        if self.fail_once.swap(false, Ordering::SeqCst) {
+            return Err(FetchError::range(pack, offset, len, "injected failure"));
+        }
+        let blob = self
+            .packs
+            .get(pack)
+            .ok_or_else(|| FetchError::range(pack, offset, len, "no such pack"))?;
+        let mut data = blob
+            .slice(offset as usize..(offset + len) as usize)
+            .to_vec();
+        if self.corrupt.load(Ordering::SeqCst) {
+            let n = data.len();
+            data[n / 2] ^= 0x40;
+        }
+        if self.short.load(Ordering::SeqCst) {
+            data.pop();
+        }
+        self.bytes.fetch_add(data.len() as u64, Ordering::SeqCst);
+        Ok(Bytes::from(data))
+    }
+}
+
+/// A layer of `n` distinct incompressible 4 KiB chunks in one pack, plus a repeated chunk.
+fn layer(n: u64) -> Built {
+    let mut b = LayerBuilder::default();
+    for i in 0..n {
+        b.file(&format!("f{i}"), 0o644, &noise(i + 1, 4096));
+    }
+    b.file("dup", 0o644, &noise(1, 4096)); // same content as f0: one chunk
+    b.build(4096, 64 << 20)
+}
+
+fn store() -> (tempfile::TempDir, Arc<ChunkStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ChunkStore::open(dir.path(), None).unwrap());
+    (dir, store)
+}
+
+#[tokio::test]
+async fn coalesces_dedupes_and_reuses() {
+    let built = layer(10);
+    let src = FakeSource::new(&built);
+    let (_dir, store) = store();
+    let stats = fetch_missing(
+        &built.index,
+        &store,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stats.chunks_needed, 10, "the duplicate chunk counts once");
+    assert_eq!(stats.chunks_fetched, 10);
+    assert_eq!(
+        stats.requests, 1,
+        "adjacent chunks coalesce into one request"
+    );
+    let pack_size = built.index.packs[0].size;
+    assert_eq!(stats.bytes_fetched, pack_size);
+    assert_eq!(src.bytes.load(Ordering::SeqCst), pack_size);
+    for (d, data) in &built.chunks {
+        assert_eq!(&store.get(d, data.len() as u32).unwrap(), data);
+    }
+    // Second time: everything is local.
+    let again = fetch_missing(
+        &built.index,
+        &store,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.chunks_reused, again.chunks_fetched, again.requests),
+        (10, 0, 0)
+    );
+    assert_eq!(src.requests.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn request_size_and_gap_limits_split_requests() {
+    let built = layer(10);
+    let (_dir, store) = store();
+    let src = FakeSource::new(&built);
+    let opts = FetchOptions {
+        max_request: 3 * 4096 + 100,
+        ..FetchOptions::default()
+    };
+    let stats = fetch_missing(&built.index, &store, &src, &opts, &Inflight::default())
+        .await
+        .unwrap();
+    // Raw 4096-byte frames: 3 per request -> 4 requests.
+    assert_eq!(stats.requests, 4);
+    assert!(
+        src.ranges
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, len)| len <= opts.max_request)
+    );
+
+    // Pre-store every other chunk: the holes between missing chunks are 4 KiB gaps.
+    let (_dir2, store2) = store_with_every_other(&built);
+    let src = FakeSource::new(&built);
+    let no_gap = FetchOptions {
+        max_gap: 0,
+        ..FetchOptions::default()
+    };
+    let s = fetch_missing(&built.index, &store2, &src, &no_gap, &Inflight::default())
+        .await
+        .unwrap();
+    assert_eq!((s.requests, s.chunks_fetched, s.chunks_reused), (5, 5, 5));
+    assert_eq!(s.bytes_fetched, 5 * 4096, "no gap bytes read");
+
+    let (_dir3, store3) = store_with_every_other(&built);
+    let src = FakeSource::new(&built);
+    let s = fetch_missing(
+        &built.index,
+        &store3,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.requests, 1, "gaps below max_gap are read through");
+    assert_eq!(s.bytes_fetched, 9 * 4096);
+}
+
+fn store_with_every_other(built: &Built) -> (tempfile::TempDir, Arc<ChunkStore>) {
+    let (dir, store) = store();
+    for (i, c) in built.index.chunks.iter().enumerate().take(10) {
+        if i % 2 == 1 {
+            let d = Digest::from_slice(&c.digest).unwrap();
+            let data = &built.chunks[&d];
+            store
+                .insert_verified(&d, c.size, chunksnap_proto::index::Compression::None, data)
+                .unwrap();
+        }
+    }
+    (dir, store)
+}
+
+#[tokio::test]
+async fn corrupt_data_never_enters_the_store() {
+    let built = layer(4);
+    let (_dir, store) = store();
+    let src = FakeSource::new(&built);
+    src.corrupt.store(true, Ordering::SeqCst);
+    let err = fetch_missing(
+        &built.index,
+        &store,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, FetchError::Store(StoreError::Corrupt(_))),
+        "{err}"
+    );
+    assert_eq!(
+        store.stats().chunks,
+        0,
+        "no chunk of a bad request is stored"
+    );
+}
+
+#[tokio::test]
+async fn short_read_is_an_error() {
+    let built = layer(4);
+    let (_dir, store) = store();
+    let src = FakeSource::new(&built);
+    src.short.store(true, Ordering::SeqCst);
+    let err = fetch_missing(
+        &built.index,
+        &store,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, FetchError::ShortRead { .. }), "{err}");
+    assert_eq!(store.stats().chunks, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fetches_get_each_chunk_once() {
+    let built = Arc::new(layer(20));
+    let (_dir, store) = store();
+    let src = Arc::new(FakeSource {
+        delay: Some(Duration::from_millis(100)),
+        ..FakeSource::new(&built)
+    });
+    let inflight = Inflight::default();
+    let opts = FetchOptions {
+        max_request: 4096, // one request per chunk, so both callers overlap chunk by chunk
+        parallelism: 4,
+        ..FetchOptions::default()
+    };
+    let run = || {
+        let (b, s, src, inf) = (built.clone(), store.clone(), src.clone(), inflight.clone());
+        tokio::spawn(async move { fetch_missing(&b.index, &s, &*src, &opts, &inf).await })
+    };
+    let (a, b) = (run(), run());
+    let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+    assert_eq!(
+        src.requests.load(Ordering::SeqCst),
+        20,
+        "each chunk fetched once"
+    );
+    assert_eq!(a.chunks_fetched + b.chunks_fetched, 20);
+    assert_eq!(
+        a.chunks_fetched + a.chunks_waited + a.chunks_reused,
+        20,
+        "{a:?}"
+    );
+    assert_eq!(
+        b.chunks_fetched + b.chunks_waited + b.chunks_reused,
+        20,
+        "{b:?}"
+    );
+    assert_eq!(store.stats().chunks, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_retries_when_the_first_fetch_fails() {
+    let built = Arc::new(layer(1));
+    let (_dir, store) = store();
+    let src = Arc::new(FakeSource {
+        delay: Some(Duration::from_millis(100)),
+        ..FakeSource::new(&built)
+    });
+    src.fail_once.store(true, Ordering::SeqCst);
+    let inflight = Inflight::default();
+    let run = || {
+        let (b, s, src, inf) = (built.clone(), store.clone(), src.clone(), inflight.clone());
+        tokio::spawn(async move {
+            fetch_missing(&b.index, &s, &*src, &FetchOptions::default(), &inf).await
+        })
+    };
+    let first = run();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = run();
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert!(matches!(first, Err(FetchError::Range { .. })), "{first:?}");
+    let second = second.unwrap();
+    assert_eq!(second.chunks_fetched, 1, "the waiter fetched it itself");
+    assert_eq!(src.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(store.stats().chunks, 1);
+}

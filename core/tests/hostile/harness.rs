@@ -1,0 +1,238 @@
+//! The checks the fuzz targets run, shared with `cargo test` so the seed corpora under
+//! `fuzz/corpus/` are regression tests on stable too. The fuzz crate includes this file with
+//! `#[path]`; it depends only on chunksnap-core, chunksnap-proto, prost and tempfile.
+//!
+//! Every function takes arbitrary bytes and panics only when an invariant is broken (a panic is
+//! what the fuzzer reports); rejecting the input with an error is always fine.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
+
+use chunksnap_core::assemble::{ChunkReader, WhiteoutMode, assemble_layer};
+use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::format::FormatError;
+use chunksnap_core::format::artifact::{self, ArtifactError, LayerEntry};
+use chunksnap_core::format::index::{FORMAT_VERSION, decode, encode, is_safe_path, validate};
+use chunksnap_core::format::pack::{PackBuilder, compress_chunk};
+use chunksnap_core::store::StoreError;
+use chunksnap_core::tarscan::scan_tar;
+use chunksnap_proto::index::{Chunk, EntryType, LayerIndex, Pack, Source};
+use prost::Message;
+
+/// Small chunker parameters so that tiny inputs still make several chunks.
+pub const SMALL: ChunkerParams = ChunkerParams {
+    min: 64,
+    avg: 256,
+    max: 1024,
+    normalization: 1,
+};
+
+/// Indexes larger than this are not assembled by [`check_index`] (keeps executions fast).
+const ASSEMBLE_MAX_CONTENT: u64 = 16 << 20;
+const ASSEMBLE_MAX_ENTRIES: usize = 2_000;
+
+/// Target `index`: `data` as an index blob (zstd + protobuf) and as a raw protobuf message.
+/// Whatever validates must survive an encode/decode round trip unchanged, and must assemble
+/// (or fail with an error) without writing outside the destination.
+pub fn check_index(data: &[u8]) {
+    if let Ok(index) = decode(data) {
+        round_trip(&index);
+    }
+    if let Ok(index) = LayerIndex::decode(data)
+        && validate(&index).is_ok()
+    {
+        round_trip(&index);
+        assemble_contained(&index);
+    }
+}
+
+/// Target `tarscan`: `data` as a layer tar. A scan that succeeds must give safe, unique paths
+/// and a consistent content stream; the index built from it must validate, except for the
+/// link/xattr checks that only `validate` makes (then conversion fails with that error).
+pub fn check_tar(data: &[u8]) {
+    let mut content = Vec::new();
+    let Ok(scan) = scan_tar(data, &mut content) else {
+        return;
+    };
+    assert_eq!(scan.content_size, content.len() as u64, "content size");
+    let mut seen = HashSet::new();
+    let mut next = 0u64;
+    for e in &scan.entries {
+        assert!(is_safe_path(&e.path), "unsafe path {:?}", e.path);
+        assert!(seen.insert(e.path.clone()), "duplicate path {:?}", e.path);
+        if e.r#type == EntryType::File as i32 {
+            assert!(e.offset >= next, "file content out of order");
+            next = e.offset + e.size;
+        }
+    }
+    assert!(next <= scan.content_size, "file content past the stream");
+    let index = build_index(&scan.entries, &content);
+    match validate(&index) {
+        Ok(()) => round_trip(&index),
+        Err(
+            FormatError::BadHardlink { .. }
+            | FormatError::BadSymlink { .. }
+            | FormatError::BadXattr { .. },
+        ) => {}
+        Err(e) => panic!("tarscan output fails validation: {e}"),
+    }
+}
+
+/// Target `artifact`: `data` as an artifact manifest. One that parses must parse again with its
+/// own subject, be refused for any other subject, and rebuild to the same layers and packs.
+pub fn check_artifact(data: &[u8]) {
+    let Ok(a) = artifact::parse(data, None) else {
+        return;
+    };
+    let subject = a.subject.sha256().expect("parse checked the subject digest");
+    let again = artifact::parse(data, Some(&subject)).expect("own subject must match");
+    assert_eq!(again, a);
+    let other = Digest::of(subject.as_bytes());
+    assert!(matches!(
+        artifact::parse(data, Some(&other)),
+        Err(ArtifactError::SubjectMismatch { .. })
+    ));
+    if a.indexes.is_empty() {
+        return;
+    }
+    let packs: Vec<(Digest, u64)> = a.packs.iter().map(|(d, s)| (*d, *s)).collect();
+    let layers: Vec<LayerEntry> = a
+        .indexes
+        .iter()
+        .enumerate()
+        .map(|(i, (layer, desc))| LayerEntry {
+            layer_digest: *layer,
+            index_digest: desc.sha256().expect("parse checked index digests"),
+            index_size: desc.size,
+            packs: if i == 0 { packs.clone() } else { Vec::new() },
+        })
+        .collect();
+    let built = artifact::build(&a.subject, &layers).expect("a parsed artifact rebuilds");
+    let back = artifact::parse(&built.bytes, Some(&subject)).expect("a built artifact parses");
+    assert_eq!(back.packs, a.packs);
+    let digests = |x: &artifact::Artifact| -> BTreeSet<(Digest, String, u64)> {
+        x.indexes
+            .iter()
+            .map(|(l, d)| (*l, d.digest.clone(), d.size))
+            .collect()
+    };
+    assert_eq!(digests(&back), digests(&a));
+}
+
+fn round_trip(index: &LayerIndex) {
+    let back = decode(&encode(index)).expect("a valid index decodes after encoding");
+    assert_eq!(&back, index, "encode/decode round trip");
+}
+
+/// Gives every chunk as zeros of its size: the assembler trusts its reader, so this exercises
+/// it on any valid index without needing the real content.
+struct Zeros;
+
+impl ChunkReader for Zeros {
+    fn read_chunk(&self, _digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        Ok(vec![0; size as usize])
+    }
+}
+
+/// Assembles a valid index into a fresh directory next to a sentinel; the sentinel must stay
+/// untouched whether assembly succeeds or fails.
+fn assemble_contained(index: &LayerIndex) {
+    let content = index.source.as_ref().map_or(0, |s| s.content_size);
+    if content > ASSEMBLE_MAX_CONTENT || index.entries.len() > ASSEMBLE_MAX_ENTRIES {
+        return;
+    }
+    let Ok(root) = tempfile::tempdir() else {
+        return;
+    };
+    let dest = root.path().join("dest");
+    let sentinel = root.path().join("sentinel");
+    if std::fs::create_dir(&dest).is_err() || std::fs::create_dir(&sentinel).is_err() {
+        return;
+    }
+    for mode in [WhiteoutMode::Overlay, WhiteoutMode::Apply] {
+        let _ = assemble_layer(index, &Zeros, &dest, mode);
+        assert_only(root.path(), &["dest", "sentinel"]);
+        assert_only(&sentinel, &[]);
+    }
+}
+
+/// Asserts `dir` holds exactly `names`.
+pub fn assert_only(dir: &Path, names: &[&str]) {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    assert_eq!(found, names, "{} was written to", dir.display());
+}
+
+/// Builds a valid index for `entries` and their content stream the way the converter does
+/// (FastCDC with [`SMALL`] parameters, zstd frames, small packs). Returns only the index; see
+/// [`build_layer`] for the packs and chunks too.
+pub fn build_index(entries: &[chunksnap_proto::index::Entry], content: &[u8]) -> LayerIndex {
+    build_layer(entries, content).index
+}
+
+/// An index with its packs (digest string → bytes) and chunks (digest → uncompressed bytes).
+pub struct BuiltLayer {
+    pub index: LayerIndex,
+    pub packs: Vec<(String, Vec<u8>)>,
+    pub chunks: Vec<(Digest, Vec<u8>)>,
+}
+
+/// See [`build_index`].
+pub fn build_layer(entries: &[chunksnap_proto::index::Entry], content: &[u8]) -> BuiltLayer {
+    let mut builder = PackBuilder::with_target_unchecked(4096);
+    let mut finished = Vec::new();
+    let mut chunks = Vec::new();
+    let mut data = Vec::new();
+    chunk_stream::<_, ChunkerError, _>(content, &SMALL, |c| {
+        let stored = compress_chunk(&c, 3).expect("compress");
+        let (loc, done) = builder.push(&stored.data);
+        finished.extend(done);
+        let digest = Digest::of(&c);
+        chunks.push(Chunk {
+            digest: digest.as_bytes().to_vec(),
+            size: c.len() as u32,
+            pack: loc.pack,
+            pack_offset: loc.offset,
+            stored_size: loc.stored_size,
+            compression: stored.compression as i32,
+        });
+        data.push((digest, c));
+        Ok(())
+    })
+    .expect("chunking memory cannot fail");
+    finished.extend(builder.finish());
+    let packs: Vec<(String, Vec<u8>)> = finished
+        .into_iter()
+        .map(|p| (p.digest.to_string(), p.data))
+        .collect();
+    let index = LayerIndex {
+        version: FORMAT_VERSION,
+        source: Some(Source {
+            digest: Digest::of(b"layer").to_string(),
+            diff_id: Digest::of(content).to_string(),
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            compressed_size: 0,
+            uncompressed_size: 0,
+            content_size: content.len() as u64,
+        }),
+        chunker: Some(SMALL.into()),
+        entries: entries.to_vec(),
+        chunks,
+        packs: packs
+            .iter()
+            .map(|(d, p)| Pack {
+                digest: d.clone(),
+                size: p.len() as u64,
+            })
+            .collect(),
+    };
+    BuiltLayer {
+        index,
+        packs,
+        chunks: data,
+    }
+}

@@ -1,0 +1,311 @@
+//! A private containerd for tests: its own root, state, sockets and config in a temp dir, so
+//! several can run at once. CRI is set up for host-network pods without CNI, plain-HTTP pulls
+//! from the test registry, a sandbox image from that registry, and the chosen snapshotter
+//! (optionally the chunksnap proxy plugin). Stopped with SIGTERM on drop; the shims it started are
+//! killed and mounts left under its root are detached before the temp dir is removed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use tonic::transport::Channel;
+
+use crate::cri::Cri;
+use crate::native::Native;
+use crate::util::{Poller, keep_temp_dirs, unmount_below};
+
+const CONTAINERD_BIN: &str = "/usr/bin/containerd";
+
+/// Which snapshotter CRI uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshotter {
+    /// containerd's built-in overlayfs snapshotter (the reference).
+    Overlayfs,
+    /// A proxy snapshotter plugin named `name` served on `socket` (chunksnap).
+    Proxy { name: String, socket: PathBuf },
+}
+
+impl Snapshotter {
+    /// The chunksnap proxy plugin at `socket`.
+    pub fn chunksnap(socket: impl Into<PathBuf>) -> Self {
+        Self::Proxy {
+            name: "chunksnap".into(),
+            socket: socket.into(),
+        }
+    }
+
+    /// The name CRI and the snapshots API know it by.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Overlayfs => "overlayfs",
+            Self::Proxy { name, .. } => name,
+        }
+    }
+}
+
+/// How to configure a [`Containerd`].
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    pub snapshotter: Snapshotter,
+    /// Registry hosts (`127.0.0.1:PORT`) to pull from over plain HTTP.
+    pub plain_http_registries: Vec<String>,
+    /// CRI's pod sandbox ("pause") image, e.g. from [`crate::images::TestImages::pause`].
+    pub sandbox_image: String,
+}
+
+/// A running containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    snapshotter: String,
+}
+
+impl Containerd {
+    /// Starts containerd and waits until both the native API (Version) and CRI (Version) answer.
+    pub async fn start(cfg: &ContainerdConfig) -> Result<Self> {
+        let mut dir = tempfile::Builder::new()
+            .prefix("chunksnap-e2e-ctd.")
+            .tempdir_in("/tmp")?;
+        dir.disable_cleanup(keep_temp_dirs());
+        for sub in ["root", "state", "cni/bin", "cni/conf", "pods"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_toml(dir.path(), cfg))?;
+        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let child = Command::new(CONTAINERD_BIN)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {CONTAINERD_BIN}"))?;
+        let mut ctd = Self {
+            child: Some(child),
+            dir,
+            snapshotter: cfg.snapshotter.name().to_owned(),
+        };
+        ctd.wait_ready()
+            .await
+            .with_context(|| format!("containerd log: {}", ctd.log_path().display()))?;
+        Ok(ctd)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let mut poll = Poller::new("containerd native + CRI API", Duration::from_secs(60));
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("containerd exited: {status}");
+            }
+            if self.socket().exists() && self.probe().await.is_ok() {
+                return Ok(());
+            }
+            poll.tick().await?;
+        }
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.native().await?.version().await?;
+        self.cri().await?.version().await?;
+        Ok(())
+    }
+
+    /// The gRPC socket (native API and CRI).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("state/containerd.sock")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
+    }
+
+    /// The snapshotter CRI is configured with.
+    pub fn snapshotter(&self) -> &str {
+        &self.snapshotter
+    }
+
+    /// Where the overlayfs snapshotter keeps `snapshots/<id>/fs`.
+    pub fn overlayfs_root(&self) -> PathBuf {
+        self.root().join("io.containerd.snapshotter.v1.overlayfs")
+    }
+
+    /// A fresh channel to the gRPC socket.
+    pub async fn channel(&self) -> Result<Channel> {
+        containerd_client::connect(self.socket())
+            .await
+            .with_context(|| format!("connect {}", self.socket().display()))
+    }
+
+    /// CRI client (runtime + image services).
+    pub async fn cri(&self) -> Result<Cri> {
+        Ok(Cri::new(
+            self.channel().await?,
+            self.dir.path().join("pods"),
+        ))
+    }
+
+    /// Native API client in namespace `k8s.io` (where CRI keeps everything).
+    pub async fn native(&self) -> Result<Native> {
+        Ok(Native::new(self.channel().await?))
+    }
+
+    /// Stops containerd now (SIGTERM, then SIGKILL after 10 s) and cleans up; also done on drop.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // Shutdown, not readiness: a bounded wait for the exit, then force.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        kill_task_inits(&self.state());
+        kill_shims(&self.socket());
+        unmount_below(self.dir.path());
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Kills the init process of every task still running (pods a failed test left behind): its
+/// pid is in `<state>/io.containerd.runtime.v2.task/<ns>/<id>/init.pid`.
+fn kill_task_inits(state: &Path) {
+    let tasks = state.join("io.containerd.runtime.v2.task");
+    let Ok(namespaces) = std::fs::read_dir(&tasks) else {
+        return;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(ids) = std::fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for id in ids.flatten() {
+            let pid = std::fs::read_to_string(id.path().join("init.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid.filter(|p| *p > 1) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Kills the runc shims started by the containerd listening on `socket` (found by their
+/// `-address <socket>` argument), so their containers' mounts can go.
+fn kill_shims(socket: &Path) {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let want = socket.as_os_str().as_encoded_bytes();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"containerd-shim-runc-v2"));
+        let ours = args.windows(2).any(|w| w[0] == b"-address" && w[1] == want);
+        if is_shim && ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn config_toml(dir: &Path, cfg: &ContainerdConfig) -> String {
+    let d = dir.display();
+    let mut s = format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+# Snapshotters that cannot work here only slow startup and fill the log.
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{d}/state/containerd.sock"
+
+[ttrpc]
+  address = "{d}/state/containerd.sock.ttrpc"
+
+[debug]
+  level = "debug"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/root/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which this test machine does not grant.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{snapshotter}"
+    default_runtime_name = "runc"
+    disable_snapshot_annotations = false
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        # runc's state stays in the temp dir too (default: /run/containerd/runc).
+        Root = "{d}/state/runc"
+  # Pods use the host network; CNI is pointed at empty dirs.
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni/bin"
+    conf_dir = "{d}/cni/conf"
+"#,
+        sandbox = cfg.sandbox_image,
+        snapshotter = cfg.snapshotter.name(),
+    );
+    for host in &cfg.plain_http_registries {
+        s.push_str(&format!(
+            r#"  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
+    endpoint = ["http://{host}"]
+"#
+        ));
+    }
+    if let Snapshotter::Proxy { name, socket } = &cfg.snapshotter {
+        s.push_str(&format!(
+            r#"
+[proxy_plugins.{name}]
+  type = "snapshot"
+  address = "{}"
+"#,
+            socket.display()
+        ));
+    }
+    s
+}

@@ -1,0 +1,50 @@
+//! End-to-end harness for chunksnap: a real registry (distribution) behind a byte-counting proxy,
+//! real containerd + runc driven through CRI and the native API, test images built from real
+//! content, and an oracle that compares layer directories.
+//!
+//! - [`Registry`] (`registry`, `proxy`): `docker-registry` on 127.0.0.1 with per-request counts of
+//!   method, path, Range, status and body bytes served.
+//! - [`Containerd`] (`containerd`): a private containerd with CRI, overlayfs or a proxy
+//!   snapshotter; [`Cri`] (`cri`) and [`Native`] (`native`, namespace `k8s.io`) talk to it.
+//! - [`TestImages`] (`images`, `features`, `oci`): `debian:v1`, `debian:v2`, `features:v1`,
+//!   `pause:v1`, built from real content, cached under `target/e2e-cache/`.
+//! - `treecmp`: the oracle; compares two trees down to xattrs, ns mtimes and hardlink groups.
+//! - [`Env`] (`env`): the shared setup of a scenario.
+//!
+//! Everything needs root. Set `CHUNKSNAP_E2E_KEEP=1` to keep daemons' temp dirs (configs, logs).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
+//! let env = chunksnap_e2e::Env::start(chunksnap_e2e::Snapshotter::Overlayfs).await?;
+//! let image = env.images.debian_v1().await?;
+//! let cri = env.containerd.cri().await?;
+//! cri.pull_image(&image.reference).await?;
+//! let release = cri.run_and_read(&image.reference, "/etc/os-release").await?;
+//! assert!(!release.is_empty());
+//! let layers = env.containerd.native().await?.overlay_layer_dirs(&image.reference).await?;
+//! assert!(compare_trees(&layers[0], &layers[0], &CompareOptions::default())?.is_empty());
+//! println!("blob bytes served: {}", env.registry.blob_bytes_served());
+//! # Ok(()) }
+//! ```
+
+pub mod containerd;
+pub mod cri;
+pub mod env;
+pub mod features;
+pub mod images;
+pub mod native;
+pub mod oci;
+pub mod proxy;
+pub mod registry;
+pub mod treecmp;
+pub mod util;
+
+pub use containerd::{Containerd, ContainerdConfig, Snapshotter};
+pub use cri::{Cri, ExecOutput};
+pub use env::Env;
+pub use images::TestImages;
+pub use native::Native;
+pub use oci::{BuiltImage, ImageSpec, LayerBlob};
+pub use proxy::RequestRecord;
+pub use registry::Registry;

@@ -1,0 +1,343 @@
+//! The remote data path: fills a snapshot's `fs` directory from the node chunk store.
+//!
+//! For one CRI layer Prepare it finds the image's chunksnap artifact (cached per manifest
+//! digest), loads the layer index (cached per layer digest), fetches the chunks the store lacks
+//! from the registry's packs, and assembles the layer in overlay form. Any failure is turned
+//! into [`RemoteOutcome::Fallback`], so containerd pulls the layer itself.
+//!
+//! The other layers of the image (label `cri.image-layers`) are fetched in the background as
+//! soon as the first layer is seen: containerd prepares layers one by one (each needs its
+//! parent), but their chunks can travel in parallel.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chunksnap_core::assemble::{AssembleOptions, WhiteoutMode, assemble_layer_with};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_missing};
+use chunksnap_core::format::artifact::Artifact;
+use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
+use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
+use chunksnap_core::store::ChunkStore;
+use chunksnap_proto::index::{EntryType, LayerIndex};
+use oci_client::Reference;
+
+use crate::metrics::Metrics;
+use crate::remote::{
+    LABEL_CRI_IMAGE_LAYERS, RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest,
+};
+
+/// How long "this image has no artifact" is remembered, so the layers of one unconverted
+/// image do not each ask the registry again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+/// Layer indexes kept in memory.
+const INDEX_CACHE_ENTRIES: usize = 64;
+
+/// Why a remote prepare could not assemble the layer (logged, then falls back).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("bad label {label}: {why}")]
+    Label { label: &'static str, why: String },
+    #[error("no chunksnap artifact for this image")]
+    NoArtifact,
+    #[error("the artifact has no index for layer {0}")]
+    NoIndex(Digest),
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("layer index: {0}")]
+    Index(#[from] chunksnap_core::format::index::FormatError),
+    #[error("index describes layer {found}, expected {expected}")]
+    WrongLayer { expected: Digest, found: String },
+    #[error("fetch: {0}")]
+    Fetch(#[from] chunksnap_core::fetch::FetchError),
+    #[error("assemble: {0}")]
+    Assemble(#[from] chunksnap_core::assemble::AssembleError),
+    #[error("the image has no manifest for platform {0}")]
+    NoPlatform(String),
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+type ArtifactEntry = (Instant, Option<Arc<Artifact>>);
+
+/// [`RemoteLayers`] backed by a registry client, a chunk store and the assembler.
+pub struct ChunkRemote {
+    client: RegistryClient,
+    store: Arc<ChunkStore>,
+    inflight: Inflight,
+    fetch: FetchOptions,
+    metrics: Metrics,
+    artifacts: Mutex<HashMap<Digest, ArtifactEntry>>,
+    indexes: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    /// Layers whose chunks are being fetched in the background.
+    prefetching: Mutex<HashSet<Digest>>,
+}
+
+impl ChunkRemote {
+    /// A remote path over `store`, fetching with `client`.
+    pub fn new(
+        client: RegistryClient,
+        store: Arc<ChunkStore>,
+        fetch: FetchOptions,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        metrics.store_bytes.set(store.stats().bytes as i64);
+        Arc::new(Self {
+            client,
+            store,
+            inflight: Inflight::default(),
+            fetch,
+            metrics,
+            artifacts: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
+            prefetching: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The node store.
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
+    }
+
+    async fn artifact(
+        &self,
+        image: &Reference,
+        manifest: &Digest,
+    ) -> Result<Arc<Artifact>, RemoteError> {
+        if let Some((at, cached)) = lock(&self.artifacts).get(manifest).cloned() {
+            match cached {
+                Some(a) => return Ok(a),
+                None if at.elapsed() < NEGATIVE_TTL => return Err(RemoteError::NoArtifact),
+                None => {}
+            }
+        }
+        let found = self
+            .client
+            .find_artifact(image, manifest)
+            .await?
+            .map(|(_, a)| Arc::new(a));
+        lock(&self.artifacts).insert(*manifest, (Instant::now(), found.clone()));
+        found.ok_or(RemoteError::NoArtifact)
+    }
+
+    async fn layer_index(
+        &self,
+        image: &Reference,
+        artifact: &Artifact,
+        layer: &Digest,
+    ) -> Result<Arc<LayerIndex>, RemoteError> {
+        if let Some(ix) = lock(&self.indexes).get(layer).cloned() {
+            return Ok(ix);
+        }
+        let desc = artifact
+            .indexes
+            .get(layer)
+            .ok_or(RemoteError::NoIndex(*layer))?;
+        let blob_digest = Digest::parse(&desc.digest).map_err(|e| RemoteError::Label {
+            label: "artifact index digest",
+            why: e.to_string(),
+        })?;
+        let blob = self
+            .client
+            .read_blob(image, &blob_digest, MAX_INDEX_SIZE as u64)
+            .await?;
+        let ix = tokio::task::spawn_blocking(move || index::decode(&blob)).await??;
+        if ix.source.as_ref().map(|s| s.digest.as_str()) != Some(layer.to_string().as_str()) {
+            return Err(RemoteError::WrongLayer {
+                expected: *layer,
+                found: ix.source.as_ref().map(|s| s.digest.clone()).unwrap_or_default(),
+            });
+        }
+        let ix = Arc::new(ix);
+        let mut cache = lock(&self.indexes);
+        if cache.len() >= INDEX_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(*layer, ix.clone());
+        Ok(ix)
+    }
+
+    async fn fetch_chunks(
+        &self,
+        image: &Reference,
+        ix: &LayerIndex,
+    ) -> Result<FetchStats, RemoteError> {
+        let source = RepoRangeSource {
+            client: self.client.clone(),
+            repo: image.clone(),
+        };
+        let stats = fetch_missing(ix, &self.store, &source, &self.fetch, &self.inflight).await?;
+        self.metrics.chunks_fetched.inc_by(stats.chunks_fetched);
+        self.metrics.bytes_fetched.inc_by(stats.bytes_fetched);
+        self.metrics.chunks_reused.inc_by(stats.chunks_reused);
+        Ok(stats)
+    }
+
+    /// Starts background fetches for the image's other layers (best effort).
+    fn prefetch_siblings(
+        self: &Arc<Self>,
+        image: &Reference,
+        artifact: &Arc<Artifact>,
+        req: &RemoteRequest,
+    ) {
+        let Some(layers) = req.labels.get(LABEL_CRI_IMAGE_LAYERS) else {
+            return;
+        };
+        for layer in layers.split(',').filter_map(|s| Digest::parse(s.trim()).ok()) {
+            if layer.to_string() == req.layer_digest || !artifact.indexes.contains_key(&layer) {
+                continue;
+            }
+            if !lock(&self.prefetching).insert(layer) {
+                continue;
+            }
+            let this = self.clone();
+            let (image, artifact) = (image.clone(), artifact.clone());
+            tokio::spawn(async move {
+                let result = async {
+                    let ix = this.layer_index(&image, &artifact, &layer).await?;
+                    let _pin = this.store.pin(chunk_digests(&ix));
+                    this.fetch_chunks(&image, &ix).await
+                }
+                .await;
+                if let Err(e) = result {
+                    tracing::debug!(%layer, cause = %e, "background prefetch failed");
+                }
+                lock(&this.prefetching).remove(&layer);
+            });
+        }
+    }
+
+    async fn assemble(
+        self: &Arc<Self>,
+        req: &RemoteRequest,
+    ) -> Result<RemoteOutcome, RemoteError> {
+        let image = RegistryClient::parse_reference(&req.image_ref)?;
+        let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
+        let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
+        let artifact = self.artifact(&image, &manifest).await?;
+        self.prefetch_siblings(&image, &artifact, req);
+        let ix = self.layer_index(&image, &artifact, &layer).await?;
+        let pin = self.store.pin(chunk_digests(&ix));
+        let stats = self.fetch_chunks(&image, &ix).await?;
+        let store = self.store.clone();
+        let dest = req.fs_dir.clone();
+        let parents: Vec<PathBuf> = req.parent_dirs.clone();
+        let ix2 = ix.clone();
+        let assembled = tokio::task::spawn_blocking(move || {
+            let opts = AssembleOptions {
+                mode: WhiteoutMode::Overlay,
+                parents: &parents,
+            };
+            assemble_layer_with(&ix2, store.as_ref(), &dest, &opts)
+        })
+        .await??;
+        drop(pin);
+        self.after_prepare();
+        tracing::info!(
+            layer = %layer,
+            chunks_fetched = stats.chunks_fetched,
+            bytes_fetched = stats.bytes_fetched,
+            chunks_reused = stats.chunks_reused,
+            requests = stats.requests,
+            files = assembled.files,
+            "layer assembled from chunks"
+        );
+        Ok(RemoteOutcome::Assembled {
+            size: (assembled.bytes_written + entry_overhead(&ix)) as i64,
+            inodes: ix.entries.len() as i64,
+        })
+    }
+
+    /// Fetches every chunk of `image_ref` (this node's platform) into the store, without
+    /// assembling anything: `chunksnap prefetch`.
+    pub async fn prefetch_image(&self, image_ref: &str) -> Result<FetchStats, RemoteError> {
+        let image = RegistryClient::parse_reference(image_ref)?;
+        let manifests = self.client.platform_manifests(&image).await?;
+        let want = node_platform();
+        let chosen = manifests
+            .iter()
+            .find(|m| m.platform.as_deref() == Some(want.as_str()))
+            .or_else(|| manifests.iter().find(|m| m.platform.is_none()))
+            .ok_or(RemoteError::NoPlatform(want))?;
+        let artifact = self.artifact(&image, &chosen.raw.digest).await?;
+        let mut total = FetchStats::default();
+        for layer in &chosen.manifest.layers {
+            let layer = parse_label("layer digest", &layer.digest)?;
+            let ix = self.layer_index(&image, &artifact, &layer).await?;
+            let _pin = self.store.pin(chunk_digests(&ix));
+            let s = self.fetch_chunks(&image, &ix).await?;
+            total.chunks_needed += s.chunks_needed;
+            total.chunks_fetched += s.chunks_fetched;
+            total.bytes_fetched += s.bytes_fetched;
+            total.requests += s.requests;
+            total.chunks_reused += s.chunks_reused;
+        }
+        Ok(total)
+    }
+
+    /// Keeps the store within its budget and the gauge current (eviction never touches pinned
+    /// chunks of in-flight prepares).
+    fn after_prepare(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.store.evict_to_budget() {
+                tracing::warn!(cause = %e, "chunk store eviction failed");
+            }
+            this.metrics.store_bytes.set(this.store.stats().bytes as i64);
+        });
+    }
+}
+
+/// `os/arch` of this node in OCI terms.
+fn node_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// Disk blocks a layer's non-file entries take, roughly (directories, links), for Usage.
+fn entry_overhead(ix: &LayerIndex) -> u64 {
+    ix.entries
+        .iter()
+        .filter(|e| e.r#type == EntryType::Dir as i32)
+        .count() as u64
+        * 4096
+}
+
+fn chunk_digests(ix: &LayerIndex) -> Vec<Digest> {
+    ix.chunks
+        .iter()
+        .filter_map(|c| Digest::from_slice(&c.digest).ok())
+        .collect()
+}
+
+fn parse_label(label: &'static str, value: &str) -> Result<Digest, RemoteError> {
+    Digest::parse(value).map_err(|e| RemoteError::Label {
+        label,
+        why: e.to_string(),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Newtype so the service can hold the remote path as `Arc<dyn RemoteLayers>`.
+pub struct ChunkRemoteLayers(pub Arc<ChunkRemote>);
+
+impl RemoteLayers for ChunkRemoteLayers {
+    fn prepare_remote(&self, req: RemoteRequest) -> RemoteFuture<'_> {
+        Box::pin(async move {
+            match self.0.assemble(&req).await {
+                Ok(outcome) => outcome,
+                Err(e) => RemoteOutcome::Fallback(e.to_string()),
+            }
+        })
+    }
+}

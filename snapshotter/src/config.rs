@@ -1,0 +1,163 @@
+//! The daemon's configuration file (`/etc/chunksnap/config.toml`, TOML).
+//!
+//! Every key is optional; the default of each is stated beside it (and in `docs/config.md`).
+//! Unknown keys are an error, so a typo never silently falls back to a default. A missing
+//! default file is fine (all defaults); a missing file named with `--config` is an error.
+//! Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/chunksnap/config.toml";
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+/// The configuration; `Default` gives every documented default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// State root: `metadata.redb`, `snapshots/`, `chunks/`. Default `/var/lib/chunksnap`.
+    pub root: PathBuf,
+    /// gRPC unix socket containerd connects to. Default `/run/chunksnap/chunksnap.sock`.
+    pub address: PathBuf,
+    /// `/metrics` and `/healthz` listen address. Default `127.0.0.1:9883`.
+    pub metrics_address: SocketAddr,
+    /// Registry hosts (`host[:port]`) reached over plain HTTP. Default none.
+    pub plain_http: Vec<String>,
+    /// Registry hosts whose TLS certificates are not verified. Default none (always verify).
+    pub insecure: Vec<String>,
+    /// docker `config.json` with registry credentials (`auths`, `credHelpers`, `credsStore`).
+    /// Default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
+    pub docker_config: Option<PathBuf>,
+    /// Range requests in flight per layer fetch. Default 8.
+    pub fetch_parallelism: usize,
+    /// Chunks closer than this in a pack are fetched in one Range request. Default 256 KiB.
+    pub fetch_max_gap_bytes: u64,
+    /// Largest single Range request. Default 8 MiB.
+    pub fetch_max_request_bytes: u64,
+    /// Log filter (`error`…`trace`, or a `tracing` env-filter directive). Default `info`.
+    pub log_level: String,
+    /// Size budget of the chunk store in bytes; least recently used chunks are evicted
+    /// beyond it. Default 10 GiB.
+    pub store_budget_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/var/lib/chunksnap"),
+            address: PathBuf::from("/run/chunksnap/chunksnap.sock"),
+            metrics_address: SocketAddr::from(([127, 0, 0, 1], 9883)),
+            plain_http: Vec::new(),
+            insecure: Vec::new(),
+            docker_config: None,
+            fetch_parallelism: 8,
+            fetch_max_gap_bytes: 256 << 10,
+            fetch_max_request_bytes: 8 << 20,
+            log_level: "info".to_owned(),
+            store_budget_bytes: 10 << 30,
+        }
+    }
+}
+
+impl Config {
+    /// Parses TOML text (`path` only names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Registry client settings from this config.
+    pub fn registry(&self) -> chunksnap_core::registry::RegistryConfig {
+        let mut r = chunksnap_core::registry::RegistryConfig {
+            plain_http_hosts: self.plain_http.clone(),
+            insecure_hosts: self.insecure.clone(),
+            ..Default::default()
+        };
+        if self.docker_config.is_some() {
+            r.docker_config = self.docker_config.clone();
+        }
+        r
+    }
+
+    /// Fetch tuning from this config.
+    pub fn fetch(&self) -> chunksnap_core::fetch::FetchOptions {
+        chunksnap_core::fetch::FetchOptions {
+            max_gap: self.fetch_max_gap_bytes,
+            max_request: self.fetch_max_request_bytes.max(1 << 20),
+            parallelism: self.fetch_parallelism.max(1),
+        }
+    }
+
+    /// The chunk store directory under the state root.
+    pub fn chunks_dir(&self) -> PathBuf {
+        self.root.join("chunks")
+    }
+
+    /// Loads `explicit` (must exist) or else [`DEFAULT_CONFIG_PATH`] (may be missing).
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match explicit {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_partial_and_unknown_keys() {
+        let p = Path::new("t.toml");
+        assert_eq!(Config::parse("", p).unwrap(), Config::default());
+        let c = Config::parse(
+            "root = \"/r\"\nplain_http = [\"127.0.0.1:5000\"]\nstore_budget_bytes = 5\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.root, Path::new("/r"));
+        assert_eq!(c.plain_http, ["127.0.0.1:5000"]);
+        assert_eq!(c.store_budget_bytes, 5);
+        assert_eq!(c.address, Config::default().address);
+        assert!(Config::parse("roots = \"/r\"", p).is_err());
+        assert!(Config::parse("metrics_address = \"nope\"", p).is_err());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "log_level = \"debug\"").unwrap();
+        assert_eq!(Config::load(Some(&f)).unwrap().log_level, "debug");
+    }
+}

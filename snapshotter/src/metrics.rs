@@ -1,0 +1,201 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint (hyper 1, HTTP/1.1).
+//!
+//! Labels are bounded: only `outcome` on prepares (remote | fallback | error), nothing per
+//! image or layer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// `chunksnap_prepares_total{outcome}`: remote-capable Prepares by outcome.
+pub const PREPARES_TOTAL: &str = "chunksnap_prepares";
+/// `chunksnap_chunks_fetched_total`: chunks read from registries.
+pub const CHUNKS_FETCHED_TOTAL: &str = "chunksnap_chunks_fetched";
+/// `chunksnap_bytes_fetched_total`: bytes read from registries (stored size).
+pub const BYTES_FETCHED_TOTAL: &str = "chunksnap_bytes_fetched";
+/// `chunksnap_chunks_reused_total`: chunks already in the node store.
+pub const CHUNKS_REUSED_TOTAL: &str = "chunksnap_chunks_reused";
+/// `chunksnap_prepare_seconds`: duration of remote-capable Prepares.
+pub const PREPARE_SECONDS: &str = "chunksnap_prepare_seconds";
+/// `chunksnap_store_bytes`: bytes held by the chunk store.
+pub const STORE_BYTES: &str = "chunksnap_store_bytes";
+
+/// The `outcome` label of [`PREPARES_TOTAL`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: Outcome,
+}
+
+/// Prepare outcomes (a closed set, so the label stays bounded).
+#[derive(
+    Debug, Clone, Copy, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue,
+)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    remote,
+    fallback,
+    error,
+}
+
+/// All metrics of the daemon; cheap to clone (handles share state).
+#[derive(Clone)]
+pub struct Metrics {
+    pub prepares: Family<OutcomeLabel, Counter>,
+    pub chunks_fetched: Counter,
+    pub bytes_fetched: Counter,
+    pub chunks_reused: Counter,
+    pub prepare_seconds: Histogram,
+    pub store_bytes: Gauge,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let prepares = Family::<OutcomeLabel, Counter>::default();
+        let chunks_fetched = Counter::default();
+        let bytes_fetched = Counter::default();
+        let chunks_reused = Counter::default();
+        // 10 ms .. ~80 s.
+        let prepare_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let store_bytes = Gauge::default();
+        r.register(
+            PREPARES_TOTAL,
+            "Remote-capable prepares by outcome",
+            prepares.clone(),
+        );
+        r.register(
+            CHUNKS_FETCHED_TOTAL,
+            "Chunks fetched from registries",
+            chunks_fetched.clone(),
+        );
+        r.register(
+            BYTES_FETCHED_TOTAL,
+            "Bytes fetched from registries",
+            bytes_fetched.clone(),
+        );
+        r.register(
+            CHUNKS_REUSED_TOTAL,
+            "Chunks found in the node store",
+            chunks_reused.clone(),
+        );
+        r.register(
+            PREPARE_SECONDS,
+            "Duration of remote-capable prepares",
+            prepare_seconds.clone(),
+        );
+        r.register(
+            STORE_BYTES,
+            "Bytes held by the chunk store",
+            store_bytes.clone(),
+        );
+        // Every outcome is exported from the start (as 0), so rates work before the first event.
+        for outcome in [Outcome::remote, Outcome::fallback, Outcome::error] {
+            let _ = prepares.get_or_create(&OutcomeLabel { outcome });
+        }
+        Self {
+            prepares,
+            chunks_fetched,
+            bytes_fetched,
+            chunks_reused,
+            prepare_seconds,
+            store_bytes,
+            registry: Arc::new(r),
+        }
+    }
+
+    /// Counts one prepare with `outcome`.
+    pub fn prepare(&self, outcome: Outcome) {
+        self.prepares.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` is cancelled.
+pub async fn serve_http(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(route(&req, &metrics)) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, cause = %e, "metrics connection ended");
+                },
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    resp
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -38,7 +38,9 @@ lint: fmt-check clippy
 unit:
 	$(CARGO) test --workspace --exclude chunksnap-e2e $(CARGO_FLAGS)
 
+# The e2e tests start the chunksnap and chunkconv binaries: build them first.
 e2e:
+	$(CARGO) build -p chunksnap -p chunkconv --bins $(CARGO_FLAGS)
 	$(CARGO) test -p chunksnap-e2e $(CARGO_FLAGS) -- --test-threads=1
 
 chart-lint:

@@ -192,6 +192,13 @@ pub async fn fetch_missing(
                 c.pack
             )));
         }
+        // `plan` adds offsets and sizes: an unvalidated index must not make that overflow.
+        if c.pack_offset.checked_add(u64::from(c.stored_size)).is_none() {
+            return Err(FetchError::BadIndex(format!(
+                "chunk {i}: pack range {}+{} overflows",
+                c.pack_offset, c.stored_size
+            )));
+        }
         let compression = Compression::try_from(c.compression)
             .map_err(|_| StoreError::BadCompression(c.compression))?;
         wants.push(Want {

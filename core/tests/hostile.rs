@@ -4,13 +4,20 @@
 //!
 //! The assembler tests need root (chown, devices), as the datapath tests do.
 
+#[path = "hostile/artifact.rs"]
 mod artifact;
+#[path = "hostile/corpus.rs"]
 mod corpus;
+#[path = "hostile/fetch.rs"]
 mod fetch;
+#[path = "hostile/harness.rs"]
 mod harness;
+#[path = "hostile/index.rs"]
 mod index;
+#[path = "hostile/scale.rs"]
 mod scale;
-mod tar;
+#[path = "hostile/tar.rs"]
+mod tars;
 
 use std::collections::HashMap;
 use std::fs;

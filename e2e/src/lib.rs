@@ -28,12 +28,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
+pub mod chunksnap;
 pub mod containerd;
 pub mod cri;
 pub mod env;
 pub mod features;
 pub mod images;
 pub mod native;
+pub mod net;
 pub mod oci;
 pub mod proxy;
 pub mod registry;

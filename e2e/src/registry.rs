@@ -1,6 +1,7 @@
 //! A real registry for tests: Debian's `docker-registry` (distribution 2.8) on a free 127.0.0.1
 //! port, filesystem storage in a temp dir, deletes enabled, behind a [`CountingProxy`] so tests
 //! can assert what was served. Killed on drop; its log goes to `registry.log` in its temp dir.
+//! [`Registry::start_placed`] runs it elsewhere (e.g. inside a network namespace, for benchmarks).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,19 +24,50 @@ pub struct Registry {
     dir: tempfile::TempDir,
 }
 
+/// Where the registry process runs and how the counting proxy reaches it.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// Command that runs a program elsewhere (e.g. `ip netns exec NS`); empty: run directly.
+    pub prefix: Vec<String>,
+    /// The address the registry listens on.
+    pub listen: SocketAddr,
+    /// The address the counting proxy forwards to: `listen`, or something in front of it (a
+    /// delay proxy).
+    pub via: SocketAddr,
+}
+
 impl Registry {
     /// Starts the registry and the proxy, and waits until `GET /v2/` answers 200 through both.
     pub async fn start() -> Result<Self> {
+        let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        Self::start_placed(Placement {
+            prefix: Vec::new(),
+            listen: upstream,
+            via: upstream,
+        })
+        .await
+    }
+
+    /// [`start`](Self::start) with the registry run as `placement` says. [`upstream`]
+    /// (Self::upstream) is then `placement.listen`.
+    pub async fn start_placed(placement: Placement) -> Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("chunksnap-e2e-registry.")
             .tempdir()?;
         dir.disable_cleanup(keep_temp_dirs());
-        let port = free_port()?;
-        let upstream: SocketAddr = ([127, 0, 0, 1], port).into();
+        let upstream = placement.listen;
         let config = dir.path().join("config.yml");
         std::fs::write(&config, config_yaml(&dir.path().join("storage"), upstream))?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new(REGISTRY_BIN)
+        let mut cmd = match placement.prefix.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(REGISTRY_BIN);
+                c
+            }
+            None => Command::new(REGISTRY_BIN),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
@@ -43,7 +75,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {REGISTRY_BIN}"))?;
-        let proxy = CountingProxy::start(upstream)?;
+        let proxy = CountingProxy::start(placement.via)?;
         let mut reg = Self {
             proxy,
             child,

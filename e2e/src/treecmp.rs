@@ -27,6 +27,9 @@ pub struct CompareOptions {
     pub ignore_dir_mtime: bool,
     /// Skip the mtime of the tree roots.
     pub ignore_root_mtime: bool,
+    /// Skip the mtime of overlay whiteouts (0/0 char devices): containerd's applier makes
+    /// them with mknod and never sets their times, so theirs is the moment of unpacking.
+    pub ignore_whiteout_mtime: bool,
 }
 
 /// File type as the oracle sees it.
@@ -209,7 +212,8 @@ pub fn compare_scans(
             );
         }
         let skip_mtime = (na.kind == Kind::Dir && opts.ignore_dir_mtime)
-            || (path.as_os_str().is_empty() && opts.ignore_root_mtime);
+            || (path.as_os_str().is_empty() && opts.ignore_root_mtime)
+            || (na.is_whiteout() && nb.is_whiteout() && opts.ignore_whiteout_mtime);
         if !skip_mtime && na.mtime != nb.mtime {
             diff(
                 path,

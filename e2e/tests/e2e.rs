@@ -2,3 +2,4 @@
 //! scenarios. Needs root, containerd, runc, docker-registry, skopeo, debootstrap and a C compiler.
 
 mod harness;
+mod scenarios;

@@ -62,7 +62,10 @@ impl<'a> Stream<'a> {
         len: u64,
         mut sink: impl FnMut(&[u8]) -> Result<(), AssembleError>,
     ) -> Result<(), AssembleError> {
-        let end = offset + len;
+        // Validated indexes cannot overflow here; an unvalidated one must not panic.
+        let end = offset.checked_add(len).ok_or_else(|| AssembleError::BadIndex {
+            reason: format!("content range {offset}+{len} overflows"),
+        })?;
         let mut pos = offset;
         while pos < end {
             // The chunk containing `pos`: the last one starting at or before it.

@@ -1,0 +1,187 @@
+//! One benchmark "node": a fresh containerd (overlayfs, or the chunksnap proxy plugin with a
+//! fresh `chunksnap serve` and an empty chunk store), and the timed pull runs on it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::bench::case::{Case, Mode};
+use crate::bench::profile::Network;
+use crate::bench::tools::du;
+use crate::chunksnap::Chunksnap;
+use crate::oci::BuiltImage;
+use crate::{Containerd, ContainerdConfig, Snapshotter};
+
+/// Which snapshotter a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// containerd's overlayfs snapshotter: the plain pull.
+    Plain,
+    Chunksnap,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Chunksnap => "chunksnap",
+        }
+    }
+}
+
+/// A node; on drop containerd stops before chunksnap, then mounts left under the node's dir are
+/// detached and the dir removed.
+struct Node {
+    containerd: Containerd,
+    chunksnap: Option<Chunksnap>,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(kind: Kind, net: &Network) -> Result<Self> {
+        let mut dir = tempfile::Builder::new()
+            .prefix("chunksnap-bench-node.")
+            .tempdir_in("/tmp")?;
+        dir.disable_cleanup(crate::util::keep_temp_dirs());
+        let (snapshotter, chunksnap) = match kind {
+            Kind::Plain => (Snapshotter::Overlayfs, None),
+            Kind::Chunksnap => {
+                let mut cs = Chunksnap::new(dir.path(), vec![net.registry.host()])?;
+                cs.start().await?;
+                (Snapshotter::chunksnap(cs.socket()), Some(cs))
+            }
+        };
+        let containerd = Containerd::start(&ContainerdConfig {
+            snapshotter,
+            plain_http_registries: vec![net.registry.host()],
+            sandbox_image: net.pause.reference.clone(),
+        })
+        .await?;
+        Ok(Self {
+            containerd,
+            chunksnap,
+            dir,
+        })
+    }
+
+    /// Disk used on the node by images: containerd's root (content store + snapshots) plus
+    /// chunksnap's root (chunk store + snapshot dirs + DB).
+    fn disk(&self) -> Result<u64> {
+        let cs = match &self.chunksnap {
+            Some(c) => du(c.root())?,
+            None => 0,
+        };
+        Ok(du(&self.containerd.root())? + cs)
+    }
+
+    /// `VmHWM` of the chunksnap daemon, bytes.
+    fn chunksnap_peak_rss(&self) -> Option<u64> {
+        let pid = self.chunksnap.as_ref()?.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
+    fn log_hint(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.containerd.stop();
+        if let Some(cs) = self.chunksnap.as_mut()
+            && let Err(e) = cs.stop()
+        {
+            eprintln!("bench: stopping chunksnap: {e:#}");
+        }
+        crate::util::unmount_below(self.dir.path());
+    }
+}
+
+/// What one timed pull run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub kind: Kind,
+    /// CRI PullImage(v2) until a container of v2 has read the case's file.
+    pub seconds: f64,
+    /// Response body bytes the registry served for that (manifests, configs, blobs, ranges).
+    pub bytes_served: u64,
+    pub blob_bytes_served: u64,
+    pub requests: usize,
+    /// Whether any full v2 layer blob was downloaded (chunksnap fell back to a plain pull).
+    pub layer_blob_fetched: bool,
+    /// Node disk used after the run (v1 + v2, or v2 alone when cold).
+    pub disk_bytes: u64,
+    /// Peak RSS of `chunksnap serve` over the node's life.
+    pub chunksnap_peak_rss: Option<u64>,
+}
+
+/// One run: fresh node, pause (and v1 for updates) pulled untimed, then v2 timed.
+pub async fn run_once(
+    kind: Kind,
+    net: &Network,
+    case: &Case,
+    v1: &BuiltImage,
+    v2: &BuiltImage,
+) -> Result<RunResult> {
+    let node = Node::start(kind, net).await?;
+    let hint = node.log_hint();
+    let result = async {
+        let cri = node.containerd.cri().await?;
+        cri.pull_image(&net.pause.reference).await?;
+        if case.mode == Mode::Update {
+            cri.pull_image(&v1.reference).await?;
+        }
+        net.registry.reset_counters();
+        let start = Instant::now();
+        cri.pull_image(&v2.reference).await?;
+        cri.run_and_read(&v2.reference, &case.read).await?;
+        let seconds = start.elapsed().as_secs_f64();
+        let requests = net.registry.requests();
+        let new_layers: Vec<&str> = v2
+            .layers
+            .iter()
+            .map(|l| l.digest.as_str())
+            .filter(|d| !v1.layers.iter().any(|b| b.digest == *d) || case.mode == Mode::Cold)
+            .collect();
+        let layer_blob_fetched = requests.iter().any(|r| {
+            r.is_blob_get() && r.range.is_none() && new_layers.iter().any(|d| r.path.ends_with(d))
+        });
+        Ok::<_, anyhow::Error>(RunResult {
+            kind,
+            seconds,
+            bytes_served: requests.iter().map(|r| r.bytes).sum(),
+            blob_bytes_served: requests
+                .iter()
+                .filter(|r| r.is_blob_get())
+                .map(|r| r.bytes)
+                .sum(),
+            requests: requests.len(),
+            layer_blob_fetched,
+            disk_bytes: node.disk()?,
+            chunksnap_peak_rss: node.chunksnap_peak_rss(),
+        })
+    }
+    .await
+    .with_context(|| {
+        format!(
+            "{} run of {} (node dir {}; set CHUNKSNAP_E2E_KEEP=1 to keep logs)",
+            kind.name(),
+            case.name,
+            hint.display()
+        )
+    });
+    drop(node);
+    result
+}

@@ -1,0 +1,389 @@
+//! Turning [`Results`] into medians, target verdicts, a printed table, `results.json` and a
+//! chart (gnuplot, PNG).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::bench::case::Mode;
+use crate::bench::node::{Kind, RunResult};
+use crate::bench::{CaseRuns, Results};
+
+/// Median of `v` (mean of the middle two for even lengths); `None` when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn runs(c: &CaseRuns, kind: Kind) -> Vec<&RunResult> {
+    c.runs.iter().filter(|r| r.kind == kind).collect()
+}
+
+fn med(c: &CaseRuns, kind: Kind, f: impl Fn(&RunResult) -> f64) -> Option<f64> {
+    median(&runs(c, kind).into_iter().map(f).collect::<Vec<_>>())
+}
+
+/// One target and how far off it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: String,
+    /// The measured figure (a ratio, MB/s or MB, see `name`).
+    pub measured: f64,
+    /// The bound it must meet.
+    pub bound: f64,
+    /// `true`: measured must be <= bound; `false`: >= bound.
+    pub at_most: bool,
+    /// measured / bound.
+    pub ratio: f64,
+    pub pass: bool,
+}
+
+impl Target {
+    fn new(name: String, measured: f64, bound: f64, at_most: bool) -> Self {
+        let pass = if at_most {
+            measured <= bound
+        } else {
+            measured >= bound
+        };
+        Self {
+            name,
+            measured,
+            bound,
+            at_most,
+            ratio: measured / bound,
+            pass,
+        }
+    }
+}
+
+const MB: f64 = 1e6;
+
+/// Evaluates every target the results allow.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut t = Vec::new();
+    for p in &r.profiles {
+        for c in &p.cases {
+            let Some(off) = r.cases.iter().find(|o| o.name == c.case) else {
+                continue;
+            };
+            let cs_bytes = med(c, Kind::Chunksnap, |x| x.bytes_served as f64);
+            let plain_bytes = med(c, Kind::Plain, |x| x.bytes_served as f64);
+            if let Some(b) = cs_bytes {
+                t.push(Target::new(
+                    format!("{} {}: chunksnap v2 MB <= casync MB", p.profile, c.case),
+                    b / MB,
+                    off.casync_bytes as f64 / MB,
+                    true,
+                ));
+                if c.case == "debian-security"
+                    && let Some(pb) = plain_bytes
+                {
+                    t.push(Target::new(
+                        format!("{} {}: chunksnap/plain v2 bytes <= 0.15", p.profile, c.case),
+                        b / pb,
+                        0.15,
+                        true,
+                    ));
+                }
+            }
+            let ts = med(c, Kind::Chunksnap, |x| x.seconds);
+            let tp = med(c, Kind::Plain, |x| x.seconds);
+            if let (Some(ts), Some(tp)) = (ts, tp) {
+                match c.mode {
+                    Mode::Update if p.profile != "loopback" => t.push(Target::new(
+                        format!(
+                            "{} {}: time-to-running chunksnap/plain <= 0.3",
+                            p.profile, c.case
+                        ),
+                        ts / tp,
+                        0.3,
+                        true,
+                    )),
+                    Mode::Cold => t.push(Target::new(
+                        format!("{} {}: cold pull chunksnap/plain <= 1.1", p.profile, c.case),
+                        ts / tp,
+                        1.1,
+                        true,
+                    )),
+                    Mode::Update => {}
+                }
+            }
+        }
+    }
+    for o in &r.cases {
+        if let Some(a) = &o.assembly
+            && let (Some(cs), Some(tar)) = (median(&a.chunksnap_seconds), median(&a.tar_seconds))
+        {
+            t.push(Target::new(
+                format!("{}: assembly speed-up vs tar -xzpf >= 2", o.name),
+                tar / cs,
+                2.0,
+                false,
+            ));
+        }
+    }
+    let rss = r
+        .profiles
+        .iter()
+        .flat_map(|p| &p.cases)
+        .flat_map(|c| &c.runs)
+        .filter_map(|x| x.chunksnap_peak_rss)
+        .max();
+    if let Some(rss) = rss {
+        t.push(Target::new(
+            "chunksnap serve peak RSS MB < 150".into(),
+            rss as f64 / MB,
+            150.0,
+            true,
+        ));
+    }
+    if let Some(c) = &r.convert
+        && let (Some(cs), Some(ca)) = (median(&c.chunkconv_seconds), median(&c.casync_seconds))
+    {
+        t.push(Target::new(
+            "convert throughput chunkconv/casync >= 2".into(),
+            ca / cs,
+            2.0,
+            false,
+        ));
+        t.push(Target::new(
+            "chunkconv peak RSS MB < 300".into(),
+            c.chunkconv_peak_rss as f64 / MB,
+            300.0,
+            true,
+        ));
+    }
+    t
+}
+
+fn mb(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{:.2}", v / MB))
+}
+
+fn secs(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// The human-readable table.
+pub fn table(r: &Results, targets: &[Target]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Pull of v2 (v1 on the node for updates; empty node for cold). MB = 10^6 bytes the registry \
+         served; s = CRI PullImage(v2) -> container read a file. Medians of {} runs.",
+        r.runs_per_figure
+    );
+    let _ = writeln!(
+        s,
+        "{:<13} {:<16} {:<6} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>7} {:>7} {:>7} | {:>9} {:>9} | {}",
+        "profile",
+        "case",
+        "mode",
+        "plain MB",
+        "chunk MB",
+        "casync MB",
+        "zstd MB",
+        "cs/pl",
+        "plain s",
+        "chunk s",
+        "cs/pl",
+        "disk pl",
+        "disk cs",
+        "notes"
+    );
+    for p in &r.profiles {
+        for c in &p.cases {
+            let off = r.cases.iter().find(|o| o.name == c.case);
+            let pb = med(c, Kind::Plain, |x| x.bytes_served as f64);
+            let cb = med(c, Kind::Chunksnap, |x| x.bytes_served as f64);
+            let pt = med(c, Kind::Plain, |x| x.seconds);
+            let ct = med(c, Kind::Chunksnap, |x| x.seconds);
+            let pd = med(c, Kind::Plain, |x| x.disk_bytes as f64);
+            let cd = med(c, Kind::Chunksnap, |x| x.disk_bytes as f64);
+            let fell_back = runs(c, Kind::Chunksnap)
+                .iter()
+                .filter(|x| x.layer_blob_fetched)
+                .count();
+            let mut notes = Vec::new();
+            if fell_back > 0 {
+                notes.push(format!("chunksnap fell back in {fell_back} run(s)"));
+            }
+            if !c.errors.is_empty() {
+                notes.push(format!("{} failed run(s)", c.errors.len()));
+            }
+            let _ = writeln!(
+                s,
+                "{:<13} {:<16} {:<6} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>7} {:>7} {:>7} | {:>9} {:>9} | {}",
+                p.profile,
+                c.case,
+                format!("{:?}", c.mode).to_lowercase(),
+                mb(pb),
+                mb(cb),
+                mb(off.map(|o| o.casync_bytes as f64)),
+                mb(off.map(|o| o.zstd_floor_bytes as f64)),
+                ratio(cb, pb),
+                secs(pt),
+                secs(ct),
+                ratio(ct, pt),
+                mb(pd),
+                mb(cd),
+                notes.join("; ")
+            );
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Assembly, all chunks local (chunkconv extract, warm store) vs GNU tar -xzpf of the gzip layers:"
+    );
+    for o in &r.cases {
+        if let Some(a) = &o.assembly {
+            let cs = median(&a.chunksnap_seconds);
+            let tar = median(&a.tar_seconds);
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>8.1} MB  chunksnap {:>7} MB/s  tar {:>7} MB/s  speed-up {}",
+                o.name,
+                a.bytes as f64 / MB,
+                cs.map_or("-".into(), |c| format!("{:.1}", a.bytes as f64 / MB / c)),
+                tar.map_or("-".into(), |t| format!("{:.1}", a.bytes as f64 / MB / t)),
+                ratio(tar, cs)
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "Convert of v2 after v1: bytes pushed vs casync store growth:"
+    );
+    for o in &r.cases {
+        let _ = writeln!(
+            s,
+            "  {:<16} chunkconv pushed {:>8} MB  casync {:>8} MB  zstd floor {:>8} MB",
+            o.name,
+            mb(Some(o.convert_v2_bytes_pushed as f64)),
+            mb(Some(o.casync_bytes as f64)),
+            mb(Some(o.zstd_floor_bytes as f64))
+        );
+    }
+    if let Some(c) = &r.convert {
+        let cs = median(&c.chunkconv_seconds);
+        let ca = median(&c.casync_seconds);
+        let tput = |x: Option<f64>| {
+            x.map_or("-".into(), |v| {
+                format!("{:.1}", c.tar_bytes as f64 / MB / v)
+            })
+        };
+        let _ = writeln!(
+            s,
+            "Convert throughput ({}, {:.1} MB tar): chunkconv {} MB/s (registry->registry), casync make {} MB/s \
+             (file->store), chunkconv peak RSS {:.1} MB",
+            c.case,
+            c.tar_bytes as f64 / MB,
+            tput(cs),
+            tput(ca),
+            c.chunkconv_peak_rss as f64 / MB
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Targets (ratio = measured / bound):");
+    for t in targets {
+        let _ = writeln!(
+            s,
+            "  {:<4} {:<62} measured {:>9.3} bound {} {:>7.3} ratio {:>6.2}",
+            if t.pass { "PASS" } else { "MISS" },
+            t.name,
+            t.measured,
+            if t.at_most { "<=" } else { ">=" },
+            t.bound,
+            t.ratio
+        );
+    }
+    s
+}
+
+/// Writes `results.json` (results + targets) under `out`.
+pub fn write_json(r: &Results, targets: &[Target], out: &Path) -> Result<()> {
+    let v = serde_json::json!({ "results": r, "targets": targets });
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&v)?)?;
+    Ok(())
+}
+
+/// Draws `chart.png` under `out` with gnuplot: v2 bytes and time-to-running per case/profile.
+pub fn chart(r: &Results, out: &Path) -> Result<()> {
+    let mut bytes = String::from("label plain chunksnap casync zstd\n");
+    let mut time = String::from("label plain chunksnap\n");
+    for p in &r.profiles {
+        for c in &p.cases {
+            let off = r.cases.iter().find(|o| o.name == c.case);
+            let label = format!("{}\\n{}", c.case, p.profile);
+            let v = |x: Option<f64>| x.map_or("0".into(), |v| format!("{v:.3}"));
+            let _ = writeln!(
+                bytes,
+                "\"{label}\" {} {} {} {}",
+                v(med(c, Kind::Plain, |x| x.bytes_served as f64 / MB)),
+                v(med(c, Kind::Chunksnap, |x| x.bytes_served as f64 / MB)),
+                v(off.map(|o| o.casync_bytes as f64 / MB)),
+                v(off.map(|o| o.zstd_floor_bytes as f64 / MB)),
+            );
+            let _ = writeln!(
+                time,
+                "\"{label}\" {} {}",
+                v(med(c, Kind::Plain, |x| x.seconds)),
+                v(med(c, Kind::Chunksnap, |x| x.seconds)),
+            );
+        }
+    }
+    std::fs::write(out.join("chart-bytes.dat"), bytes)?;
+    std::fs::write(out.join("chart-time.dat"), time)?;
+    let script = format!(
+        r#"set terminal pngcairo size 1400,560 font ",10"
+set output "{out}/chart.png"
+set multiplot layout 1,2 title "chunksnap vs plain containerd pull (medians of {runs} runs)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set key top left
+set grid ytics
+set logscale y
+set ylabel "MB served by the registry for v2 (log)"
+plot "{out}/chart-bytes.dat" using 2:xtic(1) title "plain", "" using 3 title "chunksnap", "" using 4 title "casync", "" using 5 title "zstd --patch-from floor"
+unset logscale y
+set ylabel "seconds, PullImage(v2) -> container read a file"
+plot "{out}/chart-time.dat" using 2:xtic(1) title "plain", "" using 3 title "chunksnap"
+unset multiplot
+"#,
+        out = out.display(),
+        runs = r.runs_per_figure
+    );
+    let gp = out.join("chart.gp");
+    std::fs::write(&gp, script)?;
+    let o = Command::new("gnuplot")
+        .arg(&gp)
+        .output()
+        .context("running gnuplot (apt-get install gnuplot-nox)")?;
+    anyhow::ensure!(
+        o.status.success(),
+        "gnuplot: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}

@@ -33,6 +33,7 @@ pub mod chunksnap;
 pub mod containerd;
 pub mod cri;
 pub mod env;
+pub mod faults;
 pub mod features;
 pub mod images;
 pub mod native;

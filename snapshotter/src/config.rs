@@ -47,6 +47,9 @@ pub struct Config {
     /// docker `config.json` with registry credentials (`auths`, `credHelpers`, `credsStore`).
     /// Default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
     pub docker_config: Option<PathBuf>,
+    /// Longest wait for the registry between two reads of a response (a stalled connection
+    /// fails after this and is retried). Default 60.
+    pub registry_timeout_seconds: u64,
     /// Range requests in flight per layer fetch. Default 8.
     pub fetch_parallelism: usize,
     /// Chunks closer than this in a pack are fetched in one Range request. Default 256 KiB.
@@ -69,6 +72,7 @@ impl Default for Config {
             plain_http: Vec::new(),
             insecure: Vec::new(),
             docker_config: None,
+            registry_timeout_seconds: 60,
             fetch_parallelism: 8,
             fetch_max_gap_bytes: 256 << 10,
             fetch_max_request_bytes: 8 << 20,
@@ -92,6 +96,7 @@ impl Config {
         let mut r = chunksnap_core::registry::RegistryConfig {
             plain_http_hosts: self.plain_http.clone(),
             insecure_hosts: self.insecure.clone(),
+            read_timeout: std::time::Duration::from_secs(self.registry_timeout_seconds.max(1)),
             ..Default::default()
         };
         if self.docker_config.is_some() {

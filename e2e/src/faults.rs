@@ -1,0 +1,400 @@
+//! A fault-injecting HTTP/1 proxy for reliability tests.
+//!
+//! It sits between the [`crate::proxy::CountingProxy`] and the registry (see
+//! [`crate::registry::Placement::via`]), so every client goes through it, but faults only hit
+//! the requests a [`Target`] selects: by default blob GETs carrying a `Range` header. containerd
+//! never sends those on a first attempt, so its own (fallback) pulls stay healthy while
+//! chunksnap's pack reads get hurt. Faults are applied to the first N selected requests or with
+//! a probability (seeded, reproducible). Like the counting proxy it runs on its own thread and
+//! runtime and listens on 127.0.0.1 only.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+/// What happens to a selected request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status (e.g. 503) without asking the registry.
+    Status(u16),
+    /// Answer 429 Too Many Requests with `Retry-After: <secs>`.
+    TooManyRequests { retry_after_secs: u32 },
+    /// Send half the body, then break the connection.
+    ResetMidBody,
+    /// Send half the body as a complete (chunked) response: a short, well-formed answer.
+    Truncate,
+    /// Send the whole body with one byte flipped in the middle.
+    FlipByte,
+    /// Send half the body, stall this long, then send the rest.
+    Stall(Duration),
+    /// Wait this long before answering normally (slow registry, not a failure).
+    Delay(Duration),
+}
+
+/// Which requests a plan may hurt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Blob GETs with a `Range` header (chunksnap's pack reads).
+    RangeBlobGets,
+    /// Every blob GET.
+    BlobGets,
+}
+
+/// How often a fault is applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum When {
+    /// The first `n` selected requests.
+    FirstN(u64),
+    /// Each selected request with probability `p` (0..=1), from a seeded generator.
+    Probability { p: f64, seed: u64 },
+}
+
+/// A fault, what it targets and how often.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultPlan {
+    pub fault: Fault,
+    pub target: Target,
+    pub when: When,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    plan: Mutex<Option<(FaultPlan, u64)>>,
+    selected: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl Shared {
+    /// Whether this request gets the fault, advancing the plan's counters.
+    fn decide(&self, is_range: bool, is_blob_get: bool) -> Option<Fault> {
+        let mut guard = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let (plan, rng) = guard.as_mut()?;
+        let selected = match plan.target {
+            Target::RangeBlobGets => is_range && is_blob_get,
+            Target::BlobGets => is_blob_get,
+        };
+        if !selected {
+            return None;
+        }
+        let n = self.selected.fetch_add(1, Ordering::Relaxed);
+        let hit = match plan.when {
+            When::FirstN(k) => n < k,
+            When::Probability { p, .. } => (next_random(rng) as f64 / u64::MAX as f64) < p,
+        };
+        if hit {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            Some(plan.fault)
+        } else {
+            None
+        }
+    }
+}
+
+/// xorshift64*: enough for reproducible coin flips in tests.
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = (*state).max(1);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// The running proxy; stops (and joins its thread) on drop.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream`, with no plan (clean).
+    pub fn start(upstream: SocketAddr) -> Result<Self> {
+        let std_listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("bind fault proxy listener")?;
+        std_listener.set_nonblocking(true)?;
+        let addr = std_listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("e2e-faults".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("e2e fault proxy: runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match TcpListener::from_std(std_listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("e2e fault proxy: listener: {e}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        _ = rx => {}
+                        () = accept_loop(listener, upstream, thread_shared) => {}
+                    }
+                });
+            })
+            .context("spawn fault proxy thread")?;
+        Ok(Self {
+            addr,
+            shared,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Installs `plan` (or none: pass everything through) and resets the counters.
+    pub fn set_plan(&self, plan: Option<FaultPlan>) {
+        let seeded = plan.map(|p| {
+            let seed = match p.when {
+                When::Probability { seed, .. } => seed,
+                When::FirstN(_) => 1,
+            };
+            (p, seed)
+        });
+        *self.shared.plan.lock().unwrap_or_else(|p| p.into_inner()) = seeded;
+        self.shared.selected.store(0, Ordering::Relaxed);
+        self.shared.injected.store(0, Ordering::Relaxed);
+    }
+
+    /// Requests the current plan selected.
+    pub fn selected(&self) -> u64 {
+        self.shared.selected.load(Ordering::Relaxed)
+    }
+
+    /// Requests the current plan hurt.
+    pub fn injected(&self) -> u64 {
+        self.shared.injected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, upstream, shared.clone()));
+            // Errors here are the faults themselves or client hang-ups.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type FaultBodyBox = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+fn full(status: StatusCode, text: &str) -> Response<FaultBodyBox> {
+    let mut r = Response::new(
+        http_body_util::Full::new(Bytes::from(text.to_owned()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    upstream: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<Response<FaultBodyBox>, BoxError> {
+    let is_range = req.headers().contains_key(hyper::header::RANGE);
+    let is_blob_get = req.method() == hyper::Method::GET && is_blob_path(req.uri().path());
+    let fault = shared.decide(is_range, is_blob_get);
+    match fault {
+        Some(Fault::Status(code)) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Ok(full(status, "injected fault"));
+        }
+        Some(Fault::TooManyRequests { retry_after_secs }) => {
+            let mut r = full(StatusCode::TOO_MANY_REQUESTS, "slow down");
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return Ok(r);
+        }
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let resp = match send_upstream(req, upstream).await {
+        Ok(r) => r,
+        Err(e) => return Ok(full(StatusCode::BAD_GATEWAY, &format!("{e:#}"))),
+    };
+    let body_fault = fault.filter(|f| {
+        matches!(
+            f,
+            Fault::ResetMidBody | Fault::Truncate | Fault::FlipByte | Fault::Stall(_)
+        )
+    });
+    let Some(fault) = body_fault else {
+        return Ok(resp.map(|b| b.map_err(BoxError::from).boxed()));
+    };
+    let (mut parts, body) = resp.into_parts();
+    let bytes = body.collect().await?.to_bytes();
+    let half = bytes.len() / 2;
+    let total = bytes.len() as u64;
+    let steps: VecDeque<Step> = match fault {
+        Fault::ResetMidBody => [Step::Data(bytes.slice(..half)), Step::Break].into(),
+        Fault::Truncate => {
+            // No length: hyper sends it chunked, and the short body ends cleanly.
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            [Step::Data(bytes.slice(..half))].into()
+        }
+        Fault::FlipByte => {
+            let mut v = bytes.to_vec();
+            if let Some(b) = v.get_mut(half) {
+                *b ^= 0x5a;
+            }
+            [Step::Data(Bytes::from(v))].into()
+        }
+        Fault::Stall(d) => [
+            Step::Data(bytes.slice(..half)),
+            Step::Sleep(d),
+            Step::Data(bytes.slice(half..)),
+        ]
+        .into(),
+        _ => [Step::Data(bytes)].into(),
+    };
+    let body = FaultBody {
+        steps,
+        sleep: None,
+        exact: parts
+            .headers
+            .contains_key(hyper::header::CONTENT_LENGTH)
+            .then_some(total),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+fn is_blob_path(path: &str) -> bool {
+    path.starts_with("/v2/")
+        && path
+            .rsplit_once("/blobs/")
+            .is_some_and(|(_, digest)| digest.contains(':'))
+}
+
+async fn send_upstream(req: Request<Incoming>, upstream: SocketAddr) -> Result<Response<Incoming>> {
+    let stream = TcpStream::connect(upstream)
+        .await
+        .context("connect registry")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("handshake")?;
+    tokio::spawn(conn);
+    sender.send_request(req).await.context("forward request")
+}
+
+enum Step {
+    Data(Bytes),
+    Sleep(Duration),
+    /// Fail the body: hyper then aborts the connection mid-response.
+    Break,
+}
+
+/// A scripted response body.
+struct FaultBody {
+    steps: VecDeque<Step>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The declared length, if the response keeps its `Content-Length`.
+    exact: Option<u64>,
+}
+
+impl Body for FaultBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        match self.steps.pop_front() {
+            None => Poll::Ready(None),
+            Some(Step::Data(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Some(Step::Break) => Poll::Ready(Some(Err("injected connection reset".into()))),
+            Some(Step::Sleep(d)) => {
+                self.sleep = Some(Box::pin(tokio::time::sleep(d)));
+                self.poll_frame(cx)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.steps.is_empty() && self.sleep.is_none()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.exact
+            .map_or_else(hyper::body::SizeHint::default, hyper::body::SizeHint::with_exact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_n_and_probability() {
+        let s = Shared::default();
+        let plan = |when| FaultPlan {
+            fault: Fault::Status(503),
+            target: Target::RangeBlobGets,
+            when,
+        };
+        *s.plan.lock().unwrap() = Some((plan(When::FirstN(2)), 1));
+        assert_eq!(s.decide(false, true), None, "not a Range request");
+        assert!(s.decide(true, true).is_some());
+        assert!(s.decide(true, true).is_some());
+        assert_eq!(s.decide(true, true), None);
+        *s.plan.lock().unwrap() = Some((plan(When::Probability { p: 0.5, seed: 7 }), 7));
+        let hits = (0..1000).filter(|_| s.decide(true, true).is_some()).count();
+        assert!((350..650).contains(&hits), "{hits}");
+    }
+}

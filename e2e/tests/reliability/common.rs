@@ -1,0 +1,243 @@
+//! Setup shared by the reliability tests: a node whose registry traffic passes a fault proxy,
+//! small generated images, the overlayfs oracle, and checks for damage a failure may leave
+//! (corrupt chunks, temp chunk files, half-made snapshot directories).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use chunksnap_e2e::chunksnap::Chunksnap;
+use chunksnap_e2e::faults::{FaultProxy, next_random};
+use chunksnap_e2e::registry::Placement;
+use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
+use chunksnap_e2e::util::free_port;
+use chunksnap_e2e::{
+    BuiltImage, Containerd, ContainerdConfig, Env, ImageSpec, Registry, Snapshotter, TestImages,
+};
+use tempfile::TempDir;
+
+/// A node (containerd + chunksnap) on a registry reached through a [`FaultProxy`]:
+/// clients → counting proxy → fault proxy → docker-registry.
+pub struct FaultyNode {
+    pub env: Env,
+    pub chunksnap: Chunksnap,
+    pub faults: FaultProxy,
+    pub dir: TempDir,
+}
+
+impl FaultyNode {
+    /// Starts everything; `config` is chunksnap's `config.toml` text.
+    pub async fn start(config: &str) -> Result<Self> {
+        Self::start_with(config, None).await
+    }
+
+    /// Like [`start`](Self::start), with chunksnap's state root at `root`.
+    pub async fn start_with(config: &str, root: Option<&Path>) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("chunksnap-e2e-rel-")
+            .tempdir()?;
+        let upstream: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let faults = FaultProxy::start(upstream)?;
+        let registry = Registry::start_placed(Placement {
+            prefix: Vec::new(),
+            listen: upstream,
+            via: faults.addr(),
+        })
+        .await?;
+        let images = TestImages::new(&registry)?;
+        let pause = images.pause().await?;
+        let socket = dir.path().join("cs.sock");
+        let containerd = Containerd::start(&ContainerdConfig {
+            snapshotter: Snapshotter::chunksnap(&socket),
+            plain_http_registries: vec![registry.host()],
+            sandbox_image: pause.reference.clone(),
+        })
+        .await?;
+        std::fs::write(dir.path().join("config.toml"), config)?;
+        let mut chunksnap = Chunksnap::new(dir.path(), vec![registry.host()])?;
+        if let Some(root) = root {
+            chunksnap = chunksnap.with_root(root);
+        }
+        chunksnap.start().await?;
+        ensure!(chunksnap.socket() == socket, "socket path mismatch");
+        registry.reset_counters();
+        let env = Env {
+            containerd,
+            images,
+            pause,
+            registry,
+        };
+        Ok(Self {
+            env,
+            chunksnap,
+            faults,
+            dir,
+        })
+    }
+
+    /// The `outcome` counter of chunksnap's prepares.
+    pub async fn prepares(&self, outcome: &str) -> Result<f64> {
+        self.chunksnap
+            .metric(&format!("chunksnap_prepares_total{{outcome=\"{outcome}\"}}"))
+            .await
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.chunksnap.log_path()).unwrap_or_default()
+    }
+}
+
+/// An uncompressed tar of `files` (path, bytes), regular files 0644 with fixed times.
+pub fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, data.as_slice())?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// `len` pseudo-random bytes from `seed` (incompressible, reproducible, so the image cache
+/// holds each generated layer once).
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&next_random(&mut state).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A two-layer image unique to `seed`: per layer `files` random files of `file_size` bytes and
+/// a few small text files. Pushed as `rel-<name>:<seed>`.
+pub async fn unique_image(
+    env: &Env,
+    name: &str,
+    seed: u64,
+    files: usize,
+    file_size: usize,
+) -> Result<BuiltImage> {
+    let mut tars = Vec::new();
+    for layer in 0..2u64 {
+        let mut entries = Vec::new();
+        for f in 0..files as u64 {
+            let s = seed * 1000 + layer * 100 + f;
+            entries.push((format!("l{layer}/blob{f}.bin"), random_bytes(s, file_size)));
+        }
+        for f in 0..8 {
+            entries.push((
+                format!("l{layer}/etc/small{f}.txt"),
+                format!("seed {seed} layer {layer} file {f}\n").into_bytes(),
+            ));
+        }
+        tars.push(tar_of(&entries)?);
+    }
+    env.images
+        .push_tars(
+            &format!("rel-{name}"),
+            &seed.to_string(),
+            tars,
+            ImageSpec::default(),
+        )
+        .await
+}
+
+/// Pulls `image` on `oracle` (containerd's overlayfs) and checks that every layer `node`'s
+/// chunksnap holds equals it. Returns the number of differences found (0 = equal).
+pub async fn oracle_differences(
+    node: &Containerd,
+    oracle: &Containerd,
+    image: &BuiltImage,
+) -> Result<usize> {
+    oracle.cri().await?.pull_image(&image.reference).await?;
+    let want = oracle
+        .native()
+        .await?
+        .layer_dirs("overlayfs", &image.reference)
+        .await?;
+    let got = node
+        .native()
+        .await?
+        .layer_dirs("chunksnap", &image.reference)
+        .await?;
+    ensure!(want.len() == got.len(), "layer count differs");
+    let opts = CompareOptions {
+        ignore_root_mtime: true,
+        ignore_whiteout_mtime: true,
+        ..CompareOptions::default()
+    };
+    let mut n = 0;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        let diffs = compare_trees(w, g, &opts).with_context(|| format!("comparing layer {i}"))?;
+        if !diffs.is_empty() {
+            eprintln!(
+                "{} layer {i} differs from the oracle: {:#?}",
+                image.reference,
+                &diffs[..diffs.len().min(5)]
+            );
+        }
+        n += diffs.len();
+    }
+    Ok(n)
+}
+
+/// `chunksnap fsck`'s corrupt-chunk count (fails if fsck cannot run).
+pub fn fsck_corrupt(chunksnap: &Chunksnap) -> Result<u64> {
+    let out = chunksnap.node_command(&["fsck"])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("chunks:"))
+        .with_context(|| format!("unexpected fsck output: {text}"))?;
+    // "chunks: N ok, M corrupt, T temp files"
+    let corrupt = line
+        .split(',')
+        .find(|p| p.trim_end().ends_with("corrupt"))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected fsck line: {line}"))?;
+    Ok(corrupt)
+}
+
+/// What a crash or failure may leave under a state root: `snapshots/new-*`, `snapshots/rm-*`
+/// and `chunks/*/.tmp-*`.
+pub fn leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(root.join("snapshots")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("new-") || name.starts_with("rm-") {
+                found.push(e.path());
+            }
+        }
+    }
+    if let Ok(shards) = std::fs::read_dir(root.join("chunks")) {
+        for shard in shards.flatten() {
+            if let Ok(files) = std::fs::read_dir(shard.path()) {
+                for f in files.flatten() {
+                    if f.file_name().to_string_lossy().starts_with(".tmp-") {
+                        found.push(f.path());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The oracle: containerd's own overlayfs snapshotter on the same registry.
+pub async fn oracle(env: &Env) -> Result<Containerd> {
+    Containerd::start(&env.containerd_config(Snapshotter::Overlayfs)).await
+}
+
+/// Converts `reference` (blocking; `chunkconv` is a separate process).
+pub async fn convert(reference: &str) -> Result<()> {
+    let r = reference.to_owned();
+    tokio::task::spawn_blocking(move || chunksnap_e2e::chunksnap::convert(&r)).await??;
+    Ok(())
+}

@@ -128,7 +128,11 @@ impl Chunksnap {
         let url = format!("http://{}/healthz", self.metrics);
         let mut poll = Poller::new("chunksnap /healthz", Duration::from_secs(30));
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 self.child = None;
                 bail!(
                     "chunksnap exited with {status} during start; log {}",
@@ -144,7 +148,8 @@ impl Chunksnap {
 
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> Result<String> {
-        let (status, body) = crate::util::http_get(&format!("http://{}/metrics", self.metrics)).await?;
+        let (status, body) =
+            crate::util::http_get(&format!("http://{}/metrics", self.metrics)).await?;
         ensure!(status == 200, "/metrics answered {status}");
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
@@ -165,7 +170,10 @@ impl Chunksnap {
         if let Some(mut child) = self.child.take() {
             signal(&child, nix::sys::signal::Signal::SIGTERM);
             let status = child.wait()?;
-            ensure!(status.success(), "chunksnap exited with {status} on SIGTERM");
+            ensure!(
+                status.success(),
+                "chunksnap exited with {status} on SIGTERM"
+            );
         }
         Ok(())
     }

@@ -147,7 +147,11 @@ impl ChunkRemote {
         if ix.source.as_ref().map(|s| s.digest.as_str()) != Some(layer.to_string().as_str()) {
             return Err(RemoteError::WrongLayer {
                 expected: *layer,
-                found: ix.source.as_ref().map(|s| s.digest.clone()).unwrap_or_default(),
+                found: ix
+                    .source
+                    .as_ref()
+                    .map(|s| s.digest.clone())
+                    .unwrap_or_default(),
             });
         }
         let ix = Arc::new(ix);
@@ -185,7 +189,10 @@ impl ChunkRemote {
         let Some(layers) = req.labels.get(LABEL_CRI_IMAGE_LAYERS) else {
             return;
         };
-        for layer in layers.split(',').filter_map(|s| Digest::parse(s.trim()).ok()) {
+        for layer in layers
+            .split(',')
+            .filter_map(|s| Digest::parse(s.trim()).ok())
+        {
             if layer.to_string() == req.layer_digest || !artifact.indexes.contains_key(&layer) {
                 continue;
             }
@@ -209,10 +216,7 @@ impl ChunkRemote {
         }
     }
 
-    async fn assemble(
-        self: &Arc<Self>,
-        req: &RemoteRequest,
-    ) -> Result<RemoteOutcome, RemoteError> {
+    async fn assemble(self: &Arc<Self>, req: &RemoteRequest) -> Result<RemoteOutcome, RemoteError> {
         let image = RegistryClient::parse_reference(&req.image_ref)?;
         let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
         let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
@@ -285,7 +289,9 @@ impl ChunkRemote {
             if let Err(e) = this.store.evict_to_budget() {
                 tracing::warn!(cause = %e, "chunk store eviction failed");
             }
-            this.metrics.store_bytes.set(this.store.stats().bytes as i64);
+            this.metrics
+                .store_bytes
+                .set(this.store.stats().bytes as i64);
         });
     }
 }

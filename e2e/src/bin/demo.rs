@@ -30,7 +30,9 @@ fn mb(b: u64) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("chunksnap-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("chunksnap-demo-")
+        .tempdir()?;
     let result = demo(dir.path()).await;
     if result.is_err() {
         // Show the daemon's side of the story before the temp dir goes away.
@@ -49,11 +51,16 @@ async fn demo(dir: &std::path::Path) -> Result<()> {
     println!("==> starting a registry on 127.0.0.1 and containerd with the chunksnap snapshotter");
     let env = Env::start(Snapshotter::chunksnap(&socket)).await?;
     let mut chunksnap = Chunksnap::new(dir, vec![env.registry.host()])?;
-    chunksnap.start().await.context("starting chunksnap serve")?;
+    chunksnap
+        .start()
+        .await
+        .context("starting chunksnap serve")?;
     println!("==> starting a second containerd with the plain overlayfs snapshotter");
     let plain = Containerd::start(&env.containerd_config(Snapshotter::Overlayfs)).await?;
 
-    println!("==> building debian:v1 (debootstrap minbase bookworm) and debian:v2 (+ bookworm-security upgrades)");
+    println!(
+        "==> building debian:v1 (debootstrap minbase bookworm) and debian:v2 (+ bookworm-security upgrades)"
+    );
     let v1 = env.images.debian_v1().await?;
     let v2 = env.images.debian_v2().await?;
     for img in [&v1, &v2] {
@@ -89,7 +96,10 @@ async fn demo(dir: &std::path::Path) -> Result<()> {
     println!();
     println!("| pull            | plain overlayfs        | chunksnap              | ratio |");
     println!("|-----------------|------------------------|------------------------|-------|");
-    for (what, p, c) in [("v1 (cold)", &plain_v1, &cs_v1), ("v2 (v1 on node)", &plain_v2, &cs_v2)] {
+    for (what, p, c) in [
+        ("v1 (cold)", &plain_v1, &cs_v1),
+        ("v2 (v1 on node)", &plain_v2, &cs_v2),
+    ] {
         println!(
             "| {what:<15} | {:>10} {:>8.2}s   | {:>10} {:>8.2}s   | {:.2}x |",
             mb(p.bytes),

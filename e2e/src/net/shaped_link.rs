@@ -49,11 +49,21 @@ impl ShapedLink {
             host_if: host_if.clone(),
             inner_ip,
         };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer_if])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+        ])?;
         ip(&["link", "set", &peer_if, "netns", &ns])?;
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
         ip(&["link", "set", &host_if, "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{inner_ip}/30"), "dev", &peer_if])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{inner_ip}/30"),
+            "dev",
+            &peer_if,
+        ])?;
         ip(&["-n", &ns, "link", "set", &peer_if, "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         if let Some(rate) = rate_mbit {
@@ -62,13 +72,16 @@ impl ShapedLink {
             let rate = format!("{rate}mbit");
             run(
                 "tc",
-                &["qdisc", "add", "dev", &host_if, "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"],
+                &[
+                    "qdisc", "add", "dev", &host_if, "root", "tbf", "rate", &rate, "burst", &burst,
+                    "latency", "100ms",
+                ],
             )?;
             run(
                 "ip",
                 &[
-                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &peer_if, "root", "tbf", "rate", &rate,
-                    "burst", &burst, "latency", "100ms",
+                    "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &peer_if, "root", "tbf",
+                    "rate", &rate, "burst", &burst, "latency", "100ms",
                 ],
             )?;
         }

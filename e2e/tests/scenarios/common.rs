@@ -30,7 +30,9 @@ impl Drop for Node {
 impl Node {
     /// Starts registry, containerd (CRI snapshotter = chunksnap) and the chunksnap daemon.
     pub async fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("chunksnap-e2e-node-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("chunksnap-e2e-node-")
+            .tempdir()?;
         let socket = dir.path().join("cs.sock");
         let env = Env::start(Snapshotter::chunksnap(&socket)).await?;
         let mut chunksnap = Chunksnap::new(dir.path(), vec![env.registry.host()])?;
@@ -80,8 +82,7 @@ pub async fn assert_layers_match_oracle(
             ignore_whiteout_mtime: true,
             ..CompareOptions::default()
         };
-        let diffs = compare_trees(w, g, &opts)
-            .with_context(|| format!("comparing layer {i}"))?;
+        let diffs = compare_trees(w, g, &opts).with_context(|| format!("comparing layer {i}"))?;
         ensure!(
             diffs.is_empty(),
             "layer {i} of {} differs from containerd's overlayfs unpack ({} differences), first: {:#?}",
@@ -108,6 +109,8 @@ pub fn layer_blob_gets(env: &Env, image: &BuiltImage) -> BTreeSet<String> {
 /// The `outcome` counter of chunksnap's prepares.
 pub async fn prepares(node: &Node, outcome: &str) -> Result<f64> {
     node.chunksnap
-        .metric(&format!("chunksnap_prepares_total{{outcome=\"{outcome}\"}}"))
+        .metric(&format!(
+            "chunksnap_prepares_total{{outcome=\"{outcome}\"}}"
+        ))
         .await
 }

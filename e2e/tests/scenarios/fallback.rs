@@ -11,13 +11,21 @@ async fn unconverted_image_falls_back_and_runs() -> Result<()> {
     let img = node.env.images.debian_v1().await?;
     let cri = node.env.containerd.cri().await?;
     cri.pull_image(&img.reference).await?;
-    ensure!(prepares(&node, "fallback").await? == 1.0, "expected a fallback");
-    ensure!(prepares(&node, "remote").await? == 0.0, "nothing to assemble remotely");
+    ensure!(
+        prepares(&node, "fallback").await? == 1.0,
+        "expected a fallback"
+    );
+    ensure!(
+        prepares(&node, "remote").await? == 0.0,
+        "nothing to assemble remotely"
+    );
     ensure!(
         !layer_blob_gets(&node.env, &img).is_empty(),
         "containerd should have downloaded the layer"
     );
-    let out = cri.run_and_read(&img.reference, "/etc/debian_version").await?;
+    let out = cri
+        .run_and_read(&img.reference, "/etc/debian_version")
+        .await?;
     ensure!(out.starts_with(b"12."), "unexpected {out:?}");
     let oracle = oracle(&node.env).await?;
     assert_layers_match_oracle(&node, &oracle, &img).await
@@ -29,7 +37,11 @@ async fn converted_image_with_deleted_packs_falls_back() -> Result<()> {
     let img = node.env.images.features().await?;
     convert(&img.reference)?;
     // Delete every pack blob from the registry's storage: the artifact still points at them.
-    let blobs = node.env.registry.storage_dir().join("docker/registry/v2/blobs/sha256");
+    let blobs = node
+        .env
+        .registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256");
     let mut deleted = 0;
     for pack in pack_digests(&img.reference).await? {
         let hex = pack.trim_start_matches("sha256:");
@@ -42,8 +54,14 @@ async fn converted_image_with_deleted_packs_falls_back() -> Result<()> {
     ensure!(deleted > 0, "no pack blob found to delete");
     let cri = node.env.containerd.cri().await?;
     cri.pull_image(&img.reference).await?;
-    ensure!(prepares(&node, "remote").await? == 0.0, "nothing can be assembled");
-    ensure!(prepares(&node, "fallback").await? >= 1.0, "expected fallbacks");
+    ensure!(
+        prepares(&node, "remote").await? == 0.0,
+        "nothing can be assembled"
+    );
+    ensure!(
+        prepares(&node, "fallback").await? >= 1.0,
+        "expected fallbacks"
+    );
     let oracle = oracle(&node.env).await?;
     assert_layers_match_oracle(&node, &oracle, &img).await
 }

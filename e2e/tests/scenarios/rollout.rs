@@ -16,7 +16,13 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
     let v2 = node.env.images.debian_v2().await?;
     convert(&v1.reference)?;
     convert(&v2.reference)?;
-    let inspect = chunkconv_json(&["inspect", "--plain-http", "--base", &v1.reference, &v2.reference])?;
+    let inspect = chunkconv_json(&[
+        "inspect",
+        "--plain-http",
+        "--base",
+        &v1.reference,
+        &v2.reference,
+    ])?;
     let m = &inspect[0];
     let v2_unique = m["unique_stored_bytes"].as_u64().unwrap_or(0);
     let v2_in_v1 = m["base_stored_bytes"].as_u64().unwrap_or(0);
@@ -25,15 +31,30 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
 
     node.env.registry.reset_counters();
     cri.pull_image(&v1.reference).await?;
-    ensure!(layer_blob_gets(&node.env, &v1).is_empty(), "v1 layer blob was downloaded");
-    ensure!(prepares(&node, "remote").await? == 1.0, "v1 not assembled remotely");
+    ensure!(
+        layer_blob_gets(&node.env, &v1).is_empty(),
+        "v1 layer blob was downloaded"
+    );
+    ensure!(
+        prepares(&node, "remote").await? == 1.0,
+        "v1 not assembled remotely"
+    );
     let v1_bytes = node.env.registry.bytes_served();
 
     node.env.registry.reset_counters();
     cri.pull_image(&v2.reference).await?;
-    ensure!(layer_blob_gets(&node.env, &v2).is_empty(), "v2 layer blob was downloaded");
-    ensure!(prepares(&node, "remote").await? == 2.0, "v2 not assembled remotely");
-    ensure!(prepares(&node, "fallback").await? == 0.0, "unexpected fallback");
+    ensure!(
+        layer_blob_gets(&node.env, &v2).is_empty(),
+        "v2 layer blob was downloaded"
+    );
+    ensure!(
+        prepares(&node, "remote").await? == 2.0,
+        "v2 not assembled remotely"
+    );
+    ensure!(
+        prepares(&node, "fallback").await? == 0.0,
+        "unexpected fallback"
+    );
     let v2_bytes = node.env.registry.bytes_served();
     let v2_layer = v2.layers[0].size;
     eprintln!(
@@ -50,8 +71,13 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
         "v2 pull moved {v2_bytes} B for {v2_missing} B of missing chunks"
     );
 
-    let version = cri.run_and_read(&v2.reference, "/etc/debian_version").await?;
-    ensure!(version.starts_with(b"12."), "unexpected /etc/debian_version {version:?}");
+    let version = cri
+        .run_and_read(&v2.reference, "/etc/debian_version")
+        .await?;
+    ensure!(
+        version.starts_with(b"12."),
+        "unexpected /etc/debian_version {version:?}"
+    );
 
     let oracle = oracle(&node.env).await?;
     assert_layers_match_oracle(&node, &oracle, &v1).await?;
@@ -61,7 +87,10 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
     node.chunksnap.stop()?;
     node.chunksnap.start().await?;
     // containerd's gRPC connection to the plugin reconnects with backoff: retry until it has.
-    let mut poll = Poller::new("containerd reconnecting to chunksnap", Duration::from_secs(60));
+    let mut poll = Poller::new(
+        "containerd reconnecting to chunksnap",
+        Duration::from_secs(60),
+    );
     let again = loop {
         match cri.run_and_read(&v1.reference, "/etc/debian_version").await {
             Ok(out) => break out,
@@ -89,7 +118,10 @@ async fn crafted_features_image_matches_overlayfs() -> Result<()> {
     let cri = node.env.containerd.cri().await?;
     node.env.registry.reset_counters();
     cri.pull_image(&img.reference).await?;
-    ensure!(layer_blob_gets(&node.env, &img).is_empty(), "layer blob was downloaded");
+    ensure!(
+        layer_blob_gets(&node.env, &img).is_empty(),
+        "layer blob was downloaded"
+    );
     ensure!(
         prepares(&node, "remote").await? == img.layers.len() as f64,
         "not every layer was assembled remotely"

@@ -39,12 +39,15 @@ pub struct ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// min 16 KiB, avg 64 KiB, max 256 KiB, normalization 1.
+    /// min 8 KiB, avg 32 KiB, max 128 KiB, normalization 1. Chosen with `make bench`'s sweep
+    /// (docs/benchmarks.md): on the Debian security update, 32 KiB moves 10% fewer bytes than
+    /// 64 KiB for 1% more on a cold pull; 16 KiB saves another 10% but doubles the chunk count
+    /// (store files, index size) and loses more to filesystem block rounding.
     fn default() -> Self {
         Self {
-            min: 16 << 10,
-            avg: 64 << 10,
-            max: 256 << 10,
+            min: 8 << 10,
+            avg: 32 << 10,
+            max: 128 << 10,
             normalization: 1,
         }
     }

@@ -314,38 +314,51 @@ fn plan(wants: &[Want], index: &LayerIndex, opts: &FetchOptions) -> Vec<Request>
     out
 }
 
-/// Runs one request; returns (chunks stored, bytes received).
+/// Runs one request; returns (chunks stored, bytes received). Bytes that fail verification
+/// (damaged in transit, e.g. by a faulty proxy) are read once more before the fetch fails.
 async fn fetch_request(
     r: Request,
     store: &Arc<ChunkStore>,
     source: &impl RangeSource,
 ) -> Result<(u64, u64), FetchError> {
-    let data = source.read_range(&r.pack, r.start, r.len).await?;
-    if data.len() as u64 != r.len {
-        return Err(FetchError::ShortRead {
-            pack: r.pack,
-            offset: r.start,
-            expected: r.len,
-            got: data.len() as u64,
-        });
+    let r = Arc::new(r);
+    let mut received = 0;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let data = source.read_range(&r.pack, r.start, r.len).await?;
+        if data.len() as u64 != r.len {
+            return Err(FetchError::ShortRead {
+                pack: r.pack.clone(),
+                offset: r.start,
+                expected: r.len,
+                got: data.len() as u64,
+            });
+        }
+        received += data.len() as u64;
+        let (req, st) = (Arc::clone(&r), Arc::clone(store));
+        let verified = tokio::task::spawn_blocking(move || -> Result<u64, FetchError> {
+            // Verify every chunk of the request before storing any of them.
+            let mut verified = Vec::with_capacity(req.chunks.len());
+            for w in &req.chunks {
+                let from = (w.offset - req.start) as usize;
+                let stored = data.slice(from..from + w.stored as usize);
+                decompress_chunk(&stored, w.compression, w.size.into(), &w.digest)
+                    .map_err(StoreError::from)?;
+                verified.push((w, stored));
+            }
+            for (w, stored) in &verified {
+                st.insert_verified(&w.digest, w.size, w.compression, stored)?;
+            }
+            Ok(verified.len() as u64)
+        })
+        .await?;
+        match verified {
+            Ok(n) => return Ok((n, received)),
+            Err(FetchError::Store(StoreError::Corrupt(e))) if attempt < 2 => {
+                tracing::warn!(pack = %r.pack, offset = r.start, cause = %e, "chunk failed verification; reading the range again");
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let received = data.len() as u64;
-    let store = Arc::clone(store);
-    let n = tokio::task::spawn_blocking(move || -> Result<u64, FetchError> {
-        // Verify every chunk of the request before storing any of them.
-        let mut verified = Vec::with_capacity(r.chunks.len());
-        for w in &r.chunks {
-            let from = (w.offset - r.start) as usize;
-            let stored = data.slice(from..from + w.stored as usize);
-            decompress_chunk(&stored, w.compression, w.size.into(), &w.digest)
-                .map_err(StoreError::from)?;
-            verified.push((w, stored));
-        }
-        for (w, stored) in &verified {
-            store.insert_verified(&w.digest, w.size, w.compression, stored)?;
-        }
-        Ok(verified.len() as u64)
-    })
-    .await??;
-    Ok((n, received))
 }

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
+use oci_client::errors::OciDistributionError;
 
 use super::{Reference, RegistryClient, RegistryError};
 use crate::digest::Digest;
@@ -77,23 +78,30 @@ impl RegistryClient {
             expected: len,
             got,
         };
+        // A connection broken or stalled mid-body, or a short answer, is as transient as a
+        // failed request: the whole range is read again (`IoError` classifies as transient).
         let read = || async {
             let resp = client
                 .pull_blob_stream_partial(image, d.as_str(), offset, Some(len))
                 .await?;
-            match resp {
-                BlobResponse::Partial(s) => {
-                    let got = collect_capped(s.stream, len, &d).await;
-                    Ok(got.map(|b| (b, true)))
-                }
-                BlobResponse::Full(s) => Ok(take_range(s.stream, offset, len)
-                    .await
-                    .map(|b| (b, false))
-                    .map_err(|e| RegistryError::Oci {
-                        op: "range read",
-                        source: e.into(),
-                    })),
+            let (got, partial) = match resp {
+                BlobResponse::Partial(s) => match collect_capped(s.stream, len, &d).await {
+                    Ok(b) => (b, true),
+                    Err(RegistryError::Oci {
+                        source: OciDistributionError::IoError(e),
+                        ..
+                    }) => return Err(OciDistributionError::IoError(e)),
+                    Err(e) => return Ok(Err(e)),
+                },
+                BlobResponse::Full(s) => (take_range(s.stream, offset, len).await?, false),
+            };
+            if got.len() as u64 != len {
+                return Err(OciDistributionError::IoError(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("range answer of {} bytes, expected {len}", got.len()),
+                )));
             }
+            Ok(Ok((got, partial)))
         };
         let (bytes, partial) = self.retry("range read", &d, read).await??;
         if bytes.len() as u64 != len {

@@ -87,10 +87,27 @@ impl FaultyNode {
     }
 }
 
-/// An uncompressed tar of `files` (path, bytes), regular files 0644 with fixed times.
+/// An uncompressed tar of `files` (path, bytes), regular files 0644 with fixed times, each
+/// preceded by entries for its parent directories (an implicit directory's mtime would be the
+/// moment of unpacking, which no oracle can match).
 pub fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
     for (path, data) in files {
+        let parents: Vec<&Path> = Path::new(path).ancestors().skip(1).collect();
+        for parent in parents.into_iter().rev() {
+            let p = parent.to_string_lossy().into_owned();
+            if p.is_empty() || dirs.contains(&p) {
+                continue;
+            }
+            dirs.insert(p.clone());
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o755);
+            h.set_mtime(1_700_000_000);
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::Directory);
+            b.append_data(&mut h, format!("{p}/"), std::io::empty())?;
+        }
         let mut h = tar::Header::new_ustar();
         h.set_mode(0o644);
         h.set_mtime(1_700_000_000);

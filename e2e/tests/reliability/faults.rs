@@ -69,6 +69,11 @@ async fn registry_faults_recover_or_fall_back() -> Result<()> {
             node.faults.set_plan(None);
             convert(&img.reference).await?;
             let (r0, f0) = (node.prepares("remote").await?, node.prepares("fallback").await?);
+            // A different coin-flip sequence for every pull.
+            let mut plan = plan;
+            if let When::Probability { p, .. } = plan.when {
+                plan.when = When::Probability { p, seed: seed * 7919 };
+            }
             node.faults.set_plan(Some(plan));
             let pulled = cri.pull_image(&img.reference).await;
             row.injected += node.faults.injected();

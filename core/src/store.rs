@@ -169,6 +169,10 @@ impl ChunkStore {
         fs::create_dir_all(&chunks_dir).map_err(io_err(&chunks_dir))?;
         let mut found: Vec<(SystemTime, Digest, u64)> = Vec::new();
         for_each_file(&chunks_dir, |path, name, md| {
+            // A crashed writer's temp file would otherwise wait out TEMP_GRACE for a gc.
+            if name.starts_with(TEMP_PREFIX) && !temp_owner_alive(name) {
+                let _ = fs::remove_file(path);
+            }
             if let Some(d) = parse_chunk_name(path, name) {
                 let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 found.push((mtime, d, md.len()));
@@ -408,7 +412,7 @@ impl ChunkStore {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .unwrap_or_default();
-            if name.starts_with(TEMP_PREFIX) && age >= TEMP_GRACE {
+            if name.starts_with(TEMP_PREFIX) && (age >= TEMP_GRACE || !temp_owner_alive(name)) {
                 n += 1;
                 if remove {
                     let _ = fs::remove_file(path);
@@ -422,6 +426,21 @@ impl ChunkStore {
 impl crate::assemble::ChunkReader for ChunkStore {
     fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
         self.get(digest, size)
+    }
+}
+
+/// Whether the process that writes temp file `name` (`.tmp-<hex>-<pid>-<seq>`) still runs.
+/// Unparsable names count as alive: only the age rule removes them.
+fn temp_owner_alive(name: &str) -> bool {
+    let pid = name
+        .rsplitn(3, '-')
+        .nth(1)
+        .and_then(|p| p.parse::<i32>().ok());
+    match pid {
+        Some(pid) if pid > 0 => {
+            pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => true,
     }
 }
 

@@ -9,7 +9,7 @@
 //! soon as the first layer is seen: containerd prepares layers one by one (each needs its
 //! parent), but their chunks can travel in parallel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,7 +60,9 @@ pub enum RemoteError {
     Task(#[from] tokio::task::JoinError),
 }
 
-type ArtifactEntry = (Instant, Option<Arc<Artifact>>);
+/// A found artifact and the repository (origin or mirror) it was found in.
+type Found = (Reference, Arc<Artifact>);
+type ArtifactEntry = (Instant, Option<Found>);
 
 /// [`RemoteLayers`] backed by a registry client, a chunk store and the assembler.
 pub struct ChunkRemote {
@@ -73,6 +75,8 @@ pub struct ChunkRemote {
     indexes: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
     /// Layers whose chunks are being fetched in the background.
     prefetching: Mutex<HashSet<Digest>>,
+    /// Registry host -> mirror hosts tried first (in order) for artifacts, indexes and packs.
+    mirrors: BTreeMap<String, Vec<String>>,
 }
 
 impl ChunkRemote {
@@ -93,7 +97,41 @@ impl ChunkRemote {
             artifacts: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
             prefetching: Mutex::new(HashSet::new()),
+            mirrors: BTreeMap::new(),
         })
+    }
+
+    /// Like [`ChunkRemote::new`], with registry mirrors (host -> mirror hosts, tried in order
+    /// before the host itself).
+    pub fn with_mirrors(
+        client: RegistryClient,
+        store: Arc<ChunkStore>,
+        fetch: FetchOptions,
+        metrics: Metrics,
+        mirrors: BTreeMap<String, Vec<String>>,
+    ) -> Arc<Self> {
+        let mut this = Self::new(client, store, fetch, metrics);
+        if let Some(inner) = Arc::get_mut(&mut this) {
+            inner.mirrors = mirrors;
+        }
+        this
+    }
+
+    /// Where to look for `image`'s chunks: its mirrors, then the registry itself.
+    fn candidates(&self, image: &Reference) -> Vec<Reference> {
+        let mut out: Vec<Reference> = self
+            .mirrors
+            .get(image.registry())
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let mut r = image.clone();
+                r.set_mirror_registry(m.clone());
+                r
+            })
+            .collect();
+        out.push(image.clone());
+        out
     }
 
     /// The node store.
@@ -101,23 +139,36 @@ impl ChunkRemote {
         &self.store
     }
 
-    async fn artifact(
-        &self,
-        image: &Reference,
-        manifest: &Digest,
-    ) -> Result<Arc<Artifact>, RemoteError> {
+    /// The image's artifact and the repository (origin or mirror) that holds it.
+    async fn artifact(&self, image: &Reference, manifest: &Digest) -> Result<Found, RemoteError> {
         if let Some((at, cached)) = lock(&self.artifacts).get(manifest).cloned() {
             match cached {
-                Some(a) => return Ok(a),
+                Some(found) => return Ok(found),
                 None if at.elapsed() < NEGATIVE_TTL => return Err(RemoteError::NoArtifact),
                 None => {}
             }
         }
-        let found = self
-            .client
-            .find_artifact(image, manifest)
-            .await?
-            .map(|(_, a)| Arc::new(a));
+        let mut found = None;
+        let mut last_err = None;
+        for candidate in self.candidates(image) {
+            match self.client.find_artifact(&candidate, manifest).await {
+                Ok(Some((_, a))) => {
+                    found = Some((candidate, Arc::new(a)));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(registry = candidate.resolve_registry(), cause = %e, "artifact lookup failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if found.is_none() {
+            if let Some(e) = last_err {
+                // A registry error is not "no artifact": do not cache it.
+                return Err(e.into());
+            }
+        }
         lock(&self.artifacts).insert(*manifest, (Instant::now(), found.clone()));
         found.ok_or(RemoteError::NoArtifact)
     }
@@ -220,7 +271,7 @@ impl ChunkRemote {
         let image = RegistryClient::parse_reference(&req.image_ref)?;
         let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
         let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
-        let artifact = self.artifact(&image, &manifest).await?;
+        let (image, artifact) = self.artifact(&image, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
         let ix = self.layer_index(&image, &artifact, &layer).await?;
         let pin = self.store.pin(chunk_digests(&ix));
@@ -265,7 +316,7 @@ impl ChunkRemote {
             .find(|m| m.platform.as_deref() == Some(want.as_str()))
             .or_else(|| manifests.iter().find(|m| m.platform.is_none()))
             .ok_or(RemoteError::NoPlatform(want))?;
-        let artifact = self.artifact(&image, &chosen.raw.digest).await?;
+        let (image, artifact) = self.artifact(&image, &chosen.raw.digest).await?;
         let mut total = FetchStats::default();
         for layer in &chosen.manifest.layers {
             let layer = parse_label("layer digest", &layer.digest)?;

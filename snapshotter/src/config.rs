@@ -44,6 +44,9 @@ pub struct Config {
     pub plain_http: Vec<String>,
     /// Registry hosts whose TLS certificates are not verified. Default none (always verify).
     pub insecure: Vec<String>,
+    /// Registry mirrors: `host = ["mirror-host", …]`, tried in order before the host for
+    /// artifacts, indexes and packs. Default none.
+    pub mirrors: std::collections::BTreeMap<String, Vec<String>>,
     /// docker `config.json` with registry credentials (`auths`, `credHelpers`, `credsStore`).
     /// Default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` if present.
     pub docker_config: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl Default for Config {
             metrics_address: SocketAddr::from(([127, 0, 0, 1], 9883)),
             plain_http: Vec::new(),
             insecure: Vec::new(),
+            mirrors: Default::default(),
             docker_config: None,
             registry_timeout_seconds: 60,
             fetch_parallelism: 8,

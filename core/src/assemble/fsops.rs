@@ -172,21 +172,62 @@ fn io_errno(e: std::io::Error) -> Errno {
 
 /// Removes `name` in `dir` and, for a directory, everything beneath it (no symlink followed).
 /// A missing `name` is not an error.
+///
+/// Depth-first without recursion or a descriptor per level (a hostile layer's deep tree would
+/// exhaust the stack or the fd limit): each level keeps only the names of the subdirectories
+/// still to remove, and going back up reopens `..` of the directory just emptied (it was
+/// reached through real directories, never a symlink).
 pub(crate) fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
     let Some(st) = lstat_at(dir, name)? else {
         return Ok(());
     };
-    if is_dir(&st) {
-        let child = open_child_dir(dir, name)?;
-        for n in list_dir(child.as_fd())? {
-            remove_all(child.as_fd(), &n)?;
+    if !is_dir(&st) {
+        return unlink_file(dir, name);
+    }
+    let mut cur = open_child_dir(dir, name)?;
+    let mut stack = vec![(name.to_vec(), remove_files(cur.as_fd())?)];
+    while let Some((done, pending)) = stack.last_mut() {
+        if let Some(sub) = pending.pop() {
+            let child = open_child_dir(cur.as_fd(), &sub)?;
+            let subs = remove_files(child.as_fd())?;
+            stack.push((sub, subs));
+            cur = child;
+            continue;
         }
-        unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::RemoveDir)
-    } else {
-        match unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::NoRemoveDir) {
-            Err(Errno::ENOENT) => Ok(()),
-            r => r,
+        let done = std::mem::take(done);
+        stack.pop();
+        if stack.is_empty() {
+            break;
         }
+        let parent = openat(
+            cur.as_fd(),
+            "..",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        unlinkat(parent.as_fd(), OsStr::from_bytes(&done), UnlinkatFlags::RemoveDir)?;
+        cur = parent;
+    }
+    unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::RemoveDir)
+}
+
+/// Unlinks every non-directory in `dir`; returns the names of its subdirectories.
+fn remove_files(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut subdirs = Vec::new();
+    for n in list_dir(dir)? {
+        match lstat_at(dir, &n)? {
+            Some(st) if is_dir(&st) => subdirs.push(n),
+            Some(_) => unlink_file(dir, &n)?,
+            None => {}
+        }
+    }
+    Ok(subdirs)
+}
+
+fn unlink_file(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
+    match unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::NoRemoveDir) {
+        Err(Errno::ENOENT) => Ok(()),
+        r => r,
     }
 }
 

@@ -2,4 +2,5 @@
 //! against real containerd + runc + docker-registry.
 
 mod common;
+mod crash;
 mod faults;

@@ -64,6 +64,44 @@ enum Command {
         /// Image reference.
         image: String,
     },
+    /// Wire chunksnap into containerd's config file (idempotent; keeps comments).
+    ContainerdConfig(ContainerdConfigArgs),
+    /// Keep a docker config.json in sync with Kubernetes image pull Secrets.
+    PullSecrets(PullSecretsArgs),
+}
+
+#[derive(Debug, Args)]
+struct ContainerdConfigArgs {
+    /// Print the diff only; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// containerd config file to edit.
+    #[arg(long, value_name = "PATH", default_value = chunksnap::containerd_config::DEFAULT_CONFIG_PATH)]
+    containerd_config: PathBuf,
+    /// Schema version for a new file (2: containerd 1.6/1.7, 3: 2.x) [default: from `containerd --version`].
+    #[arg(long, value_name = "2|3")]
+    config_version: Option<chunksnap::containerd_config::ConfigVersion>,
+}
+
+#[derive(Debug, Args)]
+struct PullSecretsArgs {
+    /// Namespace whose dockerconfigjson Secrets are used (repeatable).
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Only Secrets with this name (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    names: Vec<String>,
+    /// Watch every namespace (needs a ClusterRole).
+    #[arg(long, conflicts_with = "namespaces")]
+    all_namespaces: bool,
+    /// docker config.json rewritten (0600) whenever the credentials change; point the daemon's
+    /// `docker_config` at it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/run/chunksnap/pull-secrets.json"
+    )]
+    output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -111,10 +149,75 @@ pub fn run() -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::from(1)
         }),
+        Command::ContainerdConfig(args) => {
+            use chunksnap::containerd_config as cc;
+            let outcome = cc::run(&cc::Options {
+                config_path: args.containerd_config,
+                target: cc::Target {
+                    plugin: "chunksnap".into(),
+                    socket: config.address.display().to_string(),
+                },
+                dry_run: args.dry_run,
+                new_file_version: args.config_version,
+                containerd_bin: "containerd".into(),
+            })
+            .context("editing the containerd config")?;
+            print!("{}", outcome.diff);
+            for w in &outcome.warnings {
+                eprintln!("chunksnap: warning: {w}");
+            }
+            println!("{}", outcome.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PullSecrets(args) => {
+            pull_secrets(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Prefetch { plain_http, image } => {
             config.plain_http.extend(plain_http);
             store_cmds::prefetch(&config, &image)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs the pull-secret watcher until SIGTERM/SIGINT.
+fn pull_secrets(args: PullSecretsArgs) -> anyhow::Result<()> {
+    use chunksnap::k8s_secrets::{SyncOptions, run_with_default_client};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            token.cancel();
+        });
+        let options = SyncOptions {
+            namespaces: if args.all_namespaces {
+                Vec::new()
+            } else {
+                args.namespaces
+            },
+            names: args.names,
+            output: Some(args.output),
+        };
+        anyhow::ensure!(
+            args.all_namespaces || !options.namespaces.is_empty(),
+            "name at least one --namespace, or --all-namespaces"
+        );
+        run_with_default_client(&options, shutdown)
+            .await
+            .context("watching pull secrets")
+    })
 }

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers};
 use chunksnap::config::Config;
 use chunksnap::local::Local;
 use chunksnap::metrics::{self, Metrics};
-use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers};
-use chunksnap_core::registry::RegistryClient;
-use chunksnap_core::store::ChunkStore;
 use chunksnap::server;
 use chunksnap::service::Service;
+use chunksnap_core::registry::RegistryClient;
+use chunksnap_core::store::ChunkStore;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -44,7 +44,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening chunk store {}", config.chunks_dir().display()))?;
     let client = RegistryClient::new(config.registry()).context("registry client")?;
-    let remote = ChunkRemote::new(client, Arc::new(store), config.fetch(), metrics.clone());
+    let remote = ChunkRemote::with_mirrors(
+        client,
+        Arc::new(store),
+        config.fetch(),
+        metrics.clone(),
+        config.mirrors.clone(),
+    );
     let service = Service::new(
         Arc::new(local),
         Arc::new(ChunkRemoteLayers(remote)),

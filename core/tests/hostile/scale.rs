@@ -123,12 +123,16 @@ fn thousands_of_nested_directories_through_tar_and_assembly() {
         dirs.push(format!("{p}/"));
     }
     let refs: Vec<&str> = dirs.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
     let tar = deep_tar(&refs, b"");
+    eprintln!("TIMING tar {:?}", t0.elapsed());
     let mut content = Vec::new();
     let scan = scan_tar(tar.as_slice(), &mut content).unwrap();
     assert_eq!(scan.entries.len(), DEPTH);
+    eprintln!("TIMING scan {:?}", t0.elapsed());
     let built = build_layer(&scan.entries, &content);
     validate(&built.index).unwrap();
+    eprintln!("TIMING validate {:?}", t0.elapsed());
     for mode in [WhiteoutMode::Overlay, WhiteoutMode::Apply] {
         let sb = Sandbox::new();
         let started = Instant::now();
@@ -144,6 +148,7 @@ fn thousands_of_nested_directories_through_tar_and_assembly() {
             "{mode:?}: {r:?}"
         );
         assert!(started.elapsed() < SLOW);
+        eprintln!("TIMING assemble {:?}", t0.elapsed());
         sb.assert_untouched();
     }
 
@@ -160,13 +165,16 @@ fn thousands_of_nested_directories_through_tar_and_assembly() {
     }
     l.file(&format!("{p}/f"), b"bottom");
     let built = l.build();
+    eprintln!("TIMING build1500 {:?}", t0.elapsed());
     let sb = Sandbox::new();
     let reader = MemReader::of(&built);
     assemble_layer(&built.index, &reader, &sb.dest, WhiteoutMode::Apply).unwrap();
     let mut upper = Layer::default();
     upper.entries.push(entry(b".wh.d", EntryType::File));
     let upper = upper.build();
+    eprintln!("TIMING assemble1500 {:?}", t0.elapsed());
     assemble_layer(&upper.index, &reader, &sb.dest, WhiteoutMode::Apply).unwrap();
+    eprintln!("TIMING whiteout {:?}", t0.elapsed());
     assert!(!sb.dest.join("d").exists());
     sb.assert_untouched();
 }

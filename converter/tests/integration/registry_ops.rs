@@ -230,6 +230,36 @@ async fn docker_config_credentials_and_auth_errors() {
     }
 }
 
+/// A pull-secret watcher rewrites the docker config: after `credentials_ttl` the client uses
+/// the new credentials (oci-client keeps the first ones it sees, so the client reconnects).
+#[tokio::test]
+async fn changed_credentials_are_picked_up() {
+    let reg = Registry::start_with_htpasswd("tester", HASH);
+    let image = reg.reference("auth/app", "v1");
+    let good = client_with_auth(&reg, Some("dGVzdGVyOnMzY3JldC1wYXNz"));
+    common::push_image(&good, &image, &[]).await;
+
+    let config = reg.dir.path().join("rotating.json");
+    let write = |auth: &str| {
+        let json = serde_json::json!({"auths": {reg.host(): {"auth": auth}}});
+        std::fs::write(&config, serde_json::to_vec(&json).unwrap()).unwrap();
+    };
+    write("dGVzdGVyOndyb25n"); // tester:wrong
+    let client =
+        chunksnap_core::registry::RegistryClient::new(chunksnap_core::registry::RegistryConfig {
+            plain_http_all: true,
+            docker_config: Some(config.clone()),
+            retries: 0,
+            credentials_ttl: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .unwrap();
+    let err = client.resolve(&image).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Auth { .. }), "{err:?}");
+    write("dGVzdGVyOnMzY3JldC1wYXNz"); // tester:s3cret-pass
+    client.resolve(&image).await.unwrap();
+}
+
 #[tokio::test]
 async fn refused_connections_are_retried_then_reported() {
     let reg = Registry::start();

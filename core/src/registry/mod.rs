@@ -177,6 +177,9 @@ pub struct RegistryConfig {
     pub retries: u32,
     /// First backoff wait; doubles each retry. Default: 200 ms.
     pub backoff: Duration,
+    /// How long looked-up credentials are used before the docker config (which a pull-secret
+    /// watcher may rewrite) and credential helpers are asked again. Default: 60 s.
+    pub credentials_ttl: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -190,6 +193,7 @@ impl Default for RegistryConfig {
             read_timeout: Duration::from_secs(60),
             retries: 4,
             backoff: Duration::from_millis(200),
+            credentials_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -223,11 +227,64 @@ pub struct PlatformManifest {
     pub manifest: OciImageManifest,
 }
 
+/// The `oci-client` clients (verifying TLS, and not, for insecure hosts). Rebuilt when a
+/// host's credentials change, since `oci-client` keeps the first credentials it sees.
+struct Clients {
+    secure: oci_client::Client,
+    insecure: Option<oci_client::Client>,
+}
+
+/// One of [`Clients`], kept alive while an operation uses it.
+pub(crate) struct ClientHandle {
+    clients: Arc<Clients>,
+    insecure: bool,
+}
+
+impl std::ops::Deref for ClientHandle {
+    type Target = oci_client::Client;
+    fn deref(&self) -> &oci_client::Client {
+        match (&self.clients.insecure, self.insecure) {
+            (Some(c), true) => c,
+            _ => &self.clients.secure,
+        }
+    }
+}
+
 struct Inner {
     config: RegistryConfig,
-    client: oci_client::Client,
-    insecure: Option<oci_client::Client>,
-    auth: Mutex<HashMap<String, RegistryAuth>>,
+    clients: std::sync::RwLock<Arc<Clients>>,
+    auth: Mutex<HashMap<String, (std::time::Instant, RegistryAuth)>>,
+}
+
+fn build_clients(config: &RegistryConfig) -> Result<Clients, RegistryError> {
+    let build = |accept_invalid| {
+        let protocol = if config.plain_http_all {
+            ClientProtocol::Http
+        } else if config.plain_http_hosts.is_empty() {
+            ClientProtocol::Https
+        } else {
+            ClientProtocol::HttpsExcept(config.plain_http_hosts.clone())
+        };
+        oci_client::Client::try_from(ClientConfig {
+            protocol,
+            accept_invalid_certificates: accept_invalid,
+            // We resolve indexes ourselves, per platform.
+            platform_resolver: None,
+            connect_timeout: Some(config.connect_timeout),
+            read_timeout: Some(config.read_timeout),
+            user_agent: concat!("chunksnap/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+        .map_err(|e| RegistryError::Client(e.to_string()))
+    };
+    Ok(Clients {
+        secure: build(false)?,
+        insecure: if config.insecure_hosts.is_empty() {
+            None
+        } else {
+            Some(build(true)?)
+        },
+    })
 }
 
 /// Registry access; clones share connections, tokens and the credential cache.
@@ -252,37 +309,11 @@ impl RegistryClient {
             // Losing a race with another installer is fine: some provider is then in place.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let build = |accept_invalid| {
-            let protocol = if config.plain_http_all {
-                ClientProtocol::Http
-            } else if config.plain_http_hosts.is_empty() {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::HttpsExcept(config.plain_http_hosts.clone())
-            };
-            oci_client::Client::try_from(ClientConfig {
-                protocol,
-                accept_invalid_certificates: accept_invalid,
-                // We resolve indexes ourselves, per platform.
-                platform_resolver: None,
-                connect_timeout: Some(config.connect_timeout),
-                read_timeout: Some(config.read_timeout),
-                user_agent: concat!("chunksnap/", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            })
-            .map_err(|e| RegistryError::Client(e.to_string()))
-        };
-        let client = build(false)?;
-        let insecure = if config.insecure_hosts.is_empty() {
-            None
-        } else {
-            Some(build(true)?)
-        };
+        let clients = build_clients(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                client,
-                insecure,
+                clients: std::sync::RwLock::new(Arc::new(clients)),
                 auth: Mutex::new(HashMap::new()),
             }),
         })
@@ -299,16 +330,14 @@ impl RegistryClient {
             .map_err(|_| RegistryError::InvalidReference(s.to_owned()))
     }
 
-    /// The `oci-client` for `image`'s host with its credentials registered.
+    /// The `oci-client` for `image`'s host with its credentials registered. Credentials are
+    /// looked up again after `credentials_ttl`; when they changed, fresh clients replace the old ones
+    /// (operations in flight keep theirs).
     async fn prepare(
         &self,
         image: &Reference,
-    ) -> Result<(&oci_client::Client, RegistryAuth), RegistryError> {
+    ) -> Result<(ClientHandle, RegistryAuth), RegistryError> {
         let host = image.resolve_registry().to_owned();
-        let client = match &self.inner.insecure {
-            Some(c) if self.inner.config.insecure_hosts.contains(&host) => c,
-            _ => &self.inner.client,
-        };
         let cached = self
             .inner
             .auth
@@ -316,22 +345,42 @@ impl RegistryClient {
             .ok()
             .and_then(|m| m.get(&host).cloned());
         let auth = match cached {
-            Some(a) => a,
-            None => {
+            Some((at, a)) if at.elapsed() < self.inner.config.credentials_ttl => a,
+            previous => {
                 let path = self.inner.config.docker_config.clone();
                 let h = host.clone();
                 // May spawn a credential helper: keep it off the async threads.
                 let a = tokio::task::spawn_blocking(move || auth::lookup(path.as_deref(), &h))
                     .await
                     .map_err(|e| RegistryError::Task(e.to_string()))??;
+                if previous.is_some_and(|(_, old)| old != a) {
+                    tracing::info!(host = %host, "registry credentials changed; reconnecting");
+                    let fresh = Arc::new(build_clients(&self.inner.config)?);
+                    if let Ok(mut c) = self.inner.clients.write() {
+                        *c = fresh;
+                    }
+                    if let Ok(mut m) = self.inner.auth.lock() {
+                        m.clear();
+                    }
+                }
                 if let Ok(mut m) = self.inner.auth.lock() {
-                    m.insert(host.clone(), a.clone());
+                    m.insert(host.clone(), (std::time::Instant::now(), a.clone()));
                 }
                 a
             }
         };
-        client.store_auth_if_needed(&host, &auth).await;
-        Ok((client, auth))
+        let clients = self
+            .inner
+            .clients
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| RegistryError::Client("client lock poisoned".into()))?;
+        let handle = ClientHandle {
+            insecure: self.inner.config.insecure_hosts.contains(&host),
+            clients,
+        };
+        handle.store_auth_if_needed(&host, &auth).await;
+        Ok((handle, auth))
     }
 
     async fn retry<T, F, Fut>(&self, op: &'static str, what: &str, f: F) -> Result<T, RegistryError>

@@ -42,10 +42,12 @@ for t in "${targets[@]}"; do
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
-    summary+=("$t: ${execs:-?} executions in ${seconds}s$([ "$status" -ne 0 ] && echo " — FAILED (see fuzz/$log)")")
+    line="$t: ${execs:-?} executions in ${seconds}s"
     if [ "$status" -ne 0 ]; then
+        line+=" — FAILED (see fuzz/$log)"
         tail -n 40 "$log" >&2
     fi
+    summary+=("$line")
 done
 
 printf '%s\n' "${summary[@]}"

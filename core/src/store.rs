@@ -432,10 +432,7 @@ impl crate::assemble::ChunkReader for ChunkStore {
 /// Whether the process that writes temp file `name` (`.tmp-<hex>-<pid>-<seq>`) still runs.
 /// Unparsable names count as alive: only the age rule removes them.
 fn temp_owner_alive(name: &str) -> bool {
-    let pid = name
-        .rsplitn(3, '-')
-        .nth(1)
-        .and_then(|p| p.parse::<i32>().ok());
+    let pid = name.rsplit('-').nth(1).and_then(|p| p.parse::<i32>().ok());
     match pid {
         Some(pid) if pid > 0 => {
             pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
@@ -495,4 +492,28 @@ fn for_each_file(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod crash_tests {
+    use super::*;
+
+    #[test]
+    fn temps_of_dead_writers_go_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = dir.path().join("chunks/ab");
+        fs::create_dir_all(&shard).unwrap();
+        let hex = "ab".repeat(32);
+        // pid 0x7fff_fff0 is above any pid_max: its writer is gone.
+        let dead = shard.join(format!("{TEMP_PREFIX}{hex}-2147483632-0"));
+        let ours = shard.join(format!("{TEMP_PREFIX}{hex}-{}-0", std::process::id()));
+        let odd = shard.join(format!("{TEMP_PREFIX}unparsable"));
+        for f in [&dead, &ours, &odd] {
+            fs::write(f, b"x").unwrap();
+        }
+        ChunkStore::open(dir.path(), None).unwrap();
+        assert!(!dead.exists());
+        assert!(ours.exists(), "a live writer's temp file stays");
+        assert!(odd.exists(), "unknown names wait for the age rule");
+    }
 }

@@ -13,6 +13,7 @@
 //! files, multi-volume and other unknown entry types are refused with their path.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, Read, Write};
 
 use chunksnap_proto::index::{Entry, EntryType, Xattr};
@@ -265,11 +266,33 @@ pub fn parse_pax_time(value: &[u8]) -> Option<(i64, u32)> {
 struct EntryList {
     slots: Vec<Option<Entry>>,
     by_path: HashMap<Vec<u8>, usize>,
-    /// Every ancestor of every path added: the directories extraction creates implicitly.
-    parents: HashSet<Vec<u8>>,
+    /// Hashes of every ancestor of every path added: the directories extraction creates
+    /// implicitly. Hashes built in one pass per path keep this linear in the path length (a set
+    /// of prefixes costs O(depth²) per path: a hostile 10,000-level path would take gigabytes);
+    /// a collision would only make `add` look for a subtree that is not there.
+    parents: HashSet<u64>,
+    hasher: RandomState,
 }
 
 impl EntryList {
+    /// Hashes of `path`'s ancestors (each prefix before a `/`) and of `path` itself, in one pass.
+    /// Every path is fed to the hasher in the same pieces (split before each `/`), so a prefix
+    /// of one path hashes like the same path on its own.
+    fn prefix_hashes(&self, path: &[u8]) -> (Vec<u64>, u64) {
+        let mut h = self.hasher.build_hasher();
+        let mut ancestors = Vec::new();
+        let mut from = 0;
+        for (k, b) in path.iter().enumerate() {
+            if *b == b'/' {
+                h.write(&path[from..k]);
+                from = k;
+                ancestors.push(h.clone().finish());
+            }
+        }
+        h.write(&path[from..]);
+        (ancestors, h.finish())
+    }
+
     fn add(&mut self, e: Entry) {
         let is_dir = |x: &Entry| x.r#type == EntryType::Dir as i32;
         let existing = self.by_path.get(&e.path).copied();
@@ -281,15 +304,12 @@ impl EntryList {
             return;
         }
         // A non-directory also replaces a directory that only existed implicitly.
-        let subtree = old_is_dir || (!is_dir(&e) && self.parents.contains(&e.path));
+        let (ancestors, own) = self.prefix_hashes(&e.path);
+        let subtree = old_is_dir || (!is_dir(&e) && self.parents.contains(&own));
         if existing.is_some() || subtree {
             self.remove(existing, &e.path, subtree);
         }
-        for (k, b) in e.path.iter().enumerate() {
-            if *b == b'/' && !self.parents.contains(&e.path[..k]) {
-                self.parents.insert(e.path[..k].to_vec());
-            }
-        }
+        self.parents.extend(ancestors);
         self.by_path.insert(e.path.clone(), self.slots.len());
         self.slots.push(Some(e));
     }

@@ -35,6 +35,12 @@ pub struct Sandbox {
     pub sentinel: PathBuf,
 }
 
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Sandbox {
     pub fn new() -> Self {
         let root = tempfile::tempdir().unwrap();

@@ -74,15 +74,7 @@ impl Containerd {
         }
         let config = dir.path().join("config.toml");
         std::fs::write(&config, config_toml(dir.path(), cfg))?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
-        let child = Command::new(CONTAINERD_BIN)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {CONTAINERD_BIN}"))?;
+        let child = spawn(dir.path())?;
         let mut ctd = Self {
             child: Some(child),
             dir,
@@ -92,6 +84,19 @@ impl Containerd {
             .await
             .with_context(|| format!("containerd log: {}", ctd.log_path().display()))?;
         Ok(ctd)
+    }
+
+    /// Restarts containerd on the same root, state and config (a node's containerd restarting):
+    /// SIGKILL when `crash`, else a clean stop; then waits until it answers again.
+    pub async fn restart(&mut self, crash: bool) -> Result<()> {
+        if crash && let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        self.stop();
+        self.child = Some(spawn(self.dir.path())?);
+        self.wait_ready()
+            .await
+            .with_context(|| format!("containerd log: {}", self.log_path().display()))
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
@@ -189,6 +194,22 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs containerd with `dir/config.toml`, appending to `dir/containerd.log`.
+fn spawn(dir: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))?;
+    Command::new(CONTAINERD_BIN)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawn {CONTAINERD_BIN}"))
 }
 
 /// Kills the init process of every task still running (pods a failed test left behind): its

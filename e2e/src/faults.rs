@@ -371,8 +371,10 @@ impl Body for FaultBody {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.exact
-            .map_or_else(hyper::body::SizeHint::default, hyper::body::SizeHint::with_exact)
+        self.exact.map_or_else(
+            hyper::body::SizeHint::default,
+            hyper::body::SizeHint::with_exact,
+        )
     }
 }
 

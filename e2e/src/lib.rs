@@ -8,6 +8,8 @@
 //!   snapshotter; [`Cri`] (`cri`) and [`Native`] (`native`, namespace `k8s.io`) talk to it.
 //! - [`TestImages`] (`images`, `features`, `oci`): `debian:v1`, `debian:v2`, `features:v1`,
 //!   `pause:v1`, built from real content, cached under `target/e2e-cache/`.
+//! - `faults`: a fault-injecting proxy (5xx, 429, resets, truncation, flipped bytes, stalls,
+//!   delays) for the registry requests it targets, e.g. only chunksnap's Range reads.
 //! - `treecmp`: the oracle; compares two trees down to xattrs, ns mtimes and hardlink groups.
 //! - [`Env`] (`env`): the shared setup of a scenario.
 //!

@@ -2,5 +2,5 @@
 //! scenarios. Needs root, containerd, runc, docker-registry, skopeo, debootstrap and a C compiler.
 
 mod harness;
-mod scenarios;
 mod reliability;
+mod scenarios;

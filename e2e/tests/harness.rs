@@ -291,14 +291,20 @@ async fn containerd_drop_cleans_up_running_pods() -> Result<()> {
     let dir = state.parent().context("state parent")?.to_owned();
     drop(env);
     for pid in pids {
-        // A killed child of a killed shim may linger as a zombie for a moment; it must be gone
-        // or dead (state Z), never running.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
-        assert!(
-            matches!(state, None | Some('Z') | Some('X')),
-            "pause {pid} still alive: {stat}"
+        // A killed child of a killed shim may linger as a zombie, or still be in
+        // uninterruptible teardown (D) for a moment: poll until it is gone or dead.
+        let mut poll = chunksnap_e2e::util::Poller::new(
+            format!("pause {pid} to exit"),
+            std::time::Duration::from_secs(10),
         );
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+            if matches!(state, None | Some('Z') | Some('X')) {
+                break;
+            }
+            poll.tick().await?;
+        }
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(

@@ -163,11 +163,11 @@ impl ChunkRemote {
                 }
             }
         }
-        if found.is_none() {
-            if let Some(e) = last_err {
-                // A registry error is not "no artifact": do not cache it.
-                return Err(e.into());
-            }
+        // A registry error is not "no artifact": do not cache it.
+        if found.is_none()
+            && let Some(e) = last_err
+        {
+            return Err(e.into());
         }
         lock(&self.artifacts).insert(*manifest, (Instant::now(), found.clone()));
         found.ok_or(RemoteError::NoArtifact)

@@ -118,9 +118,10 @@ impl Config {
         }
     }
 
-    /// The chunk store directory under the state root.
+    /// The directory the chunk store is opened on: the state root (the store keeps its
+    /// chunks in `<root>/chunks/`).
     pub fn chunks_dir(&self) -> PathBuf {
-        self.root.join("chunks")
+        self.root.clone()
     }
 
     /// Loads `explicit` (must exist) or else [`DEFAULT_CONFIG_PATH`] (may be missing).

@@ -9,18 +9,20 @@
 # container reads) and OUT/mode (`update`, the default, or `cold`). Env: BENCH_CACHE (cache dir),
 # BENCH_DEBIAN_V1_TAR, BENCH_DEBIAN_V2_TAR (the harness's debian layer tars).
 set -euo pipefail
+shopt -s inherit_errexit
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${BENCH_CACHE:?}/python-app
 mkdir -p "$cache/wheels"
 # Reproducible layers: fixed mtimes, hash-based .pyc (py_compile honours SOURCE_DATE_EPOCH).
 export SOURCE_DATE_EPOCH=1716163200
-key=$(cat "$here/recipe.sh" "$here"/requirements-v*.txt | sha256sum | cut -c1-12)
+# Bump the recipe version when the build below changes; the pins are part of the key.
+key=$( (echo recipe-v1; cat "$here"/requirements-v*.txt) | sha256sum | cut -c1-12)
 
 build() { # version -> path of the app layer tar (cached)
   local v=$1 tar="$cache/app-$1-$key.tar"
   if [ ! -s "$tar" ]; then
-    python3 -m pip download --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --only-binary=:all: \
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
       -d "$cache/wheels" -r "$here/requirements-$v.txt" >&2
     # Same build path for v1 and v2: .pyc files embed it.
     local root="$cache/build"

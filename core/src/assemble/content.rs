@@ -63,9 +63,11 @@ impl<'a> Stream<'a> {
         mut sink: impl FnMut(&[u8]) -> Result<(), AssembleError>,
     ) -> Result<(), AssembleError> {
         // Validated indexes cannot overflow here; an unvalidated one must not panic.
-        let end = offset.checked_add(len).ok_or_else(|| AssembleError::BadIndex {
-            reason: format!("content range {offset}+{len} overflows"),
-        })?;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| AssembleError::BadIndex {
+                reason: format!("content range {offset}+{len} overflows"),
+            })?;
         let mut pos = offset;
         while pos < end {
             // The chunk containing `pos`: the last one starting at or before it.

@@ -205,7 +205,11 @@ pub(crate) fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> 
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        unlinkat(parent.as_fd(), OsStr::from_bytes(&done), UnlinkatFlags::RemoveDir)?;
+        unlinkat(
+            parent.as_fd(),
+            OsStr::from_bytes(&done),
+            UnlinkatFlags::RemoveDir,
+        )?;
         cur = parent;
     }
     unlinkat(dir, OsStr::from_bytes(name), UnlinkatFlags::RemoveDir)

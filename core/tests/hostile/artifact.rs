@@ -98,7 +98,10 @@ fn malformed_artifacts_are_typed_errors() {
                 v["layers"].as_array_mut().unwrap().push(p);
             }),
         ),
-        ("negative size", edited(|v| v["layers"][1]["size"] = (-1).into())),
+        (
+            "negative size",
+            edited(|v| v["layers"][1]["size"] = (-1).into()),
+        ),
         ("not json", b"\x00\xff{".to_vec()),
         ("empty", Vec::new()),
         ("array", b"[]".to_vec()),

@@ -17,8 +17,11 @@ use prost::Message;
 use crate::harness::{check_artifact, check_index, check_tar};
 use crate::{Layer, entry};
 
+/// A fuzz target's check.
+type Check = fn(&[u8]);
+
 /// (fuzz target, check) pairs; the target name is the corpus directory.
-const TARGETS: [(&str, fn(&[u8])); 3] = [
+const TARGETS: [(&str, Check); 3] = [
     ("index", check_index),
     ("tarscan", check_tar),
     ("artifact", check_artifact),
@@ -84,8 +87,12 @@ fn tars() -> Vec<(&'static str, Vec<u8>)> {
     let mut b = tar::Builder::new(Vec::new());
     b.append_data(&mut header(tar::EntryType::Directory, 0), "d/", &[][..])
         .unwrap();
-    b.append_data(&mut header(tar::EntryType::Regular, 5), "d/f", &b"hello"[..])
-        .unwrap();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 5),
+        "d/f",
+        &b"hello"[..],
+    )
+    .unwrap();
     b.append_link(&mut header(tar::EntryType::Symlink, 0), "d/s", "f")
         .unwrap();
     b.append_link(&mut header(tar::EntryType::Link, 0), "d/h", "d/f")
@@ -96,8 +103,12 @@ fn tars() -> Vec<(&'static str, Vec<u8>)> {
     c.set_device_major(1).unwrap();
     c.set_device_minor(3).unwrap();
     b.append_data(&mut c, "null", &[][..]).unwrap();
-    b.append_data(&mut header(tar::EntryType::Regular, 0), "d/.wh.gone", &[][..])
-        .unwrap();
+    b.append_data(
+        &mut header(tar::EntryType::Regular, 0),
+        "d/.wh.gone",
+        &[][..],
+    )
+    .unwrap();
     out.push(("all-types", b.into_inner().unwrap()));
     // PAX: xattrs, nanosecond mtime, a long name; then the same path again (later wins).
     let mut b = tar::Builder::new(Vec::new());
@@ -155,8 +166,12 @@ fn seed_corpora_are_current() {
             fs::create_dir_all(corpus_dir(target)).unwrap();
             fs::write(&path, &bytes).unwrap();
         }
-        let on_disk = fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with CHUNKSNAP_BLESS_CORPUS=1)", path.display()));
+        let on_disk = fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with CHUNKSNAP_BLESS_CORPUS=1)",
+                path.display()
+            )
+        });
         assert!(
             on_disk == bytes,
             "{} is stale (run with CHUNKSNAP_BLESS_CORPUS=1)",

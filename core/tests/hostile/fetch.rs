@@ -66,7 +66,9 @@ async fn fetch(
 
 fn layer() -> BuiltLayer {
     let mut l = Layer::default();
-    let text: Vec<u8> = (0..20_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+    let text: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
     l.file("a", &text).file("b", &crate::scale::noise(7, 5000));
     let built = l.build();
     assert!(built.index.chunks.len() > 10);

@@ -55,14 +55,14 @@ fn unsafe_paths_are_rejected_by_validate_and_the_assembler() {
         let mut index = built.index.clone();
         index.entries[1].path = path.clone();
         assert!(
-            matches!(validate(&index), Err(FormatError::UnsafePath { entry: 1, .. })),
+            matches!(
+                validate(&index),
+                Err(FormatError::UnsafePath { entry: 1, .. })
+            ),
             "{path:?}"
         );
         assert!(
-            matches!(
-                decode(&encode(&index)),
-                Err(FormatError::UnsafePath { .. })
-            ),
+            matches!(decode(&encode(&index)), Err(FormatError::UnsafePath { .. })),
             "{path:?}"
         );
         for r in assemble_both(&index, &MemReader::of(&built)) {
@@ -98,10 +98,7 @@ fn duplicate_paths_are_rejected_and_assemble_safely_unvalidated() {
     for mode in MODES {
         let sb = Sandbox::new();
         assemble_layer(&built.index, &MemReader::of(&built), &sb.dest, mode).unwrap();
-        assert_eq!(
-            std::fs::read(sb.dest.join("etc/hosts")).unwrap(),
-            b"second"
-        );
+        assert_eq!(std::fs::read(sb.dest.join("etc/hosts")).unwrap(), b"second");
         sb.assert_untouched();
     }
 
@@ -363,10 +360,7 @@ fn index_blob_decompression_is_capped() {
     ));
     index.version = 1;
     index.chunker = None;
-    assert!(matches!(
-        validate(&index),
-        Err(FormatError::MissingChunker)
-    ));
+    assert!(matches!(validate(&index), Err(FormatError::MissingChunker)));
     let mut index = base().build().index;
     index.packs[0].digest = "sha256:nothex".into();
     assert!(matches!(
@@ -388,8 +382,7 @@ fn whiteout_names_cannot_escape() {
     // A whiteout hidden behind a symlink parent.
     let sb = Sandbox::new();
     let mut l = Layer::default();
-    l.symlink("a", &sb.sentinel_str())
-        .file("a/.wh.passwd", b"");
+    l.symlink("a", &sb.sentinel_str()).file("a/.wh.passwd", b"");
     let built = l.build();
     for mode in MODES {
         let _ = assemble_layer(&built.index, &MemReader::of(&built), &sb.dest, mode);

@@ -67,10 +67,7 @@ fn dotdot_and_absolute_names_stay_inside() {
     let built = convert(&tar).unwrap();
     let paths: Vec<&[u8]> = built.index.entries.iter().map(|e| &e.path[..]).collect();
     let abs_rel = abs.trim_start_matches('/').as_bytes();
-    assert_eq!(
-        paths,
-        [&b"evil"[..], b"z", abs_rel, b"etc/hostname", b"ok"]
-    );
+    assert_eq!(paths, [&b"evil"[..], b"z", abs_rel, b"etc/hostname", b"ok"]);
     for mode in [WhiteoutMode::Overlay, WhiteoutMode::Apply] {
         let sb = Sandbox::new();
         assemble_layer(&built.index, &MemReader::of(&built), &sb.dest, mode).unwrap();
@@ -148,7 +145,12 @@ fn hardlinks_out_or_to_nothing_are_refused() {
     ];
     for target in cases {
         let tar = tar_of(&[
-            (tar::EntryType::Symlink, b"a", sb.sentinel_str().as_bytes(), b""),
+            (
+                tar::EntryType::Symlink,
+                b"a",
+                sb.sentinel_str().as_bytes(),
+                b"",
+            ),
             (tar::EntryType::Link, b"h", &target, b""),
             (REG, b"later", b"", b"x"),
         ]);
@@ -251,7 +253,12 @@ fn replacing_a_directory_with_a_symlink_in_the_tar_is_resolved_before_assembly()
     let tar = tar_of(&[
         (tar::EntryType::Directory, b"d/", b"", b""),
         (REG, b"d/x", b"", b"x"),
-        (tar::EntryType::Symlink, b"d", sb.sentinel_str().as_bytes(), b""),
+        (
+            tar::EntryType::Symlink,
+            b"d",
+            sb.sentinel_str().as_bytes(),
+            b"",
+        ),
         (REG, b"d/passwd", b"", b"pwned"),
     ]);
     let (s, content) = scan(&tar).unwrap();

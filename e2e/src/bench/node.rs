@@ -92,6 +92,17 @@ impl Node {
         Some(kb * 1024)
     }
 
+    /// Total seconds of remote Prepares so far (`None` without chunksnap or the metric).
+    async fn prepare_seconds(&self) -> Option<f64> {
+        let cs = self.chunksnap.as_ref()?;
+        // No Prepare yet: the histogram may not be printed at all.
+        Some(
+            cs.metric("chunksnap_prepare_seconds_sum")
+                .await
+                .unwrap_or(0.0),
+        )
+    }
+
     fn log_hint(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
@@ -125,6 +136,9 @@ pub struct RunResult {
     pub disk_bytes: u64,
     /// Peak RSS of `chunksnap serve` over the node's life.
     pub chunksnap_peak_rss: Option<u64>,
+    /// Seconds chunksnap spent in remote Prepares (fetch + assemble) during the timed pull,
+    /// from its `chunksnap_prepare_seconds` histogram.
+    pub chunksnap_prepare_seconds: Option<f64>,
 }
 
 /// One run: fresh node, pause (and v1 for updates) pulled untimed, then v2 timed.
@@ -143,11 +157,16 @@ pub async fn run_once(
         if case.mode == Mode::Update {
             cri.pull_image(&v1.reference).await?;
         }
+        let prepare_before = node.prepare_seconds().await;
         net.registry.reset_counters();
         let start = Instant::now();
         cri.pull_image(&v2.reference).await?;
         cri.run_and_read(&v2.reference, &case.read).await?;
         let seconds = start.elapsed().as_secs_f64();
+        let prepare_seconds = match (prepare_before, node.prepare_seconds().await) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
         let requests = net.registry.requests();
         let new_layers: Vec<&str> = v2
             .layers
@@ -171,6 +190,7 @@ pub async fn run_once(
             layer_blob_fetched,
             disk_bytes: node.disk()?,
             chunksnap_peak_rss: node.chunksnap_peak_rss(),
+            chunksnap_prepare_seconds: prepare_seconds,
         })
     }
     .await

@@ -183,18 +183,39 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// One line of the main table.
+fn row(c: &[String; 15]) -> String {
+    format!(
+        "{:<13} {:<16} {:<6} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>7} {:>7} {:>7} {:>7} | {:>9} {:>9} | {}",
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        c[4],
+        c[5],
+        c[6],
+        c[7],
+        c[8],
+        c[9],
+        c[10],
+        c[11],
+        c[12],
+        c[13],
+        c[14]
+    )
+}
+
 /// The human-readable table.
 pub fn table(r: &Results, targets: &[Target]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
         "Pull of v2 (v1 on the node for updates; empty node for cold). MB = 10^6 bytes the registry \
-         served; s = CRI PullImage(v2) -> container read a file. Medians of {} runs.",
+         served; s = CRI PullImage(v2) -> container read a file; prep s = chunksnap's remote \
+         Prepare time within it. Medians of {} runs.",
         r.runs_per_figure
     );
-    let _ = writeln!(
-        s,
-        "{:<13} {:<16} {:<6} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>7} {:>7} {:>7} | {:>9} {:>9} | {}",
+    let header = [
         "profile",
         "case",
         "mode",
@@ -206,10 +227,12 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
         "plain s",
         "chunk s",
         "cs/pl",
+        "prep s",
         "disk pl",
         "disk cs",
-        "notes"
-    );
+        "notes",
+    ];
+    let _ = writeln!(s, "{}", row(&header.map(str::to_owned)));
     for p in &r.profiles {
         for c in &p.cases {
             let off = r.cases.iter().find(|o| o.name == c.case);
@@ -230,11 +253,9 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
             if !c.errors.is_empty() {
                 notes.push(format!("{} failed run(s)", c.errors.len()));
             }
-            let _ = writeln!(
-                s,
-                "{:<13} {:<16} {:<6} | {:>9} {:>9} {:>9} {:>9} {:>7} | {:>7} {:>7} {:>7} | {:>9} {:>9} | {}",
-                p.profile,
-                c.case,
+            let cells = [
+                p.profile.clone(),
+                c.case.clone(),
                 format!("{:?}", c.mode).to_lowercase(),
                 mb(pb),
                 mb(cb),
@@ -244,10 +265,14 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
                 secs(pt),
                 secs(ct),
                 ratio(ct, pt),
+                secs(med(c, Kind::Chunksnap, |x| {
+                    x.chunksnap_prepare_seconds.unwrap_or(f64::NAN)
+                })),
                 mb(pd),
                 mb(cd),
-                notes.join("; ")
-            );
+                notes.join("; "),
+            ];
+            let _ = writeln!(s, "{}", row(&cells));
         }
     }
     let _ = writeln!(s);
@@ -329,8 +354,8 @@ pub fn write_json(r: &Results, targets: &[Target], out: &Path) -> Result<()> {
 
 /// Draws `chart.png` under `out` with gnuplot: v2 bytes and time-to-running per case/profile.
 pub fn chart(r: &Results, out: &Path) -> Result<()> {
-    let mut bytes = String::from("label plain chunksnap casync zstd\n");
-    let mut time = String::from("label plain chunksnap\n");
+    let mut bytes = String::from("# label plain chunksnap casync zstd (MB)\n");
+    let mut time = String::from("# label plain chunksnap (s)\n");
     for p in &r.profiles {
         for c in &p.cases {
             let off = r.cases.iter().find(|o| o.name == c.case);
@@ -363,10 +388,13 @@ set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set key top left
 set grid ytics
+set bmargin 5
+set xtics font ",9"
 set logscale y
 set ylabel "MB served by the registry for v2 (log)"
 plot "{out}/chart-bytes.dat" using 2:xtic(1) title "plain", "" using 3 title "chunksnap", "" using 4 title "casync", "" using 5 title "zstd --patch-from floor"
 unset logscale y
+set yrange [0:*]
 set ylabel "seconds, PullImage(v2) -> container read a file"
 plot "{out}/chart-time.dat" using 2:xtic(1) title "plain", "" using 3 title "chunksnap"
 unset multiplot

@@ -1,6 +1,7 @@
-//! The chunk-size sweep (`bench/run.sh sweep`): for each average chunk size, convert debian v1
-//! and v2 into a fresh repository and measure what a node holding v1 fetches for v2 (with
-//! `chunkconv extract` into a shared store, which uses the node's fetch path), plus convert time.
+//! The chunk-size sweep (`bench/run.sh sweep`): for each case (default `debian-security`) and
+//! average chunk size, convert v1 and v2 into a fresh repository and measure what a node holding
+//! v1 fetches for v2 (with `chunkconv extract` into a shared store, which uses the node's fetch
+//! path), plus convert time.
 
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ use crate::bench::{Settings, blocking, case, fresh_dir, tools};
 /// One chunk size.
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepRow {
+    pub case: String,
     pub chunk_avg: u64,
     pub v1_chunks: u64,
     pub convert_v1_seconds: f64,
@@ -24,17 +26,37 @@ pub struct SweepRow {
 
 pub const SIZES: [u64; 3] = [16 << 10, 32 << 10, 64 << 10];
 
-/// Runs the sweep on the debian case.
-pub async fn run(s: &Settings) -> Result<Vec<SweepRow>> {
+/// Runs the sweep on `cases` (names under `s.cases_dir`).
+pub async fn run(s: &Settings, cases: &[String]) -> Result<Vec<SweepRow>> {
     let net = Network::start(Profile::Loopback, 0).await?;
-    let (t1, t2) = case::debian_tars(&net.images).await?;
+    let debian = case::debian_tars(&net.images).await?;
     let blobs = std::sync::Arc::new(case::Blobs::default());
     let mut rows = Vec::new();
+    for name in cases {
+        let (dir, work, n, d) = (
+            s.cases_dir.clone(),
+            s.work.clone(),
+            name.clone(),
+            debian.clone(),
+        );
+        let c = blocking(move || case::load(&dir, &n, &work, &d)).await?;
+        rows.extend(run_case(s, &net, &blobs, &c).await?);
+    }
+    Ok(rows)
+}
+
+async fn run_case(
+    s: &Settings,
+    net: &Network,
+    blobs: &std::sync::Arc<case::Blobs>,
+    c: &case::Case,
+) -> Result<Vec<SweepRow>> {
+    let mut rows = Vec::new();
     for avg in SIZES {
-        eprintln!("bench sweep: chunk avg {} KiB", avg >> 10);
-        let repo = format!("sweep-{}k", avg >> 10);
+        eprintln!("bench sweep: {} chunk avg {} KiB", c.name, avg >> 10);
+        let repo = format!("sweep-{}-{}k", c.name, avg >> 10);
         let mut refs = Vec::new();
-        for (tag, tar) in [("v1", t1.clone()), ("v2", t2.clone())] {
+        for (tag, tars) in [("v1", c.v1.clone()), ("v2", c.v2.clone())] {
             let (b, up, host, repo) = (
                 blobs.clone(),
                 net.registry.upstream(),
@@ -42,7 +64,7 @@ pub async fn run(s: &Settings) -> Result<Vec<SweepRow>> {
                 repo.clone(),
             );
             refs.push(
-                blocking(move || b.push_to(up, &host, &repo, tag, &[tar]))
+                blocking(move || b.push_to(up, &host, &repo, tag, &tars))
                     .await?
                     .reference,
             );
@@ -69,6 +91,7 @@ pub async fn run(s: &Settings) -> Result<Vec<SweepRow>> {
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&store);
         rows.push(SweepRow {
+            case: c.name.clone(),
             chunk_avg: avg,
             v1_chunks: c1.chunks,
             convert_v1_seconds: c1.seconds,
@@ -83,11 +106,12 @@ pub async fn run(s: &Settings) -> Result<Vec<SweepRow>> {
 /// The sweep as a table.
 pub fn table(rows: &[SweepRow]) -> String {
     let mut s = String::from(
-        "chunk avg | v1 chunks | convert v1 s | convert v2 s | v2 pushed MB | v2 fetched by node MB\n",
+        "case             | chunk avg | v1 chunks | convert v1 s | convert v2 s | v2 pushed MB | v2 fetched by node MB\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "{:>6} KiB | {:>9} | {:>12.2} | {:>12.2} | {:>12.2} | {:>21.2}\n",
+            "{:<16} | {:>5} KiB | {:>9} | {:>12.2} | {:>12.2} | {:>12.2} | {:>21.2}\n",
+            r.case,
             r.chunk_avg >> 10,
             r.v1_chunks,
             r.convert_v1_seconds,

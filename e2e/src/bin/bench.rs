@@ -94,7 +94,13 @@ async fn main() -> Result<()> {
             );
         }
         Some("sweep") => {
-            let rows = interruptible(sweep::run(&settings)).await?;
+            // Only the debian case unless BENCH_CASES names others.
+            let cases = if std::env::var_os("BENCH_CASES").is_some() {
+                settings.cases.clone()
+            } else {
+                vec!["debian-security".to_owned()]
+            };
+            let rows = interruptible(sweep::run(&settings, &cases)).await?;
             std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&rows)?)?;
             println!("{}", sweep::table(&rows));
             println!("wrote {}/sweep.json", out.display());

@@ -21,7 +21,18 @@ pub struct FaultyNode {
     pub env: Env,
     pub chunksnap: Chunksnap,
     pub faults: FaultProxy,
-    pub dir: TempDir,
+    dir: Option<TempDir>,
+}
+
+impl Drop for FaultyNode {
+    fn drop(&mut self) {
+        // CHUNKSNAP_E2E_KEEP=1 keeps the daemon's root, config and log for debugging.
+        if chunksnap_e2e::util::keep_temp_dirs()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
+        }
+    }
 }
 
 impl FaultyNode {
@@ -32,6 +43,16 @@ impl FaultyNode {
 
     /// Like [`start`](Self::start), with chunksnap's state root at `root`.
     pub async fn start_with(config: &str, root: Option<&Path>) -> Result<Self> {
+        Self::start_opts(config, root, &[]).await
+    }
+
+    /// Like [`start_with`](Self::start_with); `extra_hosts` are more plain-HTTP registries
+    /// for containerd and chunksnap.
+    pub async fn start_opts(
+        config: &str,
+        root: Option<&Path>,
+        extra_hosts: &[String],
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("chunksnap-e2e-rel-")
             .tempdir()?;
@@ -46,14 +67,16 @@ impl FaultyNode {
         let images = TestImages::new(&registry)?;
         let pause = images.pause().await?;
         let socket = dir.path().join("cs.sock");
+        let mut hosts = vec![registry.host()];
+        hosts.extend_from_slice(extra_hosts);
         let containerd = Containerd::start(&ContainerdConfig {
             snapshotter: Snapshotter::chunksnap(&socket),
-            plain_http_registries: vec![registry.host()],
+            plain_http_registries: hosts.clone(),
             sandbox_image: pause.reference.clone(),
         })
         .await?;
         std::fs::write(dir.path().join("config.toml"), config)?;
-        let mut chunksnap = Chunksnap::new(dir.path(), vec![registry.host()])?;
+        let mut chunksnap = Chunksnap::new(dir.path(), hosts)?;
         if let Some(root) = root {
             chunksnap = chunksnap.with_root(root);
         }
@@ -70,14 +93,16 @@ impl FaultyNode {
             env,
             chunksnap,
             faults,
-            dir,
+            dir: Some(dir),
         })
     }
 
     /// The `outcome` counter of chunksnap's prepares.
     pub async fn prepares(&self, outcome: &str) -> Result<f64> {
         self.chunksnap
-            .metric(&format!("chunksnap_prepares_total{{outcome=\"{outcome}\"}}"))
+            .metric(&format!(
+                "chunksnap_prepares_total{{outcome=\"{outcome}\"}}"
+            ))
             .await
     }
 
@@ -222,7 +247,7 @@ pub fn fsck_corrupt(chunksnap: &Chunksnap) -> Result<u64> {
 }
 
 /// What a crash or failure may leave under a state root: `snapshots/new-*`, `snapshots/rm-*`
-/// and `chunks/*/.tmp-*`.
+/// and `.tmp-*` files below `chunks/`.
 pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     if let Ok(dir) = std::fs::read_dir(root.join("snapshots")) {
@@ -233,18 +258,28 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
             }
         }
     }
-    if let Ok(shards) = std::fs::read_dir(root.join("chunks")) {
-        for shard in shards.flatten() {
-            if let Ok(files) = std::fs::read_dir(shard.path()) {
-                for f in files.flatten() {
-                    if f.file_name().to_string_lossy().starts_with(".tmp-") {
-                        found.push(f.path());
-                    }
-                }
-            }
+    // Wherever the store keeps its shards below `chunks/`.
+    for e in walkdir::WalkDir::new(root.join("chunks"))
+        .into_iter()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            found.push(e.into_path());
         }
     }
     found
+}
+
+/// [`leftovers`] that are still there after up to 10 s: a removal containerd's garbage
+/// collector started (`rm-*` while it is deleted) passes; a real leftover never goes.
+pub async fn lasting_leftovers(root: &Path) -> Vec<PathBuf> {
+    for _ in 0..50 {
+        if leftovers(root).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    leftovers(root)
 }
 
 /// The oracle: containerd's own overlayfs snapshotter on the same registry.

@@ -2,5 +2,8 @@
 //! against real containerd + runc + docker-registry.
 
 mod common;
+mod concurrency;
 mod crash;
+mod disk;
 mod faults;
+mod security;

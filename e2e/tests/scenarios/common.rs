@@ -19,10 +19,10 @@ pub struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // CHUNKSNAP_E2E_KEEP=1 keeps the daemon's root and log for debugging.
-        if chunksnap_e2e::util::keep_temp_dirs() {
-            if let Some(d) = self.dir.take() {
-                eprintln!("keeping {}", d.keep().display());
-            }
+        if chunksnap_e2e::util::keep_temp_dirs()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
         }
     }
 }

@@ -11,7 +11,8 @@
 mod record;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,31 +28,85 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
 
 /// The metadata database.
+///
+/// After a failed write (e.g. ENOSPC while committing) redb refuses every later transaction
+/// with `PreviousIo` until the database is opened again; the store then reopens it (redb
+/// repairs on open), so freeing disk space is enough to recover, without a daemon restart.
 pub struct MetaStore {
-    db: Database,
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
 }
 
 impl MetaStore {
     /// Opens (or creates) the database at `path` and makes sure its tables exist.
     pub fn open(path: &Path) -> Result<Self> {
+        let db = Self::open_db(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(db))),
+        })
+    }
+
+    fn open_db(path: &Path) -> Result<Database> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
         tx.open_table(SNAPSHOTS)?;
         tx.open_table(META)?;
         tx.commit()?;
-        Ok(Self { db })
+        Ok(db)
+    }
+
+    /// The open database, reopening it if an earlier failure closed it.
+    fn db(&self) -> Result<Arc<Database>> {
+        if let Some(db) = self.db.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(Self::open_db(&self.path)?);
+        tracing::warn!(path = %self.path.display(), "metadata database reopened after an I/O error");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `f` on the database; on redb's `PreviousIo` drops it, reopens it and runs `f` once
+    /// more. (Reopening fails while another call still holds the old handle; a later call
+    /// then retries.)
+    fn with_db<T>(&self, f: impl Fn(&Database) -> Result<T>) -> Result<T> {
+        let db = self.db()?;
+        match f(&db) {
+            Err(Error::Db(redb::Error::PreviousIo)) => {
+                {
+                    let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+                    if slot.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &db)) {
+                        *slot = None;
+                    }
+                }
+                drop(db);
+                f(&*self.db()?)
+            }
+            other => other,
+        }
     }
 
     /// Starts a write transaction; dropping it without [`WriteTxn::commit`] aborts it.
     pub fn begin(&self) -> Result<WriteTxn> {
-        Ok(WriteTxn {
-            tx: self.db.begin_write()?,
+        self.with_db(|db| {
+            Ok(WriteTxn {
+                tx: db.begin_write()?,
+            })
         })
     }
 
     /// The snapshot named `key`.
     pub fn get(&self, key: &str) -> Result<Info> {
-        let tx = self.db.begin_read()?;
+        self.with_db(|db| Self::get_in(db, key))
+    }
+
+    fn get_in(db: &Database, key: &str) -> Result<Info> {
+        let tx = db.begin_read()?;
         let table = tx.open_table(SNAPSHOTS)?;
         let guard = table
             .get(key)?
@@ -65,15 +120,21 @@ impl MetaStore {
 
     /// Ids of the parent chain of `key`, nearest parent first (the overlay lowerdir order).
     pub fn parent_ids(&self, key: &str) -> Result<Vec<u64>> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(SNAPSHOTS)?;
-        let record = read(&table, key)?.ok_or_else(|| not_found(key))?;
-        chain(&table, &record.parent)
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let table = tx.open_table(SNAPSHOTS)?;
+            let record = read(&table, key)?.ok_or_else(|| not_found(key))?;
+            chain(&table, &record.parent)
+        })
     }
 
     /// Every snapshot, ordered by key.
     pub fn list(&self) -> Result<Vec<Info>> {
-        let tx = self.db.begin_read()?;
+        self.with_db(Self::list_in)
+    }
+
+    fn list_in(db: &Database) -> Result<Vec<Info>> {
+        let tx = db.begin_read()?;
         let table = tx.open_table(SNAPSHOTS)?;
         let mut out = Vec::new();
         for item in table.iter()? {

@@ -2,7 +2,7 @@
 //!
 //! Each file is one header byte (the [`Compression`] of the frame: 0 raw, 1 zstd) followed by
 //! the chunk exactly as stored in its pack, so the store costs about the compressed size.
-//! Files are written to a temp file in the same directory, fsynced and renamed into place: a
+//! Files are written to a temp file in the same directory and renamed into place: a
 //! reader never sees a partial chunk. [`ChunkStore::get`] decompresses and verifies the sha256
 //! on every read; a corrupt file is deleted and reported as missing (it can be fetched again).
 //!
@@ -203,7 +203,7 @@ impl ChunkStore {
     }
 
     /// Stores a chunk that the caller has verified (`stored` decodes to `size` bytes with
-    /// sha256 `digest`). Atomic: temp file + fsync + rename. Evicts to the budget afterwards.
+    /// sha256 `digest`). Atomic: temp file + rename. Evicts to the budget afterwards.
     pub fn insert_verified(
         &self,
         digest: &Digest,
@@ -232,8 +232,10 @@ impl ChunkStore {
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&[compression as u8])?;
-            f.write_all(stored)?;
-            f.sync_all()
+            // No fsync: every read re-verifies the sha256, so a chunk torn by a crash is
+            // dropped and fetched again, never used; an fsync per chunk made fetching
+            // thousands of chunks disk-bound.
+            f.write_all(stored)
         };
         // The rename happens under the lock so eviction never races a fresh insert.
         let renamed = write().and_then(|()| {

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use chunksnap_proto::index::Chunk;
 
@@ -11,6 +12,31 @@ use crate::digest::Digest;
 /// Block size for hole detection: aligned all-zero blocks of this size are not written.
 pub const HOLE_BLOCK: usize = 4096;
 
+/// A chunk read ahead by [`prefetch`]: its position in the stream and its bytes.
+pub(crate) type Prefetched = (usize, Result<Vec<u8>, crate::store::StoreError>);
+
+/// Chunks read (decompressed + verified) ahead of the writer, in stream order.
+const READ_AHEAD: usize = 16;
+
+/// Reads every chunk of the stream, in order, into `tx` until the receiver goes away. Run on a
+/// second thread, it overlaps decompression and sha256 checks with the writer's file I/O.
+pub(crate) fn prefetch(chunks: &[Chunk], reader: &dyn ChunkReader, tx: SyncSender<Prefetched>) {
+    for (i, c) in chunks.iter().enumerate() {
+        let Ok(digest) = Digest::from_slice(&c.digest) else {
+            // The writer reports the bad digest when it reaches this chunk.
+            return;
+        };
+        if tx.send((i, reader.read_chunk(&digest, c.size))).is_err() {
+            return;
+        }
+    }
+}
+
+/// Creates the channel [`prefetch`] fills and [`Stream::with_prefetch`] drains.
+pub(crate) fn prefetch_channel() -> (SyncSender<Prefetched>, Receiver<Prefetched>) {
+    sync_channel(READ_AHEAD)
+}
+
 /// A sequential cursor over the content stream, keeping the current chunk in memory.
 pub(crate) struct Stream<'a> {
     chunks: &'a [Chunk],
@@ -18,6 +44,8 @@ pub(crate) struct Stream<'a> {
     /// Stream offset at which each chunk starts.
     starts: Vec<u64>,
     current: Option<(usize, Vec<u8>)>,
+    /// Chunks from the read-ahead thread, while the writer consumes them in order.
+    ahead: Option<Receiver<Prefetched>>,
 }
 
 impl<'a> Stream<'a> {
@@ -33,6 +61,30 @@ impl<'a> Stream<'a> {
             reader,
             starts,
             current: None,
+            ahead: None,
+        }
+    }
+
+    /// Takes chunks from a [`prefetch`] thread when they come in order; reads directly
+    /// otherwise.
+    pub(crate) fn with_prefetch(mut self, ahead: Receiver<Prefetched>) -> Self {
+        self.ahead = Some(ahead);
+        self
+    }
+
+    /// Chunk `i` from the read-ahead thread, if it is still ahead of us.
+    fn from_prefetch(&mut self, i: usize) -> Option<Result<Vec<u8>, crate::store::StoreError>> {
+        let rx = self.ahead.as_ref()?;
+        loop {
+            match rx.recv() {
+                Ok((j, data)) if j == i => return Some(data),
+                Ok((j, _)) if j < i => continue,
+                // Past `i` (the writer went back) or the thread ended: read directly.
+                _ => {
+                    self.ahead = None;
+                    return None;
+                }
+            }
         }
     }
 
@@ -42,10 +94,12 @@ impl<'a> Stream<'a> {
             let digest = Digest::from_slice(&c.digest).map_err(|_| AssembleError::BadIndex {
                 reason: format!("chunk {i}: bad digest length"),
             })?;
-            let data = self
-                .reader
-                .read_chunk(&digest, c.size)
-                .map_err(|source| AssembleError::Chunk { index: i, source })?;
+            let size = c.size;
+            let data = match self.from_prefetch(i) {
+                Some(data) => data,
+                None => self.reader.read_chunk(&digest, size),
+            }
+            .map_err(|source| AssembleError::Chunk { index: i, source })?;
             self.current = Some((i, data));
         }
         Ok(self

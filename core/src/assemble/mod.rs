@@ -203,15 +203,31 @@ pub fn assemble_layer_with(
         .map(|p| open(p))
         .collect::<Result<Vec<_>, _>>()?;
     let mode = opts.mode;
+    let (tx, rx) = content::prefetch_channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| content::prefetch(&index.chunks, chunks, tx));
+        assemble_entries(index, chunks, root.as_fd(), parents, mode, rx)
+    })
+}
+
+/// The writer side of [`assemble_layer_with`]: every entry in order, then directory mtimes.
+fn assemble_entries(
+    index: &LayerIndex,
+    chunks: &dyn ChunkReader,
+    root: BorrowedFd<'_>,
+    parents: Vec<OwnedFd>,
+    mode: WhiteoutMode,
+    ahead: std::sync::mpsc::Receiver<content::Prefetched>,
+) -> Result<AssembleStats, AssembleError> {
     let mut a = Assembler {
-        root: root.as_fd(),
+        root,
         parents,
         how: match mode {
             WhiteoutMode::Overlay => Resolve::Strict,
             WhiteoutMode::Apply => Resolve::InRoot,
         },
         mode,
-        stream: content::Stream::new(&index.chunks, chunks),
+        stream: content::Stream::new(&index.chunks, chunks).with_prefetch(ahead),
         stats: AssembleStats::default(),
         unpacked: HashSet::new(),
         dirs: Vec::new(),

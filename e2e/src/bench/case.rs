@@ -230,3 +230,34 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::{Case, Mode};
+
+    fn case(v1: &[&str], v2: &[&str]) -> Case {
+        Case {
+            name: "t".into(),
+            mode: Mode::Update,
+            read: "/etc/os-release".into(),
+            v1: v1.iter().map(PathBuf::from).collect(),
+            v2: v2.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    #[test]
+    fn changed_layers_pair_with_the_replaced_layer() {
+        let c = case(&["base", "app1"], &["base", "app2"]);
+        let changed = c.changed_layers();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].0, Some(&PathBuf::from("app1")));
+        assert_eq!(changed[0].1, &PathBuf::from("app2"));
+        // A new layer on top has no base to patch from.
+        let c = case(&["base"], &["base", "extra"]);
+        assert_eq!(c.changed_layers(), vec![(None, &PathBuf::from("extra"))]);
+        // Nothing changed.
+        assert!(case(&["a"], &["a"]).changed_layers().is_empty());
+    }
+}

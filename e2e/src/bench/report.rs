@@ -380,16 +380,16 @@ pub fn chart(r: &Results, out: &Path) -> Result<()> {
     std::fs::write(out.join("chart-bytes.dat"), bytes)?;
     std::fs::write(out.join("chart-time.dat"), time)?;
     let script = format!(
-        r#"set terminal pngcairo size 1400,560 font ",10"
+        r#"set terminal pngcairo size 1500,620 font ",10"
 set output "{out}/chart.png"
 set multiplot layout 1,2 title "chunksnap vs plain containerd pull (medians of {runs} runs)"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
-set key top left
+set key below horizontal
 set grid ytics
 set bmargin 5
-set xtics font ",9"
+set xtics font ",8"
 set logscale y
 set ylabel "MB served by the registry for v2 (log)"
 plot "{out}/chart-bytes.dat" using 2:xtic(1) title "plain", "" using 3 title "chunksnap", "" using 4 title "casync", "" using 5 title "zstd --patch-from floor"
@@ -414,4 +414,28 @@ unset multiplot
         String::from_utf8_lossy(&o.stderr)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Target, median};
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 2.0]), Some(2.0));
+    }
+
+    #[test]
+    fn target_verdicts() {
+        let t = Target::new("bytes".into(), 0.151, 0.15, true);
+        assert!(!t.pass);
+        assert!((t.ratio - 0.151 / 0.15).abs() < 1e-12);
+        assert!(Target::new("speed".into(), 2.5, 2.0, false).pass);
+        assert!(!Target::new("speed".into(), 1.9, 2.0, false).pass);
+        assert!(Target::new("rss".into(), 150.0, 150.0, true).pass);
+    }
 }

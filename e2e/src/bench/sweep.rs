@@ -82,11 +82,22 @@ async fn run_case(
         .await?;
         net.registry.reset_counters();
         let (r2, st, d) = (refs[1].clone(), store.clone(), dir.clone());
-        blocking(move || {
+        let extracted = blocking(move || {
             fresh_dir(&d)?;
             tools::extract(&r2, &st, &d)
         })
-        .await?;
+        .await;
+        if let Err(e) = extracted {
+            let failed: Vec<String> = net
+                .registry
+                .requests()
+                .iter()
+                .filter(|r| r.status >= 400)
+                .take(5)
+                .map(|r| format!("{} {} {:?} -> {}", r.method, r.path, r.range, r.status))
+                .collect();
+            return Err(e.context(format!("failed registry requests: {failed:?}")));
+        }
         let served = net.registry.bytes_served();
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&store);

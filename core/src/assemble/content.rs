@@ -73,7 +73,7 @@ impl<'a> Stream<'a> {
     }
 
     /// Chunk `i` from the read-ahead thread, if it is still ahead of us.
-    fn from_prefetch(&mut self, i: usize) -> Option<Result<Vec<u8>, crate::store::StoreError>> {
+    fn take_prefetched(&mut self, i: usize) -> Option<Result<Vec<u8>, crate::store::StoreError>> {
         let rx = self.ahead.as_ref()?;
         loop {
             match rx.recv() {
@@ -95,7 +95,7 @@ impl<'a> Stream<'a> {
                 reason: format!("chunk {i}: bad digest length"),
             })?;
             let size = c.size;
-            let data = match self.from_prefetch(i) {
+            let data = match self.take_prefetched(i) {
                 Some(data) => data,
                 None => self.reader.read_chunk(&digest, size),
             }

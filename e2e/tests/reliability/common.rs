@@ -270,10 +270,11 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// [`leftovers`] that are still there after up to 10 s: a removal containerd's garbage
-/// collector started (`rm-*` while it is deleted) passes; a real leftover never goes.
+/// [`leftovers`] that are still there after up to 60 s: a removal containerd's garbage
+/// collector started (`rm-*` while it is deleted) passes; a real leftover never goes. Deleting
+/// a layer directory can take many seconds on a loaded 2-core VM, hence the long window.
 pub async fn lasting_leftovers(root: &Path) -> Vec<PathBuf> {
-    for _ in 0..50 {
+    for _ in 0..300 {
         if leftovers(root).is_empty() {
             break;
         }

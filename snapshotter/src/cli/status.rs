@@ -45,6 +45,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             println!("{what:<12} {} in {inodes} inodes", human(bytes));
         }
     }
+    println!(
+        "store budget {} (least recently used chunks are evicted beyond it)",
+        human(i64::try_from(config.store_budget_bytes).unwrap_or(i64::MAX))
+    );
     Ok(())
 }
 

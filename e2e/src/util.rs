@@ -73,6 +73,37 @@ pub fn keep_temp_dirs() -> bool {
     std::env::var_os("CHUNKSNAP_E2E_KEEP").is_some()
 }
 
+/// A test node's temp dir (daemon root, config, log): removed on drop, or kept and printed when
+/// [`keep_temp_dirs`] is on.
+#[derive(Debug)]
+pub struct NodeDir(Option<tempfile::TempDir>);
+
+impl NodeDir {
+    /// A fresh directory under the system temp dir, named `PREFIX…`.
+    pub fn new(prefix: &str) -> Result<Self> {
+        Ok(Self(Some(
+            tempfile::Builder::new().prefix(prefix).tempdir()?,
+        )))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map_or(std::path::Path::new(""), |d| d.path())
+    }
+}
+
+impl Drop for NodeDir {
+    fn drop(&mut self) {
+        if keep_temp_dirs()
+            && let Some(d) = self.0.take()
+        {
+            eprintln!("keeping {}", d.keep().display());
+        }
+    }
+}
+
 async fn http_get_inner(url: &str, headers: &[(&str, &str)]) -> Result<(u16, Bytes)> {
     let uri: hyper::Uri = url.parse().with_context(|| format!("bad url {url}"))?;
     let authority = uri.authority().context("url without host")?.to_string();

@@ -9,11 +9,11 @@ use chunksnap_e2e::chunksnap::Chunksnap;
 use chunksnap_e2e::faults::{FaultProxy, next_random};
 use chunksnap_e2e::registry::Placement;
 use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
+use chunksnap_e2e::util::NodeDir;
 use chunksnap_e2e::util::free_port;
 use chunksnap_e2e::{
     BuiltImage, Containerd, ContainerdConfig, Env, ImageSpec, Registry, Snapshotter, TestImages,
 };
-use tempfile::TempDir;
 
 /// A node (containerd + chunksnap) on a registry reached through a [`FaultProxy`]:
 /// clients → counting proxy → fault proxy → docker-registry.
@@ -21,18 +21,8 @@ pub struct FaultyNode {
     pub env: Env,
     pub chunksnap: Chunksnap,
     pub faults: FaultProxy,
-    dir: Option<TempDir>,
-}
-
-impl Drop for FaultyNode {
-    fn drop(&mut self) {
-        // CHUNKSNAP_E2E_KEEP=1 keeps the daemon's root, config and log for debugging.
-        if chunksnap_e2e::util::keep_temp_dirs()
-            && let Some(d) = self.dir.take()
-        {
-            eprintln!("keeping {}", d.keep().display());
-        }
-    }
+    /// Held for its drop: removed (or kept) after the daemons above have stopped.
+    _dir: NodeDir,
 }
 
 impl FaultyNode {
@@ -53,9 +43,7 @@ impl FaultyNode {
         root: Option<&Path>,
         extra_hosts: &[String],
     ) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("chunksnap-e2e-rel-")
-            .tempdir()?;
+        let dir = NodeDir::new("chunksnap-e2e-rel-")?;
         let upstream: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let faults = FaultProxy::start(upstream)?;
         let registry = Registry::start_placed(Placement {
@@ -93,7 +81,7 @@ impl FaultyNode {
             env,
             chunksnap,
             faults,
-            dir: Some(dir),
+            _dir: dir,
         })
     }
 

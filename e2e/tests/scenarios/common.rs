@@ -6,33 +6,21 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result, ensure};
 use chunksnap_e2e::chunksnap::Chunksnap;
 use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
+use chunksnap_e2e::util::NodeDir;
 use chunksnap_e2e::{BuiltImage, Containerd, Env, Snapshotter};
-use tempfile::TempDir;
 
 /// A node: containerd whose CRI uses the chunksnap proxy snapshotter.
 pub struct Node {
     pub env: Env,
     pub chunksnap: Chunksnap,
-    dir: Option<TempDir>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // CHUNKSNAP_E2E_KEEP=1 keeps the daemon's root and log for debugging.
-        if chunksnap_e2e::util::keep_temp_dirs()
-            && let Some(d) = self.dir.take()
-        {
-            eprintln!("keeping {}", d.keep().display());
-        }
-    }
+    /// Held for its drop: removed (or kept) after the daemons above have stopped.
+    _dir: NodeDir,
 }
 
 impl Node {
     /// Starts registry, containerd (CRI snapshotter = chunksnap) and the chunksnap daemon.
     pub async fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("chunksnap-e2e-node-")
-            .tempdir()?;
+        let dir = NodeDir::new("chunksnap-e2e-node-")?;
         let socket = dir.path().join("cs.sock");
         let env = Env::start(Snapshotter::chunksnap(&socket)).await?;
         let mut chunksnap = Chunksnap::new(dir.path(), vec![env.registry.host()])?;
@@ -42,7 +30,7 @@ impl Node {
         Ok(Self {
             env,
             chunksnap,
-            dir: Some(dir),
+            _dir: dir,
         })
     }
 

@@ -178,9 +178,25 @@ pub async fn fetch_missing(
     opts: &FetchOptions,
     inflight: &Inflight,
 ) -> Result<FetchStats, FetchError> {
+    fetch_needed(index, None, store, source, opts, inflight).await
+}
+
+/// [`fetch_missing`] for only the chunks marked in `needed` (one flag per chunk of `index`;
+/// `None` = all), e.g. those of files that are not seeded.
+pub async fn fetch_needed(
+    index: &LayerIndex,
+    needed: Option<&[bool]>,
+    store: &Arc<ChunkStore>,
+    source: &impl RangeSource,
+    opts: &FetchOptions,
+    inflight: &Inflight,
+) -> Result<FetchStats, FetchError> {
     let mut wants: Vec<Want> = Vec::new();
     let mut seen = HashSet::new();
     for (i, c) in index.chunks.iter().enumerate() {
+        if needed.is_some_and(|n| !n.get(i).copied().unwrap_or(true)) {
+            continue;
+        }
         let digest = Digest::from_slice(&c.digest)
             .map_err(|e| FetchError::BadIndex(format!("chunk {i}: {e}")))?;
         if !seen.insert(digest) {

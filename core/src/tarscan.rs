@@ -19,6 +19,8 @@ use std::io::{self, Read, Write};
 use chunksnap_proto::index::{Entry, EntryType, Xattr};
 use tar::{Archive, EntryType as TarType};
 
+use crate::digest::Sha256Writer;
+
 /// What a tar scan produced.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TarScan {
@@ -125,7 +127,8 @@ pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, 
         match kind {
             EntryType::File => {
                 let size = te.size();
-                let copied = io::copy(&mut te, content).map_err(|err| {
+                let mut hashed = Sha256Writer::new(&mut *content);
+                let copied = io::copy(&mut te, &mut hashed).map_err(|err| {
                     if err.kind() == io::ErrorKind::UnexpectedEof {
                         TarError::Read(err)
                     } else {
@@ -139,6 +142,7 @@ pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, 
                         actual: copied,
                     });
                 }
+                e.content_digest = hashed.finish().1.as_bytes().to_vec();
                 e.size = size;
                 e.offset = offset;
                 offset += size;

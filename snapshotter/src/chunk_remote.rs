@@ -5,6 +5,11 @@
 //! from the registry's packs, and assembles the layer in overlay form. Any failure is turned
 //! into [`RemoteOutcome::Fallback`], so containerd pulls the layer itself.
 //!
+//! Files identical to ones in layers already on the node (the request's seed candidates, whose
+//! indexes are kept on disk under `indexes/`) are hardlinked from there, and only the chunks of
+//! the other files are fetched; should a seed file fail its check, its chunks are fetched on
+//! demand while assembling.
+//!
 //! The other layers of the image (label `cri.image-layers`) are fetched in the background as
 //! soon as the first layer is seen: containerd prepares layers one by one (each needs its
 //! parent), but their chunks can travel in parallel.
@@ -14,19 +19,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chunksnap_core::assemble::{AssembleOptions, WhiteoutMode, assemble_layer_with};
+use chunksnap_core::assemble::{
+    AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
+};
 use chunksnap_core::digest::Digest;
-use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_missing};
+use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_needed};
 use chunksnap_core::format::artifact::Artifact;
 use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
-use chunksnap_core::store::ChunkStore;
+use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use oci_client::Reference;
 
+use crate::index_files;
 use crate::metrics::Metrics;
 use crate::remote::{
-    LABEL_CRI_IMAGE_LAYERS, RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest,
+    LABEL_CRI_IMAGE_LAYERS, RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest, SeedCandidate,
 };
 
 /// How long "this image has no artifact" is remembered, so the layers of one unconverted
@@ -34,6 +42,8 @@ use crate::remote::{
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 /// Layer indexes kept in memory.
 const INDEX_CACHE_ENTRIES: usize = 64;
+/// Layer indexes kept on disk (for seeding after a restart); the least recently used go.
+const INDEX_FILES: usize = 256;
 
 /// Why a remote prepare could not assemble the layer (logged, then falls back).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +87,17 @@ pub struct ChunkRemote {
     prefetching: Mutex<HashSet<Digest>>,
     /// Registry host -> mirror hosts tried first (in order) for artifacts, indexes and packs.
     mirrors: BTreeMap<String, Vec<String>>,
+    /// Where layer indexes are kept across restarts (`None`: memory only).
+    index_dir: Option<PathBuf>,
+}
+
+/// Node-specific settings of [`ChunkRemote`].
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Registry host -> mirror hosts, tried in order before the host itself.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Directory for layer indexes (seeding needs the index of a layer already on the node).
+    pub index_dir: Option<PathBuf>,
 }
 
 impl ChunkRemote {
@@ -86,6 +107,17 @@ impl ChunkRemote {
         store: Arc<ChunkStore>,
         fetch: FetchOptions,
         metrics: Metrics,
+    ) -> Arc<Self> {
+        Self::with_options(client, store, fetch, metrics, NodeOptions::default())
+    }
+
+    /// Like [`ChunkRemote::new`], with mirrors and an index directory.
+    pub fn with_options(
+        client: RegistryClient,
+        store: Arc<ChunkStore>,
+        fetch: FetchOptions,
+        metrics: Metrics,
+        node: NodeOptions,
     ) -> Arc<Self> {
         metrics.store_bytes.set(store.stats().bytes as i64);
         Arc::new(Self {
@@ -97,24 +129,9 @@ impl ChunkRemote {
             artifacts: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
             prefetching: Mutex::new(HashSet::new()),
-            mirrors: BTreeMap::new(),
+            mirrors: node.mirrors,
+            index_dir: node.index_dir,
         })
-    }
-
-    /// Like [`ChunkRemote::new`], with registry mirrors (host -> mirror hosts, tried in order
-    /// before the host itself).
-    pub fn with_mirrors(
-        client: RegistryClient,
-        store: Arc<ChunkStore>,
-        fetch: FetchOptions,
-        metrics: Metrics,
-        mirrors: BTreeMap<String, Vec<String>>,
-    ) -> Arc<Self> {
-        let mut this = Self::new(client, store, fetch, metrics);
-        if let Some(inner) = Arc::get_mut(&mut this) {
-            inner.mirrors = mirrors;
-        }
-        this
     }
 
     /// Where to look for `image`'s chunks: its mirrors, then the registry itself.
@@ -179,7 +196,7 @@ impl ChunkRemote {
         artifact: &Artifact,
         layer: &Digest,
     ) -> Result<Arc<LayerIndex>, RemoteError> {
-        if let Some(ix) = lock(&self.indexes).get(layer).cloned() {
+        if let Some(ix) = self.cached_index(layer).await {
             return Ok(ix);
         }
         let desc = artifact
@@ -194,36 +211,87 @@ impl ChunkRemote {
             .client
             .read_blob(image, &blob_digest, MAX_INDEX_SIZE as u64)
             .await?;
-        let ix = tokio::task::spawn_blocking(move || index::decode(&blob)).await??;
-        if ix.source.as_ref().map(|s| s.digest.as_str()) != Some(layer.to_string().as_str()) {
-            return Err(RemoteError::WrongLayer {
-                expected: *layer,
-                found: ix
-                    .source
-                    .as_ref()
-                    .map(|s| s.digest.clone())
-                    .unwrap_or_default(),
-            });
-        }
+        let (dir, want) = (self.index_dir.clone(), *layer);
+        let ix = tokio::task::spawn_blocking(move || {
+            let ix = decode_for(&blob, &want)?;
+            if let Some(dir) = dir {
+                index_files::save(&dir, &want, &blob, INDEX_FILES);
+            }
+            Ok::<_, RemoteError>(ix)
+        })
+        .await??;
+        Ok(self.remember_index(*layer, ix))
+    }
+
+    fn remember_index(&self, layer: Digest, ix: LayerIndex) -> Arc<LayerIndex> {
         let ix = Arc::new(ix);
         let mut cache = lock(&self.indexes);
         if cache.len() >= INDEX_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(*layer, ix.clone());
-        Ok(ix)
+        cache.insert(layer, ix.clone());
+        ix
+    }
+
+    /// The index of `layer` from memory or the index directory, never the registry.
+    async fn cached_index(&self, layer: &Digest) -> Option<Arc<LayerIndex>> {
+        if let Some(ix) = lock(&self.indexes).get(layer).cloned() {
+            return Some(ix);
+        }
+        let dir = self.index_dir.clone()?;
+        let want = *layer;
+        let ix = tokio::task::spawn_blocking(move || {
+            let blob = index_files::load(&dir, &want)?;
+            match decode_for(&blob, &want) {
+                Ok(ix) => Some(ix),
+                Err(e) => {
+                    tracing::warn!(layer = %want, cause = %e, "dropping a bad stored index");
+                    index_files::remove(&dir, &want);
+                    None
+                }
+            }
+        })
+        .await
+        .ok()??;
+        Some(self.remember_index(*layer, ix))
+    }
+
+    /// The seed candidates whose index is on the node, as seeds.
+    async fn seeds(&self, candidates: &[SeedCandidate]) -> Vec<Seed> {
+        let mut seeds = Vec::new();
+        for c in candidates {
+            let Ok(layer) = Digest::parse(&c.layer_digest) else {
+                continue;
+            };
+            if let Some(index) = self.cached_index(&layer).await {
+                seeds.push(Seed {
+                    index,
+                    dir: c.fs_dir.clone(),
+                });
+            }
+        }
+        seeds
     }
 
     async fn fetch_chunks(
         &self,
         image: &Reference,
         ix: &LayerIndex,
+        needed: Option<&[bool]>,
     ) -> Result<FetchStats, RemoteError> {
         let source = RepoRangeSource {
             client: self.client.clone(),
             repo: image.clone(),
         };
-        let stats = fetch_missing(ix, &self.store, &source, &self.fetch, &self.inflight).await?;
+        let stats = fetch_needed(
+            ix,
+            needed,
+            &self.store,
+            &source,
+            &self.fetch,
+            &self.inflight,
+        )
+        .await?;
         self.metrics.chunks_fetched.inc_by(stats.chunks_fetched);
         self.metrics.bytes_fetched.inc_by(stats.bytes_fetched);
         self.metrics.chunks_reused.inc_by(stats.chunks_reused);
@@ -256,7 +324,7 @@ impl ChunkRemote {
                 let result = async {
                     let ix = this.layer_index(&image, &artifact, &layer).await?;
                     let _pin = this.store.pin(chunk_digests(&ix));
-                    this.fetch_chunks(&image, &ix).await
+                    this.fetch_chunks(&image, &ix, None).await
                 }
                 .await;
                 if let Err(e) = result {
@@ -274,9 +342,24 @@ impl ChunkRemote {
         let (image, artifact) = self.artifact(&image, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
         let ix = self.layer_index(&image, &artifact, &layer).await?;
+        let seeds = self.seeds(&req.seeds).await;
+        let ix2 = ix.clone();
+        let (seeding, needed) = tokio::task::spawn_blocking(move || {
+            let seeding = Seeding::plan(&ix2, seeds);
+            let needed = seeding.needed_chunks(&ix2);
+            (seeding, needed)
+        })
+        .await?;
         let pin = self.store.pin(chunk_digests(&ix));
-        let stats = self.fetch_chunks(&image, &ix).await?;
-        let store = self.store.clone();
+        let started = Instant::now();
+        let stats = self.fetch_chunks(&image, &ix, Some(&needed)).await?;
+        let fetched_in = started.elapsed();
+        let reader = FetchingReader {
+            remote: self.clone(),
+            image: image.clone(),
+            index: ix.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
         let ix2 = ix.clone();
@@ -284,12 +367,15 @@ impl ChunkRemote {
             let opts = AssembleOptions {
                 mode: WhiteoutMode::Overlay,
                 parents: &parents,
+                seeding: Some(&seeding),
             };
-            assemble_layer_with(&ix2, store.as_ref(), &dest, &opts)
+            assemble_layer_with(&ix2, &reader, &dest, &opts)
         })
         .await??;
         drop(pin);
         self.after_prepare();
+        self.metrics.seeded_files.inc_by(assembled.seeded_files);
+        self.metrics.seeded_bytes.inc_by(assembled.seeded_bytes);
         tracing::info!(
             layer = %layer,
             chunks_fetched = stats.chunks_fetched,
@@ -297,6 +383,11 @@ impl ChunkRemote {
             chunks_reused = stats.chunks_reused,
             requests = stats.requests,
             files = assembled.files,
+            seeded_files = assembled.seeded_files,
+            seeded_bytes = assembled.seeded_bytes,
+            seeds_rejected = assembled.seeds_rejected,
+            fetch_ms = fetched_in.as_millis() as u64,
+            assemble_ms = (started.elapsed() - fetched_in).as_millis() as u64,
             "layer assembled from chunks"
         );
         Ok(RemoteOutcome::Assembled {
@@ -322,7 +413,7 @@ impl ChunkRemote {
             let layer = parse_label("layer digest", &layer.digest)?;
             let ix = self.layer_index(&image, &artifact, &layer).await?;
             let _pin = self.store.pin(chunk_digests(&ix));
-            let s = self.fetch_chunks(&image, &ix).await?;
+            let s = self.fetch_chunks(&image, &ix, None).await?;
             total.chunks_needed += s.chunks_needed;
             total.chunks_fetched += s.chunks_fetched;
             total.bytes_fetched += s.bytes_fetched;
@@ -345,6 +436,58 @@ impl ChunkRemote {
                 .set(this.store.stats().bytes as i64);
         });
     }
+}
+
+/// The store as the assembler's chunk source; a chunk it lacks (a seed file that failed its
+/// check, or an eviction race) is fetched from the registry there and then. Used on blocking
+/// threads only.
+struct FetchingReader {
+    remote: Arc<ChunkRemote>,
+    image: Reference,
+    index: Arc<LayerIndex>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ChunkReader for FetchingReader {
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        match self.remote.store.get(digest, size) {
+            Err(StoreError::Missing(_)) => {}
+            other => return other,
+        }
+        let needed: Vec<bool> = self
+            .index
+            .chunks
+            .iter()
+            .map(|c| c.digest.as_slice() == digest.as_bytes().as_slice())
+            .collect();
+        let _pin = self.remote.store.pin([*digest]);
+        let fetched = self.runtime.block_on(self.remote.fetch_chunks(
+            &self.image,
+            &self.index,
+            Some(&needed),
+        ));
+        if let Err(e) = fetched {
+            tracing::warn!(%digest, cause = %e, "fetching a chunk while assembling failed");
+            return Err(StoreError::Missing(*digest));
+        }
+        self.remote.store.get(digest, size)
+    }
+}
+
+/// Decodes a stored or fetched index blob and checks that it describes `layer`.
+fn decode_for(blob: &[u8], layer: &Digest) -> Result<LayerIndex, RemoteError> {
+    let ix = index::decode(blob)?;
+    if ix.source.as_ref().map(|s| s.digest.as_str()) != Some(layer.to_string().as_str()) {
+        return Err(RemoteError::WrongLayer {
+            expected: *layer,
+            found: ix
+                .source
+                .as_ref()
+                .map(|s| s.digest.clone())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(ix)
 }
 
 /// `os/arch` of this node in OCI terms.

@@ -124,6 +124,11 @@ impl Config {
         self.root.clone()
     }
 
+    /// Where layer indexes are kept for seeding (`<root>/indexes`).
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("indexes")
+    }
+
     /// Loads `explicit` (must exist) or else [`DEFAULT_CONFIG_PATH`] (may be missing).
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let (path, required) = match explicit {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod containerd_config;
 pub mod error;
 pub mod filter;
+pub mod index_files;
 pub mod k8s_secrets;
 pub mod local;
 pub mod metadata;

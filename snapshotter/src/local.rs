@@ -22,6 +22,7 @@ use chunksnap_proto::snapshots::Mount;
 use crate::error::{Error, Result};
 use crate::metadata::{Info, Kind, MetaStore, Record};
 use crate::mounts::{self, Layout};
+use crate::remote::{LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, SeedCandidate};
 
 /// What [`Local::cleanup`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -259,6 +260,45 @@ impl Local {
         }
     }
 
+    /// Committed layers that may seed a Prepare of `layer_digest` for `image_ref`: every
+    /// committed snapshot built from another layer, the same repository's first, then newest
+    /// first, at most `limit`.
+    pub fn seed_candidates(
+        &self,
+        layer_digest: &str,
+        image_ref: &str,
+        limit: usize,
+    ) -> Result<Vec<SeedCandidate>> {
+        let repo = repository(image_ref);
+        let mut found: Vec<(bool, u64, SeedCandidate)> = self
+            .meta
+            .list()?
+            .into_iter()
+            .filter(|i| i.record.kind == Kind::Committed)
+            .filter_map(|i| {
+                let layer = i.record.labels.get(LABEL_CRI_LAYER_DIGEST)?;
+                if layer == layer_digest {
+                    return None;
+                }
+                let same_repo = i
+                    .record
+                    .labels
+                    .get(LABEL_CRI_IMAGE_REF)
+                    .is_some_and(|r| repository(r) == repo);
+                Some((
+                    same_repo,
+                    i.record.id,
+                    SeedCandidate {
+                        layer_digest: layer.clone(),
+                        fs_dir: self.layout.fs(i.record.id),
+                    },
+                ))
+            })
+            .collect();
+        found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
+        Ok(found.into_iter().take(limit).map(|(_, _, c)| c).collect())
+    }
+
     /// Every snapshot, ordered by key.
     pub fn list(&self) -> Result<Vec<Info>> {
         self.meta.list()
@@ -336,4 +376,14 @@ pub fn disk_usage(path: &Path) -> Result<(i64, i64)> {
     }
     let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     Ok((to_i64(size), to_i64(seen.len() as u64)))
+}
+
+/// `registry/repo` of an image reference (tag and digest dropped).
+fn repository(image_ref: &str) -> &str {
+    let no_digest = image_ref.split('@').next().unwrap_or(image_ref);
+    match no_digest.rfind(':') {
+        // A colon after the last slash is a tag; before it, a registry port.
+        Some(c) if !no_digest[c..].contains('/') => &no_digest[..c],
+        _ => no_digest,
+    }
 }

@@ -31,6 +31,10 @@ pub const CHUNKS_FETCHED_TOTAL: &str = "chunksnap_chunks_fetched";
 pub const BYTES_FETCHED_TOTAL: &str = "chunksnap_bytes_fetched";
 /// `chunksnap_chunks_reused_total`: chunks already in the node store.
 pub const CHUNKS_REUSED_TOTAL: &str = "chunksnap_chunks_reused";
+/// `chunksnap_seeded_files_total`: files hardlinked from earlier layers instead of written.
+pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
+/// `chunksnap_seeded_bytes_total`: content bytes of those files.
+pub const SEEDED_BYTES_TOTAL: &str = "chunksnap_seeded_bytes";
 /// `chunksnap_prepare_seconds`: duration of remote-capable Prepares.
 pub const PREPARE_SECONDS: &str = "chunksnap_prepare_seconds";
 /// `chunksnap_store_bytes`: bytes held by the chunk store.
@@ -60,6 +64,8 @@ pub struct Metrics {
     pub chunks_fetched: Counter,
     pub bytes_fetched: Counter,
     pub chunks_reused: Counter,
+    pub seeded_files: Counter,
+    pub seeded_bytes: Counter,
     pub prepare_seconds: Histogram,
     pub store_bytes: Gauge,
     registry: Arc<Registry>,
@@ -79,6 +85,8 @@ impl Metrics {
         let chunks_fetched = Counter::default();
         let bytes_fetched = Counter::default();
         let chunks_reused = Counter::default();
+        let seeded_files = Counter::default();
+        let seeded_bytes = Counter::default();
         // 10 ms .. ~80 s.
         let prepare_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let store_bytes = Gauge::default();
@@ -103,6 +111,16 @@ impl Metrics {
             chunks_reused.clone(),
         );
         r.register(
+            SEEDED_FILES_TOTAL,
+            "Files hardlinked from earlier layers on the node instead of written",
+            seeded_files.clone(),
+        );
+        r.register(
+            SEEDED_BYTES_TOTAL,
+            "Content bytes of files hardlinked from earlier layers",
+            seeded_bytes.clone(),
+        );
+        r.register(
             PREPARE_SECONDS,
             "Duration of remote-capable prepares",
             prepare_seconds.clone(),
@@ -121,6 +139,8 @@ impl Metrics {
             chunks_fetched,
             bytes_fetched,
             chunks_reused,
+            seeded_files,
+            seeded_bytes,
             prepare_seconds,
             store_bytes,
             registry: Arc::new(r),

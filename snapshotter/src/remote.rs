@@ -47,6 +47,16 @@ pub struct RemoteRequest {
     /// directory the layer implies without an entry takes its attributes from the nearest
     /// parent that has it, as containerd's applier does.
     pub parent_dirs: Vec<PathBuf>,
+    /// Committed layers on this node that may hold identical files (best candidates first):
+    /// those files are hardlinked instead of fetched and written.
+    pub seeds: Vec<SeedCandidate>,
+}
+
+/// A committed layer directory and the layer (`cri.layer-digest`) it was built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedCandidate {
+    pub layer_digest: String,
+    pub fs_dir: PathBuf,
 }
 
 impl RemoteRequest {
@@ -68,6 +78,7 @@ impl RemoteRequest {
             labels: labels.clone(),
             fs_dir,
             parent_dirs: Vec::new(),
+            seeds: Vec::new(),
         })
     }
 

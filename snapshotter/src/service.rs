@@ -24,6 +24,9 @@ use crate::metadata::{Info, Kind};
 use crate::metrics::{Metrics, Outcome};
 use crate::remote::{LABEL_TARGET_REF, RemoteLayers, RemoteOutcome, RemoteRequest};
 
+/// Earlier layers a remote Prepare may link identical files from.
+const MAX_SEEDS: usize = 8;
+
 /// How many snapshots one List response message carries.
 const LIST_BATCH: usize = 100;
 
@@ -103,6 +106,10 @@ impl Service {
         let outcome = match RemoteRequest::from_labels(&key, &parent, &labels, fs_dir) {
             Some(mut req) => {
                 req.parent_dirs = parent_dirs;
+                let (layer, image) = (req.layer_digest.clone(), req.image_ref.clone());
+                req.seeds = self
+                    .run(move |l| l.seed_candidates(&layer, &image, MAX_SEEDS))
+                    .await?;
                 self.remote.prepare_remote(req).await
             }
             None => RemoteOutcome::Fallback("incomplete remote labels".into()),

@@ -18,10 +18,19 @@ pub(crate) type Prefetched = (usize, Result<Vec<u8>, crate::store::StoreError>);
 /// Chunks read (decompressed + verified) ahead of the writer, in stream order.
 const READ_AHEAD: usize = 16;
 
-/// Reads every chunk of the stream, in order, into `tx` until the receiver goes away. Run on a
-/// second thread, it overlaps decompression and sha256 checks with the writer's file I/O.
-pub(crate) fn prefetch(chunks: &[Chunk], reader: &dyn ChunkReader, tx: SyncSender<Prefetched>) {
+/// Reads every chunk of the stream (only those `needed`, when given), in order, into `tx` until
+/// the receiver goes away. Run on a second thread, it overlaps decompression and sha256 checks
+/// with the writer's file I/O.
+pub(crate) fn prefetch(
+    chunks: &[Chunk],
+    needed: Option<&[bool]>,
+    reader: &dyn ChunkReader,
+    tx: SyncSender<Prefetched>,
+) {
     for (i, c) in chunks.iter().enumerate() {
+        if needed.is_some_and(|n| !n.get(i).copied().unwrap_or(true)) {
+            continue;
+        }
         let Ok(digest) = Digest::from_slice(&c.digest) else {
             // The writer reports the bad digest when it reaches this chunk.
             return;
@@ -46,6 +55,8 @@ pub(crate) struct Stream<'a> {
     current: Option<(usize, Vec<u8>)>,
     /// Chunks from the read-ahead thread, while the writer consumes them in order.
     ahead: Option<Receiver<Prefetched>>,
+    /// A read-ahead chunk beyond the one the writer asked for last (kept for later).
+    pending: Option<Prefetched>,
 }
 
 impl<'a> Stream<'a> {
@@ -62,6 +73,7 @@ impl<'a> Stream<'a> {
             starts,
             current: None,
             ahead: None,
+            pending: None,
         }
     }
 
@@ -74,14 +86,25 @@ impl<'a> Stream<'a> {
 
     /// Chunk `i` from the read-ahead thread, if it is still ahead of us.
     fn take_prefetched(&mut self, i: usize) -> Option<Result<Vec<u8>, crate::store::StoreError>> {
-        let rx = self.ahead.as_ref()?;
         loop {
-            match rx.recv() {
-                Ok((j, data)) if j == i => return Some(data),
-                Ok((j, _)) if j < i => continue,
-                // Past `i` (the writer went back) or the thread ended: read directly.
-                _ => {
-                    self.ahead = None;
+            let next = match self.pending.take() {
+                Some(p) => p,
+                None => match self.ahead.as_ref()?.recv() {
+                    Ok(p) => p,
+                    // The thread ended: read directly from now on.
+                    Err(_) => {
+                        self.ahead = None;
+                        return None;
+                    }
+                },
+            };
+            match next {
+                (j, data) if j == i => return Some(data),
+                (j, _) if j < i => continue,
+                // A chunk the read-ahead skipped (seeded files') or the writer went back:
+                // read `i` directly and keep the read-ahead one for later.
+                later => {
+                    self.pending = Some(later);
                     return None;
                 }
             }

@@ -14,6 +14,9 @@
 //! [`WhiteoutMode::Apply`] deletes `NAME`, or empties the directory of everything this layer did
 //! not create (containerd's default converter).
 //!
+//! Seeding ([`Seeding`]): a regular file identical to one in an earlier layer directory on the
+//! node is hardlinked from there after checking it, and its chunks are never read.
+//!
 //! Safety: nothing is written outside `dest`. Paths with `..` or a leading `/` are rejected;
 //! parents are opened with `openat2` relative to `dest` and every change is an `*at` call on
 //! the parent fd. In Overlay mode any symlink in a parent position is an error
@@ -23,6 +26,7 @@
 
 mod content;
 mod fsops;
+mod seed;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -40,6 +44,7 @@ use nix::unistd::{Gid, Uid};
 
 pub use content::HOLE_BLOCK;
 use fsops::{Resolve, escape_or_sys, sys};
+pub use seed::{Seed, Seeding};
 
 use crate::digest::Digest;
 use crate::store::StoreError;
@@ -76,6 +81,12 @@ pub struct AssembleStats {
     pub bytes_written: u64,
     /// File bytes left as holes.
     pub hole_bytes: u64,
+    /// Regular files hardlinked from a seed instead of written (not counted in `files`).
+    pub seeded_files: u64,
+    /// Their content bytes.
+    pub seeded_bytes: u64,
+    /// Planned seed files that failed their check and were written from chunks.
+    pub seeds_rejected: u64,
 }
 
 /// Errors from assembling a layer.
@@ -168,6 +179,8 @@ pub struct AssembleOptions<'a> {
     /// non-`trusted.*` xattrs from the nearest lower layer that has it (containerd's
     /// `WithParents`); without one it is `0755 root:root`. Only meaningful for Overlay mode.
     pub parents: &'a [PathBuf],
+    /// Files to link from earlier layers instead of writing (Overlay mode only).
+    pub seeding: Option<&'a Seeding>,
 }
 
 /// Writes the filesystem of the layer described by `index` into `dest` (an existing directory).
@@ -178,7 +191,12 @@ pub fn assemble_layer(
     dest: &Path,
     mode: WhiteoutMode,
 ) -> Result<AssembleStats, AssembleError> {
-    assemble_layer_with(index, chunks, dest, &AssembleOptions { mode, parents: &[] })
+    let opts = AssembleOptions {
+        mode,
+        parents: &[],
+        seeding: None,
+    };
+    assemble_layer_with(index, chunks, dest, &opts)
 }
 
 /// [`assemble_layer`] with lower layer directories (see [`AssembleOptions::parents`]).
@@ -202,26 +220,55 @@ pub fn assemble_layer_with(
         .iter()
         .map(|p| open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mode = opts.mode;
+    let seeding = opts.seeding.filter(|_| opts.mode == WhiteoutMode::Overlay);
+    let seeds = match seeding {
+        Some(s) => s
+            .seed_dirs()
+            .map(|d| {
+                // A seed that cannot be opened only costs its files being written.
+                open(d)
+                    .inspect_err(|e| tracing::warn!(cause = %e, "seed directory unusable"))
+                    .ok()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let needed = seeding.map(|s| s.needed_chunks(index));
     let (tx, rx) = content::prefetch_channel();
+    let ctx = Context {
+        root: root.as_fd(),
+        parents,
+        mode: opts.mode,
+        seeding: seeding.map(|s| (s, seeds)),
+    };
     std::thread::scope(|scope| {
-        scope.spawn(|| content::prefetch(&index.chunks, chunks, tx));
-        assemble_entries(index, chunks, root.as_fd(), parents, mode, rx)
+        scope.spawn(|| content::prefetch(&index.chunks, needed.as_deref(), chunks, tx));
+        assemble_entries(index, chunks, ctx, rx)
     })
+}
+
+/// What the writer works with besides the index and chunks.
+struct Context<'a> {
+    root: BorrowedFd<'a>,
+    parents: Vec<OwnedFd>,
+    mode: WhiteoutMode,
+    /// The plan and each seed's directory (`None`: could not be opened).
+    seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
 }
 
 /// The writer side of [`assemble_layer_with`]: every entry in order, then directory mtimes.
 fn assemble_entries(
     index: &LayerIndex,
     chunks: &dyn ChunkReader,
-    root: BorrowedFd<'_>,
-    parents: Vec<OwnedFd>,
-    mode: WhiteoutMode,
+    ctx: Context<'_>,
     ahead: std::sync::mpsc::Receiver<content::Prefetched>,
 ) -> Result<AssembleStats, AssembleError> {
+    let mode = ctx.mode;
     let mut a = Assembler {
-        root,
-        parents,
+        root: ctx.root,
+        parents: ctx.parents,
+        seeding: ctx.seeding,
+        seeded: HashSet::new(),
         how: match mode {
             WhiteoutMode::Overlay => Resolve::Strict,
             WhiteoutMode::Apply => Resolve::InRoot,
@@ -232,8 +279,8 @@ fn assemble_entries(
         unpacked: HashSet::new(),
         dirs: Vec::new(),
     };
-    for entry in &index.entries {
-        a.entry(entry)?;
+    for (i, entry) in index.entries.iter().enumerate() {
+        a.entry(i, entry)?;
     }
     // Directory mtimes last: creating their children changed them.
     for (path, ts) in std::mem::take(&mut a.dirs) {
@@ -247,6 +294,10 @@ fn assemble_entries(
 struct Assembler<'a> {
     root: BorrowedFd<'a>,
     parents: Vec<OwnedFd>,
+    seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
+    /// Seed inodes linked so far: each at most once, or identical files would become hardlinks
+    /// of each other (different seeds can share an inode).
+    seeded: HashSet<(u64, u64)>,
     how: Resolve,
     mode: WhiteoutMode,
     stream: content::Stream<'a>,
@@ -260,7 +311,7 @@ struct Assembler<'a> {
 type Entry = chunksnap_proto::index::Entry;
 
 impl<'a> Assembler<'a> {
-    fn entry(&mut self, e: &Entry) -> Result<(), AssembleError> {
+    fn entry(&mut self, i: usize, e: &Entry) -> Result<(), AssembleError> {
         let Some(p) = split_path(&e.path)? else {
             return Ok(()); // the root itself: containerd ignores it too
         };
@@ -282,7 +333,11 @@ impl<'a> Assembler<'a> {
         let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
         let name = OsStr::from_bytes(p.name);
         match ty {
-            EntryType::File => self.file(dir, &p, e, mtime)?,
+            EntryType::File => {
+                if !self.link_seed(i, dir, &p)? {
+                    self.file(dir, &p, e, mtime)?;
+                }
+            }
             EntryType::Dir => {
                 match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -353,6 +408,60 @@ impl<'a> Assembler<'a> {
         nix::sys::stat::futimens(file.as_fd(), &mtime, &mtime).map_err(sys("utimens", p.full))?;
         self.stats.files += 1;
         Ok(())
+    }
+
+    /// Links entry `i` from its planned seed file, if it has one and it passes the checks.
+    fn link_seed(
+        &mut self,
+        i: usize,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath<'_>,
+    ) -> Result<bool, AssembleError> {
+        let Some((seeding, roots)) = &self.seeding else {
+            return Ok(false);
+        };
+        let Some((s, want)) = seeding.source(i) else {
+            return Ok(false);
+        };
+        let Some(Some(root)) = roots.get(s) else {
+            self.stats.seeds_rejected += 1;
+            return Ok(false);
+        };
+        let fd = match seed::open_checked(root.as_fd(), &want.path, want) {
+            Ok(fd) => fd,
+            Err(why) => {
+                tracing::warn!(path = %lossy(p.full), seed = %lossy(&want.path), %why, "seed file not used");
+                self.stats.seeds_rejected += 1;
+                return Ok(false);
+            }
+        };
+        let inode = match nix::sys::stat::fstat(fd.as_fd()) {
+            Ok(st) => (st.st_dev, st.st_ino),
+            Err(_) => (0, 0),
+        };
+        if inode == (0, 0) || !self.seeded.insert(inode) {
+            self.stats.seeds_rejected += 1;
+            return Ok(false);
+        }
+        match nix::unistd::linkat(
+            fd.as_fd(),
+            "",
+            dir,
+            OsStr::from_bytes(p.name),
+            AtFlags::AT_EMPTY_PATH,
+        ) {
+            Ok(()) => {
+                self.stats.seeded_files += 1;
+                self.stats.seeded_bytes += want.size;
+                Ok(true)
+            }
+            // Too many links, a seed removed meanwhile, no CAP_DAC_READ_SEARCH: write it.
+            Err(err) => {
+                tracing::debug!(path = %lossy(p.full), %err, "seed link failed");
+                self.stats.seeds_rejected += 1;
+                Ok(false)
+            }
+        }
     }
 
     fn hardlink(

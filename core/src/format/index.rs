@@ -282,6 +282,12 @@ fn validate_entries(entries: &[Entry], content_size: u64) -> Result<(), FormatEr
                     });
                 }
                 stream_pos = end.unwrap_or(content_size);
+                if !matches!(e.content_digest.len(), 0 | 32) {
+                    return Err(FormatError::BadDigest {
+                        what: "file content",
+                        value: format!("{} bytes at {}", e.content_digest.len(), show(path)),
+                    });
+                }
             }
             EntryType::Hardlink => {
                 let target = e.link_target.as_slice();

@@ -55,7 +55,7 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Everything we compare between two trees, per relative path.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
+pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
@@ -450,6 +450,7 @@ fn implied_parents_copy_lower_layer_dirs() {
     let opts = AssembleOptions {
         mode: WhiteoutMode::Overlay,
         parents: &parents,
+        seeding: None,
     };
     assemble_layer_with(&built.index, &MemReader(built.chunks), dest.path(), &opts).unwrap();
     let md = fs::metadata(dest.path().join("usr")).unwrap();

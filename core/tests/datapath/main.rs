@@ -3,6 +3,7 @@
 
 mod assemble;
 mod fetch;
+mod seed;
 mod store;
 
 use std::collections::HashMap;
@@ -49,6 +50,7 @@ impl LayerBuilder {
         let mut e = entry(path, EntryType::File, mode);
         e.offset = self.content.len() as u64;
         e.size = data.len() as u64;
+        e.content_digest = Digest::of(data).as_bytes().to_vec();
         self.content.extend_from_slice(data);
         self.push(e)
     }

@@ -57,6 +57,20 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
     );
     let v2_bytes = node.env.registry.bytes_served();
     let v2_layer = v2.layers[0].size;
+    // Most of v2's files are v1's, byte for byte: linked from v1's layer, not written.
+    let seeded = node
+        .chunksnap
+        .metric("chunksnap_seeded_files_total")
+        .await?;
+    let seeded_bytes = node
+        .chunksnap
+        .metric("chunksnap_seeded_bytes_total")
+        .await?;
+    eprintln!("v2 pull: {seeded} files ({seeded_bytes} B) linked from v1's layer");
+    ensure!(
+        seeded > 1000.0 && seeded_bytes > 50e6,
+        "v2 seeded only {seeded} files ({seeded_bytes} B) from v1"
+    );
     eprintln!(
         "v1 pull: {v1_bytes} B served; v2 pull: {v2_bytes} B served (layer blob {v2_layer} B, \
          chunks missing on the node {v2_missing} B)"

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers};
+use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::config::Config;
 use chunksnap::local::Local;
 use chunksnap::metrics::{self, Metrics};
@@ -44,12 +44,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening chunk store {}", config.chunks_dir().display()))?;
     let client = RegistryClient::new(config.registry()).context("registry client")?;
-    let remote = ChunkRemote::with_mirrors(
+    let node = NodeOptions {
+        mirrors: config.mirrors.clone(),
+        index_dir: Some(config.index_dir()),
+    };
+    let remote = ChunkRemote::with_options(
         client,
         Arc::new(store),
         config.fetch(),
         metrics.clone(),
-        config.mirrors.clone(),
+        node,
     );
     let service = Service::new(
         Arc::new(local),

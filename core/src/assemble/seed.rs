@@ -1,0 +1,237 @@
+//! Seeding: reusing identical files from layer directories already on the node.
+//!
+//! A rollout's v2 layer mostly holds the same files as v1's. When an earlier layer directory
+//! (a committed snapshot, never modified again) has a regular file with the same content
+//! digest and the same metadata, the assembler hardlinks that inode instead of writing the
+//! bytes again, and its chunks need not be fetched or read at all (casync's seeds, but
+//! sharing the inode, as composefs and nydus share page cache between images).
+//!
+//! [`Seeding::plan`] decides from the indexes alone; the assembler then checks each seed file
+//! before linking it: opened beneath the seed directory without following symlinks, it must be
+//! a regular file whose size, owner, mode and mtime match, and whose sha256 matches the index.
+//! A seed that fails any check is reported and the file is written from chunks instead.
+//!
+//! Sharing an inode is invisible inside containers: overlayfs copies a lower file up before any
+//! write, and the layer directories are read-only once committed. The link count of a seeded
+//! file counts the other layers' links too.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chunksnap_proto::index::{Entry, EntryType, LayerIndex};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, SFlag};
+
+use crate::digest::Hasher;
+
+/// An earlier layer's directory on this node and the index it was built from.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub index: Arc<LayerIndex>,
+    pub dir: PathBuf,
+}
+
+/// Which files of a layer can be linked from which seeds.
+#[derive(Debug, Default)]
+pub struct Seeding {
+    seeds: Vec<Seed>,
+    /// Per entry of the layer: (seed, entry of the seed's index) to link from.
+    sources: HashMap<usize, (usize, usize)>,
+    bytes: u64,
+}
+
+/// What makes two files interchangeable: content and every attribute the assembler sets.
+#[derive(PartialEq, Eq, Hash)]
+struct FileKey<'a> {
+    digest: &'a [u8],
+    size: u64,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: (i64, u32),
+    xattrs: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> FileKey<'a> {
+    /// `None` for anything that is not a regular file with a known, non-empty content.
+    fn of(e: &'a Entry) -> Option<Self> {
+        if e.r#type != EntryType::File as i32 || e.content_digest.len() != 32 || e.size == 0 {
+            return None;
+        }
+        let mut xattrs: Vec<_> = e
+            .xattrs
+            .iter()
+            .map(|x| (x.name.as_str(), x.value.as_slice()))
+            .collect();
+        xattrs.sort_unstable();
+        Some(Self {
+            digest: &e.content_digest,
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: (e.mtime_sec, e.mtime_nsec),
+            xattrs,
+        })
+    }
+}
+
+impl Seeding {
+    /// Matches every regular file of `index` against `seeds`. A seed file is used at most once,
+    /// so that files which are merely identical do not become hardlinks of each other; a seed
+    /// file at the same path is preferred, then earlier seeds.
+    pub fn plan(index: &LayerIndex, seeds: Vec<Seed>) -> Self {
+        let mut by_key: HashMap<FileKey<'_>, Vec<(usize, usize)>> = HashMap::new();
+        for (s, seed) in seeds.iter().enumerate() {
+            for (i, e) in seed.index.entries.iter().enumerate() {
+                if let Some(k) = FileKey::of(e) {
+                    by_key.entry(k).or_default().push((s, i));
+                }
+            }
+        }
+        let seed_path = |(s, i): (usize, usize)| seeds[s].index.entries[i].path.as_slice();
+        let mut used = HashSet::new();
+        let mut sources = HashMap::new();
+        let mut bytes = 0;
+        for same_path in [true, false] {
+            for (i, e) in index.entries.iter().enumerate() {
+                if sources.contains_key(&i) {
+                    continue;
+                }
+                let Some(candidates) = FileKey::of(e).and_then(|k| by_key.get(&k)) else {
+                    continue;
+                };
+                let pick = candidates.iter().copied().find(|c| {
+                    !used.contains(c) && (!same_path || seed_path(*c) == e.path.as_slice())
+                });
+                if let Some(c) = pick {
+                    used.insert(c);
+                    sources.insert(i, c);
+                    bytes += e.size;
+                }
+            }
+        }
+        drop(by_key);
+        Self {
+            seeds,
+            sources,
+            bytes,
+        }
+    }
+
+    /// Files planned to be linked from seeds.
+    pub fn files(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Content bytes of those files.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// For each chunk of `index`: whether a file not planned from a seed needs it. Only these
+    /// chunks have to be fetched and read.
+    pub fn needed_chunks(&self, index: &LayerIndex) -> Vec<bool> {
+        let mut starts = Vec::with_capacity(index.chunks.len());
+        let mut off = 0u64;
+        for c in &index.chunks {
+            starts.push(off);
+            off += u64::from(c.size);
+        }
+        let mut needed = vec![false; index.chunks.len()];
+        for (i, e) in index.entries.iter().enumerate() {
+            if e.r#type != EntryType::File as i32 || e.size == 0 || self.sources.contains_key(&i) {
+                continue;
+            }
+            let first = starts.partition_point(|&s| s <= e.offset).saturating_sub(1);
+            let end = e.offset.saturating_add(e.size);
+            for (n, start) in starts.iter().enumerate().skip(first) {
+                if *start >= end {
+                    break;
+                }
+                needed[n] = true;
+            }
+        }
+        needed
+    }
+
+    /// The seed file planned for entry `i` of the layer, if any.
+    pub(crate) fn source(&self, i: usize) -> Option<(usize, &Entry)> {
+        let (s, e) = *self.sources.get(&i)?;
+        Some((s, self.seeds.get(s)?.index.entries.get(e)?))
+    }
+
+    pub(crate) fn seed_dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.seeds.iter().map(|s| &s.dir)
+    }
+}
+
+/// Why a planned seed file was not used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SeedReject {
+    #[error("cannot open: {0}")]
+    Open(Errno),
+    #[error("not a regular file with the indexed size, owner, mode and mtime")]
+    Changed,
+    #[error("content differs from its index")]
+    Content,
+    #[error("read: {0}")]
+    Read(std::io::Error),
+}
+
+/// Opens seed file `rel` beneath `root` and checks it against `want`; the returned fd is ready
+/// for `linkat(AT_EMPTY_PATH)`, so what was checked is exactly what gets linked.
+pub(crate) fn open_checked(
+    root: BorrowedFd<'_>,
+    rel: &[u8],
+    want: &Entry,
+) -> Result<OwnedFd, SeedReject> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = loop {
+        match openat2(root, std::ffi::OsStr::from_bytes(rel), how) {
+            Err(Errno::EAGAIN) => continue,
+            r => break r.map_err(SeedReject::Open)?,
+        }
+    };
+    let st = nix::sys::stat::fstat(fd.as_fd()).map_err(SeedReject::Open)?;
+    if !same_attrs(&st, want) {
+        return Err(SeedReject::Changed);
+    }
+    let mut file = File::from(fd);
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SeedReject::Read(e)),
+        }
+    }
+    if hasher.finish().as_bytes().as_slice() != want.content_digest.as_slice() {
+        return Err(SeedReject::Content);
+    }
+    Ok(OwnedFd::from(file))
+}
+
+fn same_attrs(st: &FileStat, want: &Entry) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+        && st.st_size as u64 == want.size
+        && u64::from(st.st_uid) == want.uid
+        && u64::from(st.st_gid) == want.gid
+        && st.st_mode & 0o7777 == want.mode
+        && st.st_mtime == want.mtime_sec
+        && st.st_mtime_nsec == i64::from(want.mtime_nsec)
+}

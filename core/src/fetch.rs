@@ -264,18 +264,34 @@ pub async fn fetch_needed(
                 }
             }
         }
-        let claims = Claims {
-            inflight: inflight.clone(),
-            digests: mine.iter().map(|w| w.digest).collect(),
-        };
         let requests = plan(&mine, index, opts);
         stats.requests += requests.len() as u64;
-        let fetched: Vec<(u64, u64)> = futures::stream::iter(requests)
-            .map(|r| fetch_request(r, store, source))
+        // Claims are released per request (plan puts every claimed chunk in exactly one), so a
+        // waiter, e.g. an assembly that needs one chunk, wakes as soon as its request is in.
+        let claimed: Vec<(Request, Claims)> = requests
+            .into_iter()
+            .map(|r| {
+                let digests = r.chunks.iter().map(|w| w.digest).collect();
+                let claims = Claims {
+                    inflight: inflight.clone(),
+                    digests,
+                };
+                (r, claims)
+            })
+            .collect();
+        debug_assert_eq!(
+            claimed.iter().map(|(r, _)| r.chunks.len()).sum::<usize>(),
+            mine.len()
+        );
+        let fetched: Vec<(u64, u64)> = futures::stream::iter(claimed)
+            .map(|(r, claims)| async move {
+                let result = fetch_request(r, store, source).await;
+                drop(claims);
+                result
+            })
             .buffer_unordered(opts.parallelism.max(1))
             .try_collect()
             .await?;
-        drop(claims);
         for (chunks, bytes) in fetched {
             stats.chunks_fetched += chunks;
             stats.bytes_fetched += bytes;

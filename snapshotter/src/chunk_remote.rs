@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -352,13 +353,31 @@ impl ChunkRemote {
         .await?;
         let pin = self.store.pin(chunk_digests(&ix));
         let started = Instant::now();
-        let stats = self.fetch_chunks(&image, &ix, Some(&needed)).await?;
-        let fetched_in = started.elapsed();
+        // Fetching and assembling overlap: the assembler writes what is local (and links seeds)
+        // while the missing chunks arrive; a chunk it reaches first is waited for (or fetched)
+        // by the reader.
+        let fetch_failed = Arc::new(AtomicBool::new(false));
+        let fetch = {
+            let (this, image, ix, failed) = (
+                self.clone(),
+                image.clone(),
+                ix.clone(),
+                fetch_failed.clone(),
+            );
+            tokio::spawn(async move {
+                let result = this.fetch_chunks(&image, &ix, Some(&needed)).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                (result, started.elapsed())
+            })
+        };
         let reader = FetchingReader {
             remote: self.clone(),
             image: image.clone(),
             index: ix.clone(),
             runtime: tokio::runtime::Handle::current(),
+            give_up: fetch_failed,
         };
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
@@ -371,7 +390,11 @@ impl ChunkRemote {
             };
             assemble_layer_with(&ix2, &reader, &dest, &opts)
         })
-        .await??;
+        .await;
+        // The fetch's own error is the cause when both failed.
+        let (stats, fetched_in) = fetch.await?;
+        let stats = stats?;
+        let assembled = assembled??;
         drop(pin);
         self.after_prepare();
         self.metrics.seeded_files.inc_by(assembled.seeded_files);
@@ -387,7 +410,7 @@ impl ChunkRemote {
             seeded_bytes = assembled.seeded_bytes,
             seeds_rejected = assembled.seeds_rejected,
             fetch_ms = fetched_in.as_millis() as u64,
-            assemble_ms = (started.elapsed() - fetched_in).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
             "layer assembled from chunks"
         );
         Ok(RemoteOutcome::Assembled {
@@ -446,12 +469,14 @@ struct FetchingReader {
     image: Reference,
     index: Arc<LayerIndex>,
     runtime: tokio::runtime::Handle,
+    /// Set when the layer's fetch failed: the prepare falls back, so do not fetch chunk by chunk.
+    give_up: Arc<AtomicBool>,
 }
 
 impl ChunkReader for FetchingReader {
     fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
         match self.remote.store.get(digest, size) {
-            Err(StoreError::Missing(_)) => {}
+            Err(StoreError::Missing(_)) if !self.give_up.load(Ordering::Relaxed) => {}
             other => return other,
         }
         let needed: Vec<bool> = self

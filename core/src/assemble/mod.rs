@@ -24,9 +24,11 @@
 //! Debian merged-usr `bin -> usr/bin`) are followed but scoped to `dest` (`RESOLVE_IN_ROOT`),
 //! as containerd's `fs.RootPath` does: `a -> /etc` then `a/passwd` writes `dest/etc/passwd`.
 
+mod attrs;
 mod content;
 mod fsops;
 mod seed;
+mod writer;
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -37,8 +39,8 @@ use std::path::{Path, PathBuf};
 
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::stat::{FchmodatFlags, Mode, SFlag, UtimensatFlags};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
@@ -89,6 +91,23 @@ pub struct AssembleStats {
     pub seeds_rejected: u64,
 }
 
+impl AssembleStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &AssembleStats) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.hardlinks += other.hardlinks;
+        self.specials += other.specials;
+        self.whiteouts += other.whiteouts;
+        self.bytes_written += other.bytes_written;
+        self.hole_bytes += other.hole_bytes;
+        self.seeded_files += other.seeded_files;
+        self.seeded_bytes += other.seeded_bytes;
+        self.seeds_rejected += other.seeds_rejected;
+    }
+}
+
 /// Errors from assembling a layer.
 #[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
@@ -114,6 +133,9 @@ pub enum AssembleError {
         path: String,
         errno: Errno,
     },
+    /// A writer thread panicked.
+    #[error("a writer thread panicked")]
+    WorkerPanicked,
     /// Opening the destination or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -235,32 +257,52 @@ pub fn assemble_layer_with(
     };
     let needed = seeding.map(|s| s.needed_chunks(index));
     let (tx, rx) = content::prefetch_channel();
-    let ctx = Context {
-        root: root.as_fd(),
-        parents,
-        mode: opts.mode,
-        seeding: seeding.map(|s| (s, seeds)),
-    };
+    let shared = writer::Shared::new(seeding.map(|s| (s, seeds)), &index.chunks, chunks);
+    // The walk, the read-ahead and the workers share the CPUs; one worker per CPU keeps them
+    // busy while the walk waits on syscalls.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let workers = if workers > 1 { workers } else { 0 };
+    let (pool, jobs) = writer::queue(&shared, workers);
     std::thread::scope(|scope| {
         scope.spawn(|| content::prefetch(&index.chunks, needed.as_deref(), chunks, tx));
-        assemble_entries(index, chunks, ctx, rx)
+        let handles: Vec<_> = (0..workers)
+            .map(|_| scope.spawn(|| writer::worker(&jobs, &shared)))
+            .collect();
+        let ctx = Context {
+            root: root.as_fd(),
+            parents,
+            mode: opts.mode,
+            seeding,
+            pool,
+        };
+        // The pool (and with it the queue's sender) is dropped when the walk returns, so the
+        // workers stop, also on error.
+        let mut stats = assemble_entries(index, chunks, ctx, rx);
+        for h in handles {
+            match (h.join(), stats.as_mut()) {
+                (Ok(w), Ok(s)) => s.add(&w),
+                (Err(_), _) => stats = Err(AssembleError::WorkerPanicked),
+                (Ok(_), Err(_)) => {}
+            }
+        }
+        stats
     })
 }
 
-/// What the writer works with besides the index and chunks.
-struct Context<'a> {
+/// What the walk works with besides the index and chunks.
+struct Context<'s, 'a> {
     root: BorrowedFd<'a>,
     parents: Vec<OwnedFd>,
     mode: WhiteoutMode,
-    /// The plan and each seed's directory (`None`: could not be opened).
-    seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
+    seeding: Option<&'a Seeding>,
+    pool: writer::Pool<'s, 'a>,
 }
 
-/// The writer side of [`assemble_layer_with`]: every entry in order, then directory mtimes.
-fn assemble_entries(
-    index: &LayerIndex,
-    chunks: &dyn ChunkReader,
-    ctx: Context<'_>,
+/// The walk of [`assemble_layer_with`]: every entry in order, then directory mtimes.
+fn assemble_entries<'s, 'a>(
+    index: &'a LayerIndex,
+    chunks: &'a dyn ChunkReader,
+    ctx: Context<'s, 'a>,
     ahead: std::sync::mpsc::Receiver<content::Prefetched>,
 ) -> Result<AssembleStats, AssembleError> {
     let mode = ctx.mode;
@@ -268,7 +310,7 @@ fn assemble_entries(
         root: ctx.root,
         parents: ctx.parents,
         seeding: ctx.seeding,
-        seeded: HashSet::new(),
+        pool: ctx.pool,
         how: match mode {
             WhiteoutMode::Overlay => Resolve::Strict,
             WhiteoutMode::Apply => Resolve::InRoot,
@@ -282,6 +324,7 @@ fn assemble_entries(
     for (i, entry) in index.entries.iter().enumerate() {
         a.entry(i, entry)?;
     }
+    a.pool.drain()?;
     // Directory mtimes last: creating their children changed them.
     for (path, ts) in std::mem::take(&mut a.dirs) {
         let fd =
@@ -291,13 +334,11 @@ fn assemble_entries(
     Ok(a.stats)
 }
 
-struct Assembler<'a> {
+struct Assembler<'s, 'a> {
     root: BorrowedFd<'a>,
     parents: Vec<OwnedFd>,
-    seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
-    /// Seed inodes linked so far: each at most once, or identical files would become hardlinks
-    /// of each other (different seeds can share an inode).
-    seeded: HashSet<(u64, u64)>,
+    seeding: Option<&'a Seeding>,
+    pool: writer::Pool<'s, 'a>,
     how: Resolve,
     mode: WhiteoutMode,
     stream: content::Stream<'a>,
@@ -310,8 +351,8 @@ struct Assembler<'a> {
 
 type Entry = chunksnap_proto::index::Entry;
 
-impl<'a> Assembler<'a> {
-    fn entry(&mut self, i: usize, e: &Entry) -> Result<(), AssembleError> {
+impl<'a> Assembler<'_, 'a> {
+    fn entry(&mut self, i: usize, e: &'a Entry) -> Result<(), AssembleError> {
         let Some(p) = split_path(&e.path)? else {
             return Ok(()); // the root itself: containerd ignores it too
         };
@@ -333,18 +374,14 @@ impl<'a> Assembler<'a> {
         let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
         let name = OsStr::from_bytes(p.name);
         match ty {
-            EntryType::File => {
-                if !self.link_seed(i, dir, &p)? {
-                    self.file(dir, &p, e, mtime)?;
-                }
-            }
+            EntryType::File => self.file(i, dir, &p, e)?,
             EntryType::Dir => {
                 match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(err) => return Err(sys("mkdir", p.full)(err)),
                 }
                 let fd = fsops::open_child_dir(dir, p.name).map_err(sys("open", p.full))?;
-                self.owner_xattrs_mode(fd.as_fd(), None, p.full, e, true)?;
+                attrs::owner_xattrs_mode(fd.as_fd(), None, p.full, e, true)?;
                 let rel = join(&p.parent, p.name);
                 self.dirs.push((rel, mtime));
                 self.stats.dirs += 1;
@@ -352,13 +389,13 @@ impl<'a> Assembler<'a> {
             EntryType::Symlink => {
                 nix::unistd::symlinkat(OsStr::from_bytes(&e.link_target), dir, name)
                     .map_err(sys("symlink", p.full))?;
-                self.owner_xattrs_mode(dir, Some(p.name), p.full, e, false)?;
-                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                attrs::owner_xattrs_mode(dir, Some(p.name), p.full, e, false)?;
+                attrs::set_mtime_at(dir, p.name, p.full, mtime)?;
                 self.stats.symlinks += 1;
             }
             EntryType::Hardlink => {
                 self.hardlink(dir, &p, e)?;
-                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                attrs::set_mtime_at(dir, p.name, p.full, mtime)?;
                 self.stats.hardlinks += 1;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
@@ -370,8 +407,8 @@ impl<'a> Assembler<'a> {
                 let dev = nix::sys::stat::makedev(u64::from(e.dev_major), u64::from(e.dev_minor));
                 nix::sys::stat::mknodat(dir, name, kind, Mode::from_bits_truncate(0o600), dev)
                     .map_err(sys("mknod", p.full))?;
-                self.owner_xattrs_mode(dir, Some(p.name), p.full, e, true)?;
-                self.set_mtime_at(dir, p.name, p.full, mtime)?;
+                attrs::owner_xattrs_mode(dir, Some(p.name), p.full, e, true)?;
+                attrs::set_mtime_at(dir, p.name, p.full, mtime)?;
                 self.stats.specials += 1;
             }
         }
@@ -381,87 +418,47 @@ impl<'a> Assembler<'a> {
 
     fn file(
         &mut self,
+        i: usize,
         dir: BorrowedFd<'_>,
         p: &EntryPath<'_>,
-        e: &Entry,
-        mtime: TimeSpec,
+        e: &'a Entry,
     ) -> Result<(), AssembleError> {
-        let fd = nix::fcntl::openat(
-            dir,
-            OsStr::from_bytes(p.name),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(sys("create", p.full))?;
-        let file = File::from(fd);
+        if self.seeding.is_some_and(|s| s.source(i).is_some()) {
+            let dir = dir
+                .try_clone_to_owned()
+                .map_err(|source| AssembleError::Io {
+                    path: PathBuf::from(OsStr::from_bytes(p.full)),
+                    source,
+                })?;
+            let job = writer::Job::Seed {
+                dir,
+                index: i,
+                entry: e,
+            };
+            return self.pool.submit(job, &mut self.stats);
+        }
+        let file = writer::create_file(dir, p.name, p.full)?;
         let io_err = |source| AssembleError::Io {
             path: PathBuf::from(OsStr::from_bytes(p.full)),
             source,
         };
+        if self.pool.parallel() && e.size <= writer::OFFLOAD_MAX {
+            let mut content = Vec::with_capacity(e.size as usize);
+            self.stream.read(e.offset, e.size, |piece| {
+                content.extend_from_slice(piece);
+                Ok(())
+            })?;
+            let job = writer::Job::Write {
+                file,
+                entry: e,
+                content,
+            };
+            return self.pool.submit(job, &mut self.stats);
+        }
         let mut w = content::SparseWriter::new(&file);
         self.stream
             .read(e.offset, e.size, |piece| w.write(piece).map_err(io_err))?;
-        let holes = w.finish().map_err(io_err)?;
-        self.stats.hole_bytes += holes;
-        self.stats.bytes_written += e.size - holes;
-        self.owner_xattrs_mode(file.as_fd(), None, p.full, e, true)?;
-        nix::sys::stat::futimens(file.as_fd(), &mtime, &mtime).map_err(sys("utimens", p.full))?;
-        self.stats.files += 1;
-        Ok(())
-    }
-
-    /// Links entry `i` from its planned seed file, if it has one and it passes the checks.
-    fn link_seed(
-        &mut self,
-        i: usize,
-        dir: BorrowedFd<'_>,
-        p: &EntryPath<'_>,
-    ) -> Result<bool, AssembleError> {
-        let Some((seeding, roots)) = &self.seeding else {
-            return Ok(false);
-        };
-        let Some((s, want)) = seeding.source(i) else {
-            return Ok(false);
-        };
-        let Some(Some(root)) = roots.get(s) else {
-            self.stats.seeds_rejected += 1;
-            return Ok(false);
-        };
-        let fd = match seed::open_checked(root.as_fd(), &want.path, want) {
-            Ok(fd) => fd,
-            Err(why) => {
-                tracing::warn!(path = %lossy(p.full), seed = %lossy(&want.path), %why, "seed file not used");
-                self.stats.seeds_rejected += 1;
-                return Ok(false);
-            }
-        };
-        let inode = match nix::sys::stat::fstat(fd.as_fd()) {
-            Ok(st) => (st.st_dev, st.st_ino),
-            Err(_) => (0, 0),
-        };
-        if inode == (0, 0) || !self.seeded.insert(inode) {
-            self.stats.seeds_rejected += 1;
-            return Ok(false);
-        }
-        match nix::unistd::linkat(
-            fd.as_fd(),
-            "",
-            dir,
-            OsStr::from_bytes(p.name),
-            AtFlags::AT_EMPTY_PATH,
-        ) {
-            Ok(()) => {
-                self.stats.seeded_files += 1;
-                self.stats.seeded_bytes += want.size;
-                Ok(true)
-            }
-            // Too many links, a seed removed meanwhile, no CAP_DAC_READ_SEARCH: write it.
-            Err(err) => {
-                tracing::debug!(path = %lossy(p.full), %err, "seed link failed");
-                self.stats.seeds_rejected += 1;
-                Ok(false)
-            }
-        }
+        writer::finish_file(&file, w, e, &mut self.stats)
     }
 
     fn hardlink(
@@ -470,6 +467,9 @@ impl<'a> Assembler<'a> {
         p: &EntryPath<'_>,
         e: &Entry,
     ) -> Result<(), AssembleError> {
+        // The target may be a file a worker is still writing (or linking), and this entry's
+        // attributes must land after that file's own.
+        self.pool.drain()?;
         let missing = || AssembleError::MissingHardlinkTarget {
             path: lossy(p.full),
             target: lossy(&e.link_target),
@@ -496,78 +496,7 @@ impl<'a> Assembler<'a> {
         let target_is_symlink = fsops::lstat_at(dir, p.name)
             .map_err(sys("lstat", p.full))?
             .is_some_and(|st| fsops::is_symlink(&st));
-        self.owner_xattrs_mode(dir, Some(p.name), p.full, e, !target_is_symlink)
-    }
-
-    /// chown, then xattrs, then chmod (containerd's order). With `name`, acts on `name` in
-    /// `fd` without following it; without, on `fd` itself.
-    fn owner_xattrs_mode(
-        &self,
-        fd: BorrowedFd<'_>,
-        name: Option<&[u8]>,
-        path: &[u8],
-        e: &Entry,
-        chmod: bool,
-    ) -> Result<(), AssembleError> {
-        let uid = u32::try_from(e.uid).map_err(|_| bad_id(path))?;
-        let gid = u32::try_from(e.gid).map_err(|_| bad_id(path))?;
-        let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-        match name {
-            Some(n) => nix::unistd::fchownat(
-                fd,
-                OsStr::from_bytes(n),
-                owner.0,
-                owner.1,
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            ),
-            None => nix::unistd::fchown(fd, owner.0, owner.1),
-        }
-        .map_err(sys("chown", path))?;
-        for x in &e.xattrs {
-            let r = match name {
-                Some(n) => fsops::lsetxattr_at(fd, n, &x.name, &x.value),
-                None => fsops::fsetxattr(fd, &x.name, &x.value),
-            };
-            match r {
-                Ok(()) => {}
-                // containerd warns and goes on when the filesystem lacks xattr support.
-                Err(Errno::ENOTSUP) => {
-                    tracing::warn!(path = %lossy(path), xattr = %x.name, "xattr not supported, ignored");
-                }
-                Err(err) => return Err(sys("setxattr", path)(err)),
-            }
-        }
-        if chmod {
-            let mode = Mode::from_bits_truncate(e.mode & 0o7777);
-            match name {
-                Some(n) => nix::sys::stat::fchmodat(
-                    fd,
-                    OsStr::from_bytes(n),
-                    mode,
-                    FchmodatFlags::FollowSymlink, // `n` was just created and is not a symlink
-                ),
-                None => nix::sys::stat::fchmod(fd, mode),
-            }
-            .map_err(sys("chmod", path))?;
-        }
-        Ok(())
-    }
-
-    fn set_mtime_at(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        path: &[u8],
-        ts: TimeSpec,
-    ) -> Result<(), AssembleError> {
-        nix::sys::stat::utimensat(
-            dir,
-            OsStr::from_bytes(name),
-            &ts,
-            &ts,
-            UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(sys("utimens", path))
+        attrs::owner_xattrs_mode(dir, Some(p.name), p.full, e, !target_is_symlink)
     }
 
     fn whiteout(
@@ -602,8 +531,8 @@ impl<'a> Assembler<'a> {
                     0,
                 )
                 .map_err(sys("mknod whiteout", p.full))?;
-                let uid = u32::try_from(e.uid).map_err(|_| bad_id(p.full))?;
-                let gid = u32::try_from(e.gid).map_err(|_| bad_id(p.full))?;
+                let uid = u32::try_from(e.uid).map_err(|_| attrs::bad_id(p.full))?;
+                let gid = u32::try_from(e.gid).map_err(|_| attrs::bad_id(p.full))?;
                 nix::unistd::fchownat(
                     dir,
                     OsStr::from_bytes(target),
@@ -637,11 +566,5 @@ impl<'a> Assembler<'a> {
             }
         }
         Ok(())
-    }
-}
-
-fn bad_id(path: &[u8]) -> AssembleError {
-    AssembleError::BadIndex {
-        reason: format!("{}: uid/gid out of range", lossy(path)),
     }
 }

@@ -120,7 +120,21 @@ fn decompress_frame(
         _ => return Err(corrupt("not exactly one zstd frame".into())),
     }
     let capacity = usize::try_from(expected_size).map_err(|_| corrupt("size too large".into()))?;
-    let data = zstd::bulk::decompress(stored, capacity).map_err(|e| corrupt(e.to_string()))?;
+    // One decompression context per thread: creating one per chunk was a visible cost.
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let data = DCTX
+        .with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let dctx = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            dctx.decompress(stored, capacity)
+        })
+        .map_err(|e| corrupt(e.to_string()))?;
     if data.len() as u64 != expected_size {
         return Err(PackError::SizeMismatch {
             digest: *digest,

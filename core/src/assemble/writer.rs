@@ -1,0 +1,309 @@
+//! Regular files written on worker threads.
+//!
+//! The assembler walks the index in order on one thread: directories, links, devices and
+//! removals must happen in tar order. A regular file's content and attributes, and the check
+//! and link of a seeded file, depend on nothing after the file's creation, so they go to a small
+//! pool of workers and the walk goes on. The walk waits for the pool to drain before a hardlink
+//! (it may name a file still being written, whose attributes it then overrides) and before
+//! directory mtimes are set at the end. Files larger than [`OFFLOAD_MAX`] are streamed by the
+//! walk itself, so memory stays bounded.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use chunksnap_proto::index::Chunk;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
+use nix::sys::time::TimeSpec;
+
+use super::content::{SparseWriter, Stream};
+use super::fsops::sys;
+use super::seed::{self, Seeding};
+use super::{AssembleError, AssembleStats, ChunkReader, Entry, attrs, lossy, split_path};
+
+/// Largest file whose content is handed to a worker (larger ones are streamed by the walk).
+pub(crate) const OFFLOAD_MAX: u64 = 1 << 20;
+/// Jobs queued at most; with [`OFFLOAD_MAX`] this bounds the memory held by queued content.
+const QUEUE: usize = 16;
+
+/// Work for the pool.
+pub(crate) enum Job<'a> {
+    /// Write `content` into the freshly created, empty `file`, then set its attributes.
+    Write {
+        file: File,
+        entry: &'a Entry,
+        content: Vec<u8>,
+    },
+    /// Link entry `index` from its planned seed into `dir`, or else write it from chunks.
+    Seed {
+        dir: OwnedFd,
+        index: usize,
+        entry: &'a Entry,
+    },
+}
+
+/// What every worker (and the walk, when it runs a job itself) shares.
+pub(crate) struct Shared<'a> {
+    /// The seeding plan and each seed's directory (`None`: could not be opened).
+    pub(crate) seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
+    /// Seed inodes linked so far: each at most once, or identical files would become
+    /// hardlinks of each other (different seeds can share an inode).
+    seeded: Mutex<HashSet<(u64, u64)>>,
+    chunks: &'a [Chunk],
+    reader: &'a dyn ChunkReader,
+    inflight: Mutex<usize>,
+    drained: Condvar,
+    failed: Mutex<Option<AssembleError>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<'a> Shared<'a> {
+    pub(crate) fn new(
+        seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
+        chunks: &'a [Chunk],
+        reader: &'a dyn ChunkReader,
+    ) -> Self {
+        Self {
+            seeding,
+            seeded: Mutex::new(HashSet::new()),
+            chunks,
+            reader,
+            inflight: Mutex::new(0),
+            drained: Condvar::new(),
+            failed: Mutex::new(None),
+        }
+    }
+
+    fn fail(&self, e: AssembleError) {
+        lock(&self.failed).get_or_insert(e);
+    }
+
+    fn take_failure(&self) -> Result<(), AssembleError> {
+        match lock(&self.failed).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The sending side of the pool, owned by the walk. Without workers, jobs run inline.
+pub(crate) struct Pool<'s, 'a> {
+    tx: Option<SyncSender<Job<'a>>>,
+    shared: &'s Shared<'a>,
+}
+
+/// Creates the job queue: the pool for the walk, the receiver for the workers.
+pub(crate) fn queue<'s, 'a>(
+    shared: &'s Shared<'a>,
+    workers: usize,
+) -> (Pool<'s, 'a>, Mutex<Receiver<Job<'a>>>) {
+    let (tx, rx) = sync_channel(QUEUE);
+    let tx = (workers > 0).then_some(tx);
+    (Pool { tx, shared }, Mutex::new(rx))
+}
+
+impl<'a> Pool<'_, 'a> {
+    /// Whether jobs go to workers (else the caller may as well stream big files itself).
+    pub(crate) fn parallel(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues `job`, or runs it now when there are no workers. Reports a worker's failure.
+    pub(crate) fn submit(
+        &mut self,
+        job: Job<'a>,
+        stats: &mut AssembleStats,
+    ) -> Result<(), AssembleError> {
+        self.shared.take_failure()?;
+        let Some(tx) = &self.tx else {
+            return run(self.shared, job, stats);
+        };
+        *lock(&self.shared.inflight) += 1;
+        if let Err(returned) = tx.send(job) {
+            // Every worker is gone (they only stop when the queue closes): run it here.
+            self.tx = None;
+            self.done();
+            return run(self.shared, returned.0, stats);
+        }
+        Ok(())
+    }
+
+    fn done(&self) {
+        done(self.shared);
+    }
+
+    /// Waits until every queued job has finished; reports the first failure.
+    pub(crate) fn drain(&self) -> Result<(), AssembleError> {
+        let mut n = lock(&self.shared.inflight);
+        while *n > 0 {
+            n = self
+                .shared
+                .drained
+                .wait(n)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(n);
+        self.shared.take_failure()
+    }
+}
+
+fn done(shared: &Shared<'_>) {
+    let mut n = lock(&shared.inflight);
+    *n = n.saturating_sub(1);
+    if *n == 0 {
+        shared.drained.notify_all();
+    }
+}
+
+/// A worker: runs jobs until the queue closes; returns what it wrote.
+pub(crate) fn worker(rx: &Mutex<Receiver<Job<'_>>>, shared: &Shared<'_>) -> AssembleStats {
+    let mut stats = AssembleStats::default();
+    loop {
+        let job = lock(rx).recv();
+        let Ok(job) = job else {
+            return stats;
+        };
+        // After a failure the rest is only drained: the assembly is failing anyway.
+        if lock(&shared.failed).is_none()
+            && let Err(e) = run(shared, job, &mut stats)
+        {
+            shared.fail(e);
+        }
+        done(shared);
+    }
+}
+
+fn run(shared: &Shared<'_>, job: Job<'_>, stats: &mut AssembleStats) -> Result<(), AssembleError> {
+    match job {
+        Job::Write {
+            file,
+            entry,
+            content,
+        } => {
+            let mut w = SparseWriter::new(&file);
+            let io = io_err(&entry.path);
+            w.write(&content).map_err(io)?;
+            finish_file(&file, w, entry, stats)
+        }
+        Job::Seed { dir, index, entry } => {
+            let name = split_path(&entry.path)?
+                .map(|p| p.name.to_vec())
+                .unwrap_or_default();
+            if link_seed(shared, dir.as_fd(), &name, index, stats)? {
+                return Ok(());
+            }
+            // Not linkable after all: the chunks it needs are read (or fetched) directly.
+            let file = create_file(dir.as_fd(), &name, &entry.path)?;
+            let mut w = SparseWriter::new(&file);
+            let io = io_err(&entry.path);
+            Stream::new(shared.chunks, shared.reader).read(entry.offset, entry.size, |piece| {
+                w.write(piece).map_err(&io)
+            })?;
+            finish_file(&file, w, entry, stats)
+        }
+    }
+}
+
+fn io_err(path: &[u8]) -> impl Fn(std::io::Error) -> AssembleError + '_ {
+    move |source| AssembleError::Io {
+        path: PathBuf::from(OsStr::from_bytes(path)),
+        source,
+    }
+}
+
+/// Creates regular file `name` in `dir`; it must not exist.
+pub(crate) fn create_file(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &[u8],
+) -> Result<File, AssembleError> {
+    let fd = nix::fcntl::openat(
+        dir,
+        OsStr::from_bytes(name),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(sys("create", path))?;
+    Ok(File::from(fd))
+}
+
+/// Flushes the content, then owner, xattrs, mode and mtime.
+pub(crate) fn finish_file(
+    file: &File,
+    w: SparseWriter<'_>,
+    e: &Entry,
+    stats: &mut AssembleStats,
+) -> Result<(), AssembleError> {
+    let holes = w.finish().map_err(io_err(&e.path))?;
+    stats.hole_bytes += holes;
+    stats.bytes_written += e.size - holes;
+    attrs::owner_xattrs_mode(file.as_fd(), None, &e.path, e, true)?;
+    let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
+    nix::sys::stat::futimens(file.as_fd(), &mtime, &mtime).map_err(sys("utimens", &e.path))?;
+    stats.files += 1;
+    Ok(())
+}
+
+/// Links entry `i` as `name` in `dir` from its planned seed file, if that passes the checks.
+fn link_seed(
+    shared: &Shared<'_>,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    i: usize,
+    stats: &mut AssembleStats,
+) -> Result<bool, AssembleError> {
+    let Some((seeding, roots)) = &shared.seeding else {
+        return Ok(false);
+    };
+    let Some((s, want)) = seeding.source(i) else {
+        return Ok(false);
+    };
+    let Some(Some(root)) = roots.get(s) else {
+        stats.seeds_rejected += 1;
+        return Ok(false);
+    };
+    let fd = match seed::open_checked(root.as_fd(), &want.path, want) {
+        Ok(fd) => fd,
+        Err(why) => {
+            tracing::warn!(seed = %lossy(&want.path), %why, "seed file not used");
+            stats.seeds_rejected += 1;
+            return Ok(false);
+        }
+    };
+    let inode = match nix::sys::stat::fstat(fd.as_fd()) {
+        Ok(st) => (st.st_dev, st.st_ino),
+        Err(_) => (0, 0),
+    };
+    if inode == (0, 0) || !lock(&shared.seeded).insert(inode) {
+        stats.seeds_rejected += 1;
+        return Ok(false);
+    }
+    match nix::unistd::linkat(
+        fd.as_fd(),
+        "",
+        dir,
+        OsStr::from_bytes(name),
+        AtFlags::AT_EMPTY_PATH,
+    ) {
+        Ok(()) => {
+            stats.seeded_files += 1;
+            stats.seeded_bytes += want.size;
+            Ok(true)
+        }
+        // Too many links, a seed removed meanwhile, no CAP_DAC_READ_SEARCH: write it.
+        Err(err) => {
+            tracing::debug!(seed = %lossy(&want.path), %err, "seed link failed");
+            stats.seeds_rejected += 1;
+            Ok(false)
+        }
+    }
+}

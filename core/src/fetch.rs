@@ -91,7 +91,8 @@ pub trait RangeSource: Send + Sync {
 /// Request shaping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchOptions {
-    /// Largest gap of unneeded bytes read to join two chunks into one request (256 KiB).
+    /// Largest gap of unneeded bytes read to join two chunks into one request (32 KiB: see
+    /// the gap sweep in docs/benchmarks.md).
     pub max_gap: u64,
     /// Largest request in bytes (8 MiB); a single larger chunk still gets its own request.
     pub max_request: u64,
@@ -102,7 +103,7 @@ pub struct FetchOptions {
 impl Default for FetchOptions {
     fn default() -> Self {
         Self {
-            max_gap: 256 << 10,
+            max_gap: 32 << 10,
             max_request: 8 << 20,
             parallelism: 8,
         }
@@ -310,6 +311,35 @@ pub async fn fetch_needed(
     } else {
         Err(FetchError::StillMissing(wants.len()))
     }
+}
+
+/// What fetching the chunks of `index` for which `wanted` holds (each distinct digest once)
+/// would cost with `opts`: (requests, bytes read including coalescing gaps). For tuning.
+pub fn estimate(
+    index: &LayerIndex,
+    mut wanted: impl FnMut(&Digest) -> bool,
+    opts: &FetchOptions,
+) -> (u64, u64) {
+    let mut seen = HashSet::new();
+    let wants: Vec<Want> = index
+        .chunks
+        .iter()
+        .filter_map(|c| {
+            let digest = Digest::from_slice(&c.digest).ok()?;
+            (seen.insert(digest) && wanted(&digest) && (c.pack as usize) < index.packs.len())
+                .then_some(Want {
+                    digest,
+                    size: c.size,
+                    pack: c.pack,
+                    offset: c.pack_offset,
+                    stored: c.stored_size,
+                    compression: Compression::try_from(c.compression).ok()?,
+                })
+        })
+        .collect();
+    let requests = plan(&wants, index, opts);
+    let bytes = requests.iter().map(|r| r.len).sum();
+    (requests.len() as u64, bytes)
 }
 
 /// Groups chunks per pack, by offset, into coalesced requests.

@@ -78,7 +78,7 @@ impl Default for Config {
             docker_config: None,
             registry_timeout_seconds: 60,
             fetch_parallelism: 8,
-            fetch_max_gap_bytes: 256 << 10,
+            fetch_max_gap_bytes: 32 << 10,
             fetch_max_request_bytes: 8 << 20,
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,

@@ -6,7 +6,7 @@ CARGO ?= cargo
 JOBS ?= 2
 CARGO_FLAGS ?= -j$(JOBS)
 APT_PACKAGES := containerd runc docker-registry casync skopeo umoci debootstrap protobuf-compiler \
-	zstd iproute2 jq unzip python3-yaml busybox-static e2fsprogs util-linux ca-certificates \
+	zstd iproute2 jq unzip python3-yaml busybox-static e2fsprogs util-linux mount ca-certificates \
 	attr tar time gnuplot-nox libc6-dev gcc
 
 .PHONY: all deps build test unit e2e lint fmt-check clippy bench demo chart-lint fuzz clean-e2e

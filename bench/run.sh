@@ -13,7 +13,8 @@ if [ "$(id -u)" != 0 ]; then
   echo "bench/run.sh needs root (containerd, mounts, network namespaces)" >&2
   exit 1
 fi
-for tool in containerd runc docker-registry casync skopeo zstd tc ip /usr/bin/time; do
+for tool in containerd runc docker-registry casync skopeo zstd tc ip /usr/bin/time mkfs.ext4 mount \
+  umount mountpoint fstrim; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run make deps" >&2; exit 1; }
 done
 
@@ -26,11 +27,20 @@ export CHUNKSNAP_BIN_DIR="$target/release"
 "$target/release/bench" "$@" &
 pid=$!
 # The bench cleans up after itself (also on SIGINT/SIGTERM); this catches a hard kill.
+# Node state lives on a loop-mounted ext4 image the bench makes: OUT/nodefs.PID(.img).
+out=${BENCH_OUT:-target/bench}
 cleanup() {
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^csbench$pid-" || true); do
     ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
   done
+  local mnt="$out/nodefs.$pid"
+  if mountpoint -q "$mnt" 2>/dev/null; then
+    echo "bench/run.sh: detaching $mnt left by the bench" >&2
+    umount -R -l "$mnt" 2>/dev/null || umount -l "$mnt" || true
+  fi
+  rmdir "$mnt" 2>/dev/null || true
+  rm -f "$out/nodefs.$pid.img"
 }
 trap 'kill -INT $pid 2>/dev/null || true' INT TERM
 set +e

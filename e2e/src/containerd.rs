@@ -65,9 +65,14 @@ pub struct Containerd {
 impl Containerd {
     /// Starts containerd and waits until both the native API (Version) and CRI (Version) answer.
     pub async fn start(cfg: &ContainerdConfig) -> Result<Self> {
+        Self::start_in(cfg, Path::new("/tmp")).await
+    }
+
+    /// [`Containerd::start`] with its temp dir (root, state, config, log) under `parent`.
+    pub async fn start_in(cfg: &ContainerdConfig, parent: &Path) -> Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("chunksnap-e2e-ctd.")
-            .tempdir_in("/tmp")?;
+            .tempdir_in(parent)?;
         dir.disable_cleanup(keep_temp_dirs());
         for sub in ["root", "state", "cni/bin", "cni/conf", "pods"] {
             std::fs::create_dir_all(dir.path().join(sub))?;

@@ -4,6 +4,7 @@
 //! - [`case`]: the cases (`bench/cases/<name>/recipe.sh`) and pushing their images;
 //! - [`profile`]: network profiles (loopback; registry in a namespace behind tbf + delay);
 //! - [`node`]: a fresh containerd (+ `chunksnap serve`) per run and the timed CRI pull;
+//! - [`nodefs`]: the journaled ext4 loop filesystem node state and assembly extracts live on;
 //! - [`tools`]: timed `chunkconv`, `casync`, `zstd`, `tar`, `du` invocations;
 //! - [`report`]: medians, targets, the table, `results.json` and the chart.
 //!
@@ -12,6 +13,7 @@
 
 pub mod case;
 pub mod node;
+pub mod nodefs;
 pub mod profile;
 pub mod report;
 pub mod sweep;
@@ -37,8 +39,16 @@ pub struct Settings {
     pub cases: Vec<String>,
     /// `bench/cases`.
     pub cases_dir: PathBuf,
-    /// Scratch space (extract targets, casync stores).
+    /// Scratch space (casync stores, zstd output, the sweep's extracts).
     pub work: PathBuf,
+    /// Parent of the nodes' temp dirs (containerd root and state, chunksnap root).
+    pub node_tmp: PathBuf,
+    /// The assembly figure's scratch space (extract store, extract dirs).
+    pub assembly_work: PathBuf,
+    /// Which filesystem `node_tmp` and `assembly_work` are on ([`nodefs::NodeFs::label`]).
+    pub node_fs: String,
+    /// Whether `node_tmp` is the loop filesystem, trimmed (untimed) after each node and assembly.
+    pub trim: bool,
 }
 
 /// Figures of a case that do not depend on the network.
@@ -96,6 +106,9 @@ pub struct ProfileRuns {
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub runs_per_figure: usize,
+    /// Filesystem the nodes' state and the assembly extracts were on: [`nodefs::LOOP_LABEL`] or
+    /// [`nodefs::HOST_LABEL`].
+    pub node_fs: String,
     pub cases: Vec<CaseOffline>,
     pub convert: Option<ConvertBench>,
     pub profiles: Vec<ProfileRuns>,
@@ -195,7 +208,18 @@ fn casync_and_zstd(case: &Case, work: &Path) -> Result<(u64, u64)> {
     Ok((casync, zstd))
 }
 
-/// `chunkconv extract` with a warm store vs `tar -xzpf` of the gzip layers, `runs` times each.
+/// `sync(1)`, untimed, so a timed run does not pay for the previous one's writeback.
+fn sync() -> Result<()> {
+    let st = std::process::Command::new("sync")
+        .status()
+        .context("running sync")?;
+    anyhow::ensure!(st.success(), "sync: {st}");
+    Ok(())
+}
+
+/// `chunkconv extract` with a warm store vs `tar -xzpf` of the gzip layers, `runs` times each,
+/// interleaved. Every extraction goes into a new directory and all are deleted after the last
+/// run: no timed run allocates inodes right after a deletion. `sync` before each timed run.
 fn assembly(
     reference: &str,
     gz: &[PathBuf],
@@ -204,25 +228,43 @@ fn assembly(
     work: &Path,
 ) -> Result<Assembly> {
     let store = fresh_dir(&work.join("extract-store"))?;
-    let dir = work.join("extract-dir");
-    fresh_dir(&dir)?;
-    tools::extract(reference, &store, &dir)?; // warms the store
+    let dirs = fresh_dir(&work.join("extract"))?;
+    let new_dir = |name: String| -> Result<PathBuf> {
+        let d = dirs.join(name);
+        std::fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+        Ok(d)
+    };
+    tools::extract(reference, &store, &new_dir("warm".into())?)?; // warms the store
     let mut a = Assembly {
         bytes,
         chunksnap_seconds: Vec::new(),
         tar_seconds: Vec::new(),
     };
-    for _ in 0..runs {
-        fresh_dir(&dir)?;
+    for i in 0..runs {
+        let dir = new_dir(format!("chunkconv-{i}"))?;
+        sync()?;
         let (s, fetched) = tools::extract(reference, &store, &dir)?;
         anyhow::ensure!(fetched == 0, "warm extract fetched {fetched} bytes");
         a.chunksnap_seconds.push(s);
-        fresh_dir(&dir)?;
+        let dir = new_dir(format!("tar-{i}"))?;
+        sync()?;
         a.tar_seconds.push(tools::tar_extract(gz, &dir)?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dirs);
     let _ = std::fs::remove_dir_all(&store);
     Ok(a)
+}
+
+/// Hands the blocks of deleted node state back to the host (untimed; see [`nodefs::trim`]).
+async fn trim(s: &Settings) {
+    if s.trim {
+        let dir = s.node_tmp.clone();
+        let _ = blocking(move || {
+            nodefs::trim(&dir);
+            Ok(())
+        })
+        .await;
+    }
 }
 
 /// Runs the whole benchmark.
@@ -258,8 +300,10 @@ pub async fn run(s: &Settings) -> Result<Results> {
         let v2_tar_bytes = Case::tar_bytes(&case.v2)?;
         let assembly = if case.mode == Mode::Update {
             let gz: Vec<PathBuf> = blobs.blobs(&case.v2)?.into_iter().map(|b| b.path).collect();
-            let (r, work, runs) = (v2.reference.clone(), s.work.clone(), s.runs);
-            Some(blocking(move || assembly(&r, &gz, v2_tar_bytes, runs, &work)).await?)
+            let (r, work, runs) = (v2.reference.clone(), s.assembly_work.clone(), s.runs);
+            let a = blocking(move || assembly(&r, &gz, v2_tar_bytes, runs, &work)).await?;
+            trim(s).await;
+            Some(a)
         } else {
             None
         };
@@ -342,7 +386,9 @@ pub async fn run(s: &Settings) -> Result<Results> {
             for r in 0..s.runs {
                 // Interleaved, so drifting machine load hits both alike.
                 for kind in [Kind::Plain, Kind::Chunksnap] {
-                    match node::run_once(kind, &net, case, &v1, &v2).await {
+                    let res = node::run_once(kind, &net, case, &v1, &v2, &s.node_tmp).await;
+                    trim(s).await;
+                    match res {
                         Ok(res) => {
                             eprintln!(
                                 "bench: {} {} {} run {}: {:.2}s, {} bytes served{}",
@@ -383,6 +429,7 @@ pub async fn run(s: &Settings) -> Result<Results> {
     }
     Ok(Results {
         runs_per_figure: s.runs,
+        node_fs: s.node_fs.clone(),
         cases: offline,
         convert,
         profiles,

@@ -1,7 +1,7 @@
 //! One benchmark "node": a fresh containerd (overlayfs, or the chunksnap proxy plugin with a
 //! fresh `chunksnap serve` and an empty chunk store), and the timed pull runs on it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -41,10 +41,11 @@ struct Node {
 }
 
 impl Node {
-    async fn start(kind: Kind, net: &Network) -> Result<Self> {
+    /// A node whose state (chunksnap's dir, containerd's root and state) lives under `base`.
+    async fn start(kind: Kind, net: &Network, base: &Path) -> Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("chunksnap-bench-node.")
-            .tempdir_in("/tmp")?;
+            .tempdir_in(base)?;
         dir.disable_cleanup(crate::util::keep_temp_dirs());
         let (snapshotter, chunksnap) = match kind {
             Kind::Plain => (Snapshotter::Overlayfs, None),
@@ -54,11 +55,14 @@ impl Node {
                 (Snapshotter::chunksnap(cs.socket()), Some(cs))
             }
         };
-        let containerd = Containerd::start(&ContainerdConfig {
-            snapshotter,
-            plain_http_registries: vec![net.registry.host()],
-            sandbox_image: net.pause.reference.clone(),
-        })
+        let containerd = Containerd::start_in(
+            &ContainerdConfig {
+                snapshotter,
+                plain_http_registries: vec![net.registry.host()],
+                sandbox_image: net.pause.reference.clone(),
+            },
+            base,
+        )
         .await?;
         Ok(Self {
             containerd,
@@ -141,15 +145,17 @@ pub struct RunResult {
     pub chunksnap_prepare_seconds: Option<f64>,
 }
 
-/// One run: fresh node, pause (and v1 for updates) pulled untimed, then v2 timed.
+/// One run: fresh node (its state under `base`), pause (and v1 for updates) pulled untimed,
+/// then v2 timed.
 pub async fn run_once(
     kind: Kind,
     net: &Network,
     case: &Case,
     v1: &BuiltImage,
     v2: &BuiltImage,
+    base: &Path,
 ) -> Result<RunResult> {
-    let node = Node::start(kind, net).await?;
+    let node = Node::start(kind, net, base).await?;
     let hint = node.log_hint();
     let result = async {
         let cri = node.containerd.cri().await?;

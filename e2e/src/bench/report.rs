@@ -212,8 +212,8 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
         s,
         "Pull of v2 (v1 on the node for updates; empty node for cold). MB = 10^6 bytes the registry \
          served; s = CRI PullImage(v2) -> container read a file; prep s = chunksnap's remote \
-         Prepare time within it. Medians of {} runs.",
-        r.runs_per_figure
+         Prepare time within it. Medians of {} runs. Node state and assembly extracts on: {}.",
+        r.runs_per_figure, r.node_fs
     );
     let header = [
         "profile",

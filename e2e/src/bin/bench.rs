@@ -2,10 +2,15 @@
 //! `BENCH_RUNS` (default 3), `BENCH_PROFILES` (comma list, default `loopback,100mbit-20ms`),
 //! `BENCH_CASES` (default: every directory under `bench/cases`), `BENCH_OUT` (default
 //! `target/bench`). Binaries come from `CHUNKSNAP_BIN_DIR` (bench/run.sh sets it).
+//!
+//! A run keeps node state and the assembly extracts on a journaled ext4 loop filesystem it
+//! mounts on `BENCH_OUT/nodefs.PID` and removes at the end, also on SIGINT/SIGTERM and errors
+//! ([`NodeFs`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use chunksnap_e2e::bench::nodefs::{self, NodeFs};
 use chunksnap_e2e::bench::profile::Profile;
 use chunksnap_e2e::bench::{Settings, report, sweep};
 
@@ -57,6 +62,10 @@ fn settings() -> Result<(Settings, PathBuf)> {
             cases,
             cases_dir,
             work: out.join("work"),
+            node_tmp: PathBuf::from("/tmp"),
+            assembly_work: out.join("work"),
+            node_fs: nodefs::HOST_LABEL.to_owned(),
+            trim: false,
         },
         out,
     ))
@@ -77,10 +86,18 @@ async fn interruptible<T>(f: impl std::future::Future<Output = Result<T>>) -> Re
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let (settings, out) = settings()?;
+    let (mut settings, out) = settings()?;
     match std::env::args().nth(1).as_deref() {
         None | Some("run") => {
-            let results = interruptible(chunksnap_e2e::bench::run(&settings)).await?;
+            // Dropped (unmounted, image deleted) on every way out of this arm, `?` included.
+            let fs = NodeFs::setup(&out);
+            settings.node_tmp = fs.node_tmp();
+            settings.assembly_work = fs.work(&settings.work);
+            settings.node_fs = fs.label().to_owned();
+            settings.trim = fs.is_loop();
+            let results = interruptible(chunksnap_e2e::bench::run(&settings)).await;
+            drop(fs);
+            let results = results?;
             let targets = report::targets(&results);
             report::write_json(&results, &targets, &out)?;
             println!("{}", report::table(&results, &targets));

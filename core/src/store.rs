@@ -24,6 +24,9 @@ use chunksnap_proto::index::Compression;
 use crate::digest::Digest;
 use crate::format::pack::{PackError, decompress_chunk};
 
+/// How stale a chunk file's mtime (its persisted recency) may get before a read refreshes it.
+const RECENCY_GRAIN: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Prefix of temp files; anything named so is an unfinished write that cleanup may delete.
 pub const TEMP_PREFIX: &str = ".tmp-";
 /// Temp files younger than this are left alone by `gc`/`fsck` (a writer may still own them).
@@ -282,8 +285,19 @@ impl ChunkStore {
         };
         match decoded {
             Ok(data) => {
-                // Persist recency for the next open; failure only costs LRU precision.
-                let _ = file.set_modified(SystemTime::now());
+                // Persist recency for the next open, at most once per RECENCY_GRAIN per chunk:
+                // an mtime update per read dirtied an inode (a journal write) per chunk.
+                // Failure only costs LRU precision.
+                let now = SystemTime::now();
+                let stale = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map_or(true, |m| {
+                        now.duration_since(m).is_ok_and(|d| d > RECENCY_GRAIN)
+                    });
+                if stale {
+                    let _ = file.set_modified(now);
+                }
                 lock(&self.state).touch(*digest, raw.len() as u64);
                 Ok(data)
             }

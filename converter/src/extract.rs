@@ -88,6 +88,8 @@ pub struct ExtractLayer {
     /// File bytes written, and left as holes.
     pub bytes_written: u64,
     pub hole_bytes: u64,
+    /// Seconds spent assembling the layer (all its chunks local), without fetching.
+    pub assemble_seconds: f64,
 }
 
 /// What `extract` did.
@@ -200,14 +202,17 @@ pub async fn run(
                 source,
             })?;
         let (idx, st, d) = (Arc::clone(&index), Arc::clone(&store), dest.to_owned());
-        let assembled: AssembleStats = tokio::task::spawn_blocking(move || {
+        let assembled: (AssembleStats, f64) = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             assemble_layer(&idx, &*st, &d, WhiteoutMode::Apply)
+                .map(|s| (s, started.elapsed().as_secs_f64()))
         })
         .await?
         .map_err(|source| ExtractError::Assemble {
             layer: layer.digest.clone(),
             source,
         })?;
+        let (assembled, assemble_seconds) = assembled;
         tracing::info!(
             layer = %layer.digest,
             chunks = fetched.chunks_needed,
@@ -230,6 +235,7 @@ pub async fn run(
             whiteouts: assembled.whiteouts,
             bytes_written: assembled.bytes_written,
             hole_bytes: assembled.hole_bytes,
+            assemble_seconds,
         });
     }
     Ok(ExtractSummary {

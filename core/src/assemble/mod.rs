@@ -311,6 +311,8 @@ fn assemble_entries<'s, 'a>(
         parents: ctx.parents,
         seeding: ctx.seeding,
         pool: ctx.pool,
+        last_parent: None,
+        removed: false,
         how: match mode {
             WhiteoutMode::Overlay => Resolve::Strict,
             WhiteoutMode::Apply => Resolve::InRoot,
@@ -339,6 +341,10 @@ struct Assembler<'s, 'a> {
     parents: Vec<OwnedFd>,
     seeding: Option<&'a Seeding>,
     pool: writer::Pool<'s, 'a>,
+    /// The previous entry's parent directory (path, fd), reused by the next entry in it.
+    last_parent: Option<(Vec<u8>, OwnedFd)>,
+    /// Whether the current entry removed anything (then the cached parent is dropped).
+    removed: bool,
     how: Resolve,
     mode: WhiteoutMode,
     stream: content::Stream<'a>,
@@ -356,11 +362,31 @@ impl<'a> Assembler<'_, 'a> {
         let Some(p) = split_path(&e.path)? else {
             return Ok(()); // the root itself: containerd ignores it too
         };
-        let parent = fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?;
-        let dir = parent.as_fd();
+        // Consecutive entries mostly share a parent: reuse its fd while nothing was removed
+        // (a removal could have replaced the directory the cached fd points to).
+        let key = p.parent.join(&b'/');
+        let parent = match self.last_parent.take() {
+            Some((k, fd)) if k == key => fd,
+            _ => fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?,
+        };
+        self.removed = false;
+        self.entry_in(i, parent.as_fd(), &p, e)?;
+        if !self.removed {
+            self.last_parent = Some((key, parent));
+        }
+        Ok(())
+    }
+
+    fn entry_in(
+        &mut self,
+        i: usize,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath<'_>,
+        e: &'a Entry,
+    ) -> Result<(), AssembleError> {
         if p.name.starts_with(WHITEOUT_PREFIX) {
             self.stats.whiteouts += 1;
-            return self.whiteout(dir, &p, e);
+            return self.whiteout(dir, p, e);
         }
         let ty = EntryType::try_from(e.r#type).map_err(|_| AssembleError::BadIndex {
             reason: format!("{}: unknown entry type {}", lossy(p.full), e.r#type),
@@ -369,12 +395,13 @@ impl<'a> Assembler<'_, 'a> {
         if let Some(st) = fsops::lstat_at(dir, p.name).map_err(sys("lstat", p.full))?
             && !(fsops::is_dir(&st) && ty == EntryType::Dir)
         {
+            self.removed = true;
             fsops::remove_all(dir, p.name).map_err(sys("remove", p.full))?;
         }
         let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
         let name = OsStr::from_bytes(p.name);
         match ty {
-            EntryType::File => self.file(i, dir, &p, e)?,
+            EntryType::File => self.file(i, dir, p, e)?,
             EntryType::Dir => {
                 match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) | Err(Errno::EEXIST) => {}
@@ -394,7 +421,7 @@ impl<'a> Assembler<'_, 'a> {
                 self.stats.symlinks += 1;
             }
             EntryType::Hardlink => {
-                self.hardlink(dir, &p, e)?;
+                self.hardlink(dir, p, e)?;
                 attrs::set_mtime_at(dir, p.name, p.full, mtime)?;
                 self.stats.hardlinks += 1;
             }
@@ -511,6 +538,7 @@ impl<'a> Assembler<'_, 'a> {
                     .map_err(sys("setxattr opaque", p.full)),
                 WhiteoutMode::Apply => {
                     let base = p.parent.join(&b'/');
+                    self.removed = true;
                     self.remove_lower(dir, &base).map_err(sys("opaque", p.full))
                 }
             };
@@ -543,6 +571,7 @@ impl<'a> Assembler<'_, 'a> {
                 .map_err(sys("chown whiteout", p.full))
             }
             WhiteoutMode::Apply => {
+                self.removed = true;
                 fsops::remove_all(dir, target).map_err(sys("remove whiteout target", p.full))
             }
         }

@@ -143,6 +143,9 @@ pub struct RunResult {
     /// Seconds chunksnap spent in remote Prepares (fetch + assemble) during the timed pull,
     /// from its `chunksnap_prepare_seconds` histogram.
     pub chunksnap_prepare_seconds: Option<f64>,
+    /// Seconds containerd spent applying v2's layers (plain pulls; shared layers were applied
+    /// during the v1 pull), from its own `diff applied d=…` debug log lines.
+    pub containerd_apply_seconds: Option<f64>,
 }
 
 /// One run: fresh node (its state under `base`), pause (and v1 for updates) pulled untimed,
@@ -197,6 +200,18 @@ pub async fn run_once(
             disk_bytes: node.disk()?,
             chunksnap_peak_rss: node.chunksnap_peak_rss(),
             chunksnap_prepare_seconds: prepare_seconds,
+            containerd_apply_seconds: match kind {
+                // Every v2 layer, shared ones applied during the v1 pull included, so it
+                // compares with assembling the whole image (`chunkconv extract`).
+                Kind::Plain => apply_seconds(
+                    &node.containerd.log_path(),
+                    &v2.layers
+                        .iter()
+                        .map(|l| l.digest.as_str())
+                        .collect::<Vec<_>>(),
+                ),
+                Kind::Chunksnap => None,
+            },
         })
     }
     .await
@@ -210,4 +225,59 @@ pub async fn run_once(
     });
     drop(node);
     result
+}
+
+/// Sum of containerd's `msg="diff applied" d=<duration> digest="<layer>"` log lines for
+/// `layers`; `None` if any of them is missing.
+fn apply_seconds(log: &Path, layers: &[&str]) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut total = 0.0;
+    for layer in layers {
+        let line = text
+            .lines()
+            .rfind(|l| l.contains("msg=\"diff applied\"") && l.contains(layer))?;
+        let d = line.split(' ').find_map(|f| f.strip_prefix("d="))?;
+        total += go_duration(d)?;
+    }
+    Some(total)
+}
+
+/// Parses a Go `time.Duration` string (`1.5s`, `834.2ms`, `1m2.5s`, `950µs`) into seconds.
+fn go_duration(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration("1.5s"), Some(1.5));
+        assert_eq!(go_duration("80.607943ms"), Some(0.080607943));
+        assert_eq!(go_duration("1m2.5s"), Some(62.5));
+        assert_eq!(go_duration("950µs"), Some(0.00095));
+        assert_eq!(go_duration("3x"), None);
+    }
 }

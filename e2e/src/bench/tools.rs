@@ -85,7 +85,8 @@ pub fn convert(reference: &str, chunk_avg: Option<u64>) -> Result<ConvertRun> {
 }
 
 /// `chunkconv extract --plain-http --store STORE REF DIR`: seconds and the chunk bytes it fetched.
-pub fn extract(reference: &str, store: &Path, dir: &Path) -> Result<(f64, u64)> {
+/// `chunkconv extract --json`: (process seconds, bytes fetched, seconds inside the assembler).
+pub fn extract(reference: &str, store: &Path, dir: &Path) -> Result<(f64, u64, f64)> {
     let store = store.to_string_lossy();
     let dir = dir.to_string_lossy();
     let t = timed(
@@ -101,11 +102,16 @@ pub fn extract(reference: &str, store: &Path, dir: &Path) -> Result<(f64, u64)> 
         ],
     )?;
     let v: Value = serde_json::from_slice(&t.stdout).context("chunkconv extract --json")?;
-    let fetched = v["layers"]
-        .as_array()
-        .map(|ls| ls.iter().filter_map(|l| l["fetched_bytes"].as_u64()).sum())
-        .unwrap_or(0);
-    Ok((t.seconds, fetched))
+    let layers = v["layers"].as_array().cloned().unwrap_or_default();
+    let fetched = layers
+        .iter()
+        .filter_map(|l| l["fetched_bytes"].as_u64())
+        .sum();
+    let assembling = layers
+        .iter()
+        .filter_map(|l| l["assemble_seconds"].as_f64())
+        .sum();
+    Ok((t.seconds, fetched, assembling))
 }
 
 /// GNU tar applying gzip layers in order into `dir` (what containerd's applier does).

@@ -399,6 +399,7 @@ impl ChunkRemote {
         self.after_prepare();
         self.metrics.seeded_files.inc_by(assembled.seeded_files);
         self.metrics.seeded_bytes.inc_by(assembled.seeded_bytes);
+        self.metrics.seeds_rejected.inc_by(assembled.seeds_rejected);
         tracing::info!(
             layer = %layer,
             chunks_fetched = stats.chunks_fetched,

@@ -35,6 +35,8 @@ pub const CHUNKS_REUSED_TOTAL: &str = "chunksnap_chunks_reused";
 pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
 /// `chunksnap_seeded_bytes_total`: content bytes of those files.
 pub const SEEDED_BYTES_TOTAL: &str = "chunksnap_seeded_bytes";
+/// `chunksnap_seeds_rejected_total`: planned seed files that failed their check (written instead).
+pub const SEEDS_REJECTED_TOTAL: &str = "chunksnap_seeds_rejected";
 /// `chunksnap_prepare_seconds`: duration of remote-capable Prepares.
 pub const PREPARE_SECONDS: &str = "chunksnap_prepare_seconds";
 /// `chunksnap_store_bytes`: bytes held by the chunk store.
@@ -66,6 +68,7 @@ pub struct Metrics {
     pub chunks_reused: Counter,
     pub seeded_files: Counter,
     pub seeded_bytes: Counter,
+    pub seeds_rejected: Counter,
     pub prepare_seconds: Histogram,
     pub store_bytes: Gauge,
     registry: Arc<Registry>,
@@ -87,6 +90,7 @@ impl Metrics {
         let chunks_reused = Counter::default();
         let seeded_files = Counter::default();
         let seeded_bytes = Counter::default();
+        let seeds_rejected = Counter::default();
         // 10 ms .. ~80 s.
         let prepare_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let store_bytes = Gauge::default();
@@ -121,6 +125,11 @@ impl Metrics {
             seeded_bytes.clone(),
         );
         r.register(
+            SEEDS_REJECTED_TOTAL,
+            "Planned seed files that failed their check and were written from chunks",
+            seeds_rejected.clone(),
+        );
+        r.register(
             PREPARE_SECONDS,
             "Duration of remote-capable prepares",
             prepare_seconds.clone(),
@@ -141,6 +150,7 @@ impl Metrics {
             chunks_reused,
             seeded_files,
             seeded_bytes,
+            seeds_rejected,
             prepare_seconds,
             store_bytes,
             registry: Arc::new(r),

@@ -143,3 +143,83 @@ async fn crafted_features_image_matches_overlayfs() -> Result<()> {
     let oracle = oracle(&node.env).await?;
     assert_layers_match_oracle(&node, &oracle, &img).await
 }
+
+/// Seeds are checked, never trusted: with v1's layer tampered with on disk (contents changed,
+/// size, mode and mtime kept) and the chunk store emptied, v2 still equals containerd's own
+/// unpacking; the tampered files are written from chunks fetched on demand, not linked.
+/// chunksnap restarts in between, so the seeds' indexes come from its disk, not memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tampered_seeds_are_rejected_and_v2_still_matches_overlayfs() -> Result<()> {
+    let mut node = Node::start().await?;
+    let v1 = node.env.images.debian_v1().await?;
+    let v2 = node.env.images.debian_v2().await?;
+    convert(&v1.reference)?;
+    convert(&v2.reference)?;
+    let cri = node.env.containerd.cri().await?;
+    cri.pull_image(&v1.reference).await?;
+
+    let v1_dir = node.layer_dirs(&v1).await?.remove(0);
+    let tampered = tamper_files(&v1_dir.join("usr/bin"))?;
+    ensure!(tampered > 10, "only {tampered} files tampered with");
+    node.chunksnap.stop()?;
+    let chunks = node.chunksnap.root().join("chunks");
+    std::fs::remove_dir_all(&chunks)?;
+    node.chunksnap.start().await?;
+
+    let mut poll = Poller::new(
+        "containerd reconnecting to chunksnap",
+        Duration::from_secs(60),
+    );
+    loop {
+        match cri.pull_image(&v2.reference).await {
+            Ok(_) => break,
+            Err(e) if format!("{e:#}").contains("connection refused") => poll.tick().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    ensure!(
+        prepares(&node, "remote").await? == 1.0,
+        "v2 not assembled remotely"
+    );
+    let rejected = node
+        .chunksnap
+        .metric("chunksnap_seeds_rejected_total")
+        .await?;
+    let seeded = node
+        .chunksnap
+        .metric("chunksnap_seeded_files_total")
+        .await?;
+    eprintln!("{tampered} files tampered with; v2: {seeded} seeded, {rejected} seeds rejected");
+    ensure!(rejected > 0.0, "no tampered seed was caught");
+    ensure!(seeded > 1000.0, "seeding stopped working ({seeded} files)");
+    let oracle = oracle(&node.env).await?;
+    assert_layers_match_oracle(&node, &oracle, &v2).await
+}
+
+/// Flips one byte of every regular file of at least 4 KiB under `dir`, keeping its size, mode
+/// and mtime; returns how many.
+fn tamper_files(dir: &std::path::Path) -> Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let md = std::fs::symlink_metadata(&path)?;
+        if !md.file_type().is_file() || md.len() < 4096 {
+            continue;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, 100)?;
+        byte[0] ^= 0xff;
+        file.write_all_at(&byte, 100)?;
+        let times = std::fs::FileTimes::new()
+            .set_accessed(md.accessed()?)
+            .set_modified(md.modified()?);
+        file.set_times(times)?;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -260,9 +260,9 @@ impl Local {
         }
     }
 
-    /// Committed layers that may seed a Prepare of `layer_digest` for `image_ref`: every
-    /// committed snapshot built from another layer, the same repository's first, then newest
-    /// first, at most `limit`.
+    /// Committed layers that may seed a Prepare of `layer_digest` for `image_ref`, at most
+    /// `limit`, best first: the same layer under another parent (a rebased image: every file
+    /// matches), then the same repository's layers, then the newest.
     pub fn seed_candidates(
         &self,
         layer_digest: &str,
@@ -270,24 +270,21 @@ impl Local {
         limit: usize,
     ) -> Result<Vec<SeedCandidate>> {
         let repo = repository(image_ref);
-        let mut found: Vec<(bool, u64, SeedCandidate)> = self
+        let mut found: Vec<((bool, bool, u64), SeedCandidate)> = self
             .meta
             .list()?
             .into_iter()
             .filter(|i| i.record.kind == Kind::Committed)
             .filter_map(|i| {
                 let layer = i.record.labels.get(LABEL_CRI_LAYER_DIGEST)?;
-                if layer == layer_digest {
-                    return None;
-                }
                 let same_repo = i
                     .record
                     .labels
                     .get(LABEL_CRI_IMAGE_REF)
                     .is_some_and(|r| repository(r) == repo);
+                let rank = (layer == layer_digest, same_repo, i.record.id);
                 Some((
-                    same_repo,
-                    i.record.id,
+                    rank,
                     SeedCandidate {
                         layer_digest: layer.clone(),
                         fs_dir: self.layout.fs(i.record.id),
@@ -295,8 +292,8 @@ impl Local {
                 ))
             })
             .collect();
-        found.sort_by_key(|f| std::cmp::Reverse((f.0, f.1)));
-        Ok(found.into_iter().take(limit).map(|(_, _, c)| c).collect())
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        Ok(found.into_iter().take(limit).map(|(_, c)| c).collect())
     }
 
     /// Every snapshot, ordered by key.
@@ -385,5 +382,74 @@ fn repository(image_ref: &str) -> &str {
         // A colon after the last slash is a tag; before it, a registry port.
         Some(c) if !no_digest[c..].contains('/') => &no_digest[..c],
         _ => no_digest,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(layer: &str, image: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_CRI_LAYER_DIGEST.to_owned(), layer.to_owned()),
+            (LABEL_CRI_IMAGE_REF.to_owned(), image.to_owned()),
+        ])
+    }
+
+    #[test]
+    fn seed_candidates_rank_same_layer_then_repository_then_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        let layers = [
+            ("a", "sha256:aa", "reg:5000/app:v1"),
+            ("b", "sha256:bb", "reg:5000/other:v1"),
+            ("c", "sha256:cc", "reg:5000/app:v2"),
+            ("d", "sha256:dd", "reg:5000/other:v2"),
+            ("e", "sha256:ee", "reg:5000/app@sha256:1234"),
+        ];
+        for (key, layer, image) in layers {
+            let active = format!("{key}-active");
+            local
+                .create(&active, "", Kind::Active, BTreeMap::new())
+                .unwrap();
+            local.commit(key, &active, labels(layer, image)).unwrap();
+        }
+        // Not committed: never a seed.
+        local
+            .create(
+                "f-active",
+                "",
+                Kind::Active,
+                labels("sha256:ff", "reg:5000/app:v3"),
+            )
+            .unwrap();
+        let fs_of = |key: &str| local.layout().fs(local.stat(key).unwrap().record.id);
+        let got = local
+            .seed_candidates("sha256:bb", "reg:5000/app:v3", 4)
+            .unwrap();
+        let want: Vec<SeedCandidate> = [
+            ("b", "sha256:bb"),
+            ("e", "sha256:ee"),
+            ("c", "sha256:cc"),
+            ("a", "sha256:aa"),
+        ]
+        .iter()
+        .map(|(k, l)| SeedCandidate {
+            layer_digest: (*l).to_owned(),
+            fs_dir: fs_of(k),
+        })
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn repository_drops_tag_and_digest_but_keeps_the_port() {
+        assert_eq!(repository("reg:5000/app:v1"), "reg:5000/app");
+        assert_eq!(repository("reg:5000/app@sha256:12"), "reg:5000/app");
+        assert_eq!(repository("reg:5000/app"), "reg:5000/app");
+        assert_eq!(
+            repository("docker.io/library/debian:12"),
+            "docker.io/library/debian"
+        );
     }
 }

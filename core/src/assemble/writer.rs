@@ -28,9 +28,11 @@ use super::seed::{self, Seeding};
 use super::{AssembleError, AssembleStats, ChunkReader, Entry, attrs, lossy, split_path};
 
 /// Largest file whose content is handed to a worker (larger ones are streamed by the walk).
-pub(crate) const OFFLOAD_MAX: u64 = 1 << 20;
-/// Jobs queued at most; with [`OFFLOAD_MAX`] this bounds the memory held by queued content.
-const QUEUE: usize = 16;
+/// Most files of a layer are far smaller; this keeps queued content small.
+pub(crate) const OFFLOAD_MAX: u64 = 256 << 10;
+/// Jobs queued at most; with [`OFFLOAD_MAX`] this bounds the memory held by queued content
+/// (2 MiB).
+const QUEUE: usize = 8;
 
 /// Work for the pool.
 pub(crate) enum Job<'a> {

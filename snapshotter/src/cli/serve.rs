@@ -20,11 +20,23 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Caps glibc's malloc arenas. By default every thread that allocates may get an arena of its
+/// own (up to 8 per CPU), and buffers freed on another thread stay resident in them: the
+/// runtime's workers, blocking threads and the assembler's threads together kept tens of MB
+/// of freed buffers. Two arenas measured the same speed.
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("log level {:?}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    limit_malloc_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use chunksnap_proto::index::{Compression, LayerIndex};
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::digest::Digest;
 use crate::format::pack::decompress_chunk;
@@ -127,10 +127,31 @@ pub struct FetchStats {
     pub chunks_waited: u64,
 }
 
-/// Process-wide registry of chunks being fetched; clone it freely (shared state).
-#[derive(Clone, Default)]
+/// Process-wide registry of chunks being fetched, and the process-wide cap on Range requests in
+/// flight; clone it freely (shared state).
+#[derive(Clone)]
 pub struct Inflight {
     map: Arc<Mutex<HashMap<Digest, Arc<Notify>>>>,
+    /// One permit per request in flight, over every concurrent fetch: the layers of an image
+    /// are fetched side by side, and each response is held in memory until verified, so memory
+    /// stays within `requests × FetchOptions::max_request` however many layers there are.
+    requests: Arc<Semaphore>,
+}
+
+impl Default for Inflight {
+    fn default() -> Self {
+        Self::with_request_limit(FetchOptions::default().parallelism)
+    }
+}
+
+impl Inflight {
+    /// At most `limit` Range requests in flight across every fetch sharing this value.
+    pub fn with_request_limit(limit: usize) -> Self {
+        Self {
+            map: Arc::default(),
+            requests: Arc::new(Semaphore::new(limit.max(1))),
+        }
+    }
 }
 
 /// Chunks claimed by one fetch; released (and waiters woken) on drop, success or not.
@@ -286,6 +307,8 @@ pub async fn fetch_needed(
         );
         let fetched: Vec<(u64, u64)> = futures::stream::iter(claimed)
             .map(|(r, claims)| async move {
+                // Never closed, so acquiring cannot fail; without a permit, go on regardless.
+                let _permit = inflight.requests.acquire().await.ok();
                 let result = fetch_request(r, store, source).await;
                 drop(claims);
                 result

@@ -124,7 +124,7 @@ impl ChunkRemote {
         Arc::new(Self {
             client,
             store,
-            inflight: Inflight::default(),
+            inflight: Inflight::with_request_limit(fetch.parallelism),
             fetch,
             metrics,
             artifacts: Mutex::new(HashMap::new()),

@@ -294,3 +294,57 @@ async fn a_waiter_retries_when_the_first_fetch_fails() {
     assert_eq!(src.requests.load(Ordering::SeqCst), 2);
     assert_eq!(store.stats().chunks, 1);
 }
+
+/// Counts Range requests in flight at once.
+struct Concurrency {
+    inner: FakeSource,
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl RangeSource for Concurrency {
+    async fn read_range(&self, pack: &str, offset: u64, len: u64) -> Result<Bytes, FetchError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = self.inner.read_range(pack, offset, len).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_across_concurrent_fetches() {
+    // Two layers fetched side by side, each allowed 8 requests, share a cap of 3.
+    let (a, b) = (layer(40), {
+        let mut l = LayerBuilder::default();
+        for i in 0..40 {
+            l.file(&format!("g{i}"), 0o644, &noise(1000 + i, 4096));
+        }
+        l.build(4096, 1 << 20)
+    });
+    let mut packs = a.packs.clone();
+    packs.extend(b.packs.clone());
+    let source = Concurrency {
+        inner: FakeSource {
+            packs,
+            ..FakeSource::default()
+        },
+        now: AtomicU64::new(0),
+        peak: AtomicU64::new(0),
+    };
+    let (_dir, store) = store();
+    let opts = FetchOptions {
+        max_gap: 0,
+        max_request: 4096,
+        parallelism: 8,
+    };
+    let inflight = Inflight::with_request_limit(3);
+    let (ra, rb) = tokio::join!(
+        fetch_missing(&a.index, &store, &source, &opts, &inflight),
+        fetch_missing(&b.index, &store, &source, &opts, &inflight)
+    );
+    assert!(ra.unwrap().requests >= 40 && rb.unwrap().requests >= 40);
+    let peak = source.peak.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&peak), "peak {peak} requests in flight");
+}

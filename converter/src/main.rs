@@ -57,6 +57,10 @@ enum Command {
         /// Target pack size (8M..32M), e.g. 16M.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         pack_size: Option<u64>,
+        /// zstd level for chunks (1..=19; default 6): higher stores fewer bytes for every node
+        /// to download, at a slower convert.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+        zstd_level: Option<i32>,
         /// The image: registry/repository:tag or @sha256:…
         image: String,
     },
@@ -156,6 +160,7 @@ async fn main() -> Result<()> {
             jobs,
             chunk_avg,
             pack_size,
+            zstd_level,
             image,
         } => {
             let image = reference(&image)?;
@@ -179,6 +184,9 @@ async fn main() -> Result<()> {
             }
             if let Some(p) = pack_size {
                 layer.pack_size = p;
+            }
+            if let Some(level) = zstd_level {
+                layer.zstd_level = level;
             }
             if jobs == 0 {
                 bail!("--jobs must be at least 1");

@@ -4,15 +4,14 @@
 //! fresh directories under WORKDIR (nothing is deleted between runs, so ext4's inode allocator
 //! does not pay for recently deleted inodes).
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::Context;
-use chunkconv::layer::{
-    EmptyCatalog, LayerInput, LayerOptions, PackSink, SinkError, convert_layer,
-};
+use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
 use chunksnap_core::assemble::{WhiteoutMode, assemble_layer};
-use chunksnap_core::digest::{Digest, Hasher};
+use chunksnap_core::digest::Digest;
 use chunksnap_core::store::ChunkStore;
 use chunksnap_proto::index::Compression;
 
@@ -35,14 +34,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: assemble_profile LAYER.tar WORKDIR [RUNS]");
     };
     let runs: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(3);
-    let data = std::fs::read(tar).with_context(|| format!("reading {tar}"))?;
-    let mut h = Hasher::new();
-    h.update(&data);
-    let input = LayerInput {
-        digest: h.finish(),
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        size: Some(data.len() as u64),
-    };
+    let (data, input) = common::read_layer(tar)?;
     let work = std::path::Path::new(work);
     let saved = work.join("index.pb");
     let store = ChunkStore::open(&work.join("store"), None)?;

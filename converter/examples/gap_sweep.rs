@@ -3,14 +3,14 @@
 //! holding v1's chunks, for several `max_gap` values:
 //! `cargo run --release -p chunkconv --example gap_sweep -- V1.tar V2.tar`.
 
+mod common;
+
 use std::collections::HashSet;
 
-use anyhow::Context;
 use chunkconv::layer::{
-    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerInput, LayerOptions, PackSink, SinkError,
-    convert_layer,
+    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
 };
-use chunksnap_core::digest::{Digest, Hasher};
+use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, estimate};
 use chunksnap_proto::index::LayerIndex;
 
@@ -32,14 +32,7 @@ impl ChunkCatalog for Known {
 }
 
 fn convert(path: &str, catalog: &dyn ChunkCatalog) -> anyhow::Result<LayerIndex> {
-    let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
-    let mut h = Hasher::new();
-    h.update(&data);
-    let input = LayerInput {
-        digest: h.finish(),
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        size: Some(data.len() as u64),
-    };
+    let (data, input) = common::read_layer(path)?;
     let out = convert_layer(
         data.as_slice(),
         &input,

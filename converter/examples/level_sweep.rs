@@ -2,13 +2,14 @@
 //! (`cargo run --release -p chunkconv --example level_sweep -- LAYER.tar [LEVEL...]`), to
 //! choose `DEFAULT_CHUNK_LEVEL`. Compare with `casync make` over the same tar.
 
-use std::time::Instant;
+mod common;
 
 use anyhow::Context;
-use chunkconv::layer::{
-    EmptyCatalog, LayerInput, LayerOptions, PackSink, SinkError, convert_layer,
-};
-use chunksnap_core::digest::{Digest, Hasher};
+
+use std::time::Instant;
+
+use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
+use chunksnap_core::digest::Digest;
 
 /// Counts pack bytes without keeping them.
 struct Count(u64);
@@ -29,14 +30,7 @@ fn main() -> anyhow::Result<()> {
     if levels.is_empty() {
         levels = vec![3, 6, 9, 12, 15, 19];
     }
-    let data = std::fs::read(&tar).with_context(|| format!("reading {tar}"))?;
-    let mut h = Hasher::new();
-    h.update(&data);
-    let input = LayerInput {
-        digest: h.finish(),
-        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-        size: Some(data.len() as u64),
-    };
+    let (data, input) = common::read_layer(&tar)?;
     println!("{tar}: {} bytes", data.len());
     println!("level  stored_bytes  seconds");
     for level in levels {

@@ -451,12 +451,7 @@ impl<'a> Assembler<'_, 'a> {
         e: &'a Entry,
     ) -> Result<(), AssembleError> {
         if self.seeding.is_some_and(|s| s.source(i).is_some()) {
-            let dir = dir
-                .try_clone_to_owned()
-                .map_err(|source| AssembleError::Io {
-                    path: PathBuf::from(OsStr::from_bytes(p.full)),
-                    source,
-                })?;
+            let dir = dir.try_clone_to_owned().map_err(writer::io_err(p.full))?;
             let job = writer::Job::Seed {
                 dir,
                 index: i,
@@ -465,10 +460,7 @@ impl<'a> Assembler<'_, 'a> {
             return self.pool.submit(job, &mut self.stats);
         }
         let file = writer::create_file(dir, p.name, p.full)?;
-        let io_err = |source| AssembleError::Io {
-            path: PathBuf::from(OsStr::from_bytes(p.full)),
-            source,
-        };
+        let io_err = writer::io_err(p.full);
         if self.pool.parallel() && e.size <= writer::OFFLOAD_MAX {
             let mut content = Vec::with_capacity(e.size as usize);
             self.stream.read(e.offset, e.size, |piece| {
@@ -484,7 +476,7 @@ impl<'a> Assembler<'_, 'a> {
         }
         let mut w = content::SparseWriter::new(&file);
         self.stream
-            .read(e.offset, e.size, |piece| w.write(piece).map_err(io_err))?;
+            .read(e.offset, e.size, |piece| w.write(piece).map_err(&io_err))?;
         writer::finish_file(&file, w, e, &mut self.stats)
     }
 

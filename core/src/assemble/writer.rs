@@ -215,7 +215,7 @@ fn run(shared: &Shared<'_>, job: Job<'_>, stats: &mut AssembleStats) -> Result<(
     }
 }
 
-fn io_err(path: &[u8]) -> impl Fn(std::io::Error) -> AssembleError + '_ {
+pub(crate) fn io_err(path: &[u8]) -> impl Fn(std::io::Error) -> AssembleError + '_ {
     move |source| AssembleError::Io {
         path: PathBuf::from(OsStr::from_bytes(path)),
         source,

@@ -115,6 +115,12 @@ async fn demo(dir: &std::path::Path) -> Result<()> {
         mb(cs_v2.bytes),
         mb(plain_v2.bytes)
     );
+    let seeded = chunksnap.metric("chunksnap_seeded_files_total").await?;
+    let seeded_bytes = chunksnap.metric("chunksnap_seeded_bytes_total").await?;
+    println!(
+        "v2 files identical to v1's were hardlinked from v1's layer, not written: {seeded} files, {}.",
+        mb(seeded_bytes as u64)
+    );
     chunksnap.stop()?;
     Ok(())
 }

@@ -264,7 +264,12 @@ impl ChunkStore {
         let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                lock(&self.state).forget(digest);
+                // Inserts rename under the state lock: look again under it, or a chunk stored
+                // between our open and this point would be forgotten (and fetched again).
+                let mut st = lock(&self.state);
+                if !path.exists() {
+                    st.forget(digest);
+                }
                 return Err(StoreError::Missing(*digest));
             }
             Err(e) => return Err(StoreError::Io { path, source: e }),
@@ -303,8 +308,10 @@ impl ChunkStore {
             }
             Err(e) => {
                 tracing::warn!(%digest, cause = %e, "removing corrupt chunk");
+                // Under the lock, so no insert's rename interleaves with the removal.
+                let mut st = lock(&self.state);
                 let _ = fs::remove_file(&path);
-                lock(&self.state).forget(digest);
+                st.forget(digest);
                 Err(StoreError::Missing(*digest))
             }
         }

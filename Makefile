@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 JOBS ?= 2
 CARGO_FLAGS ?= -j$(JOBS)
-APT_PACKAGES := containerd runc docker-registry casync skopeo umoci debootstrap protobuf-compiler \
+APT_PACKAGES := containerd runc docker-registry casync skopeo umoci debootstrap protobuf-compiler libprotobuf-dev \
 	zstd iproute2 jq unzip python3-yaml busybox-static e2fsprogs util-linux mount ca-certificates \
 	attr tar time gnuplot-nox libc6-dev gcc
 

@@ -1,5 +1,5 @@
 //! Generates Rust code for the chunksnap index format and the containerd Snapshots API.
-//! Needs `protoc` (Debian `protobuf-compiler`; `make deps` installs it).
+//! Needs `protoc` and the well-known types (Debian `protobuf-compiler` + `libprotobuf-dev`; `make deps` installs both).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [

@@ -2,14 +2,19 @@
 //! from chunksnap artifacts — the same image manifest's first, then `--base` images, then the
 //! repository's other tags (sorted). The first place a chunk is seen wins, so the catalog, and
 //! therefore the conversion, depends only on what is in the registry, not on timing.
+//!
+//! It also picks each new layer's delta reference ([`Catalog::reference_for`]): the known layer
+//! sharing the most chunks with it (else the most file paths), i.e. usually the same layer of
+//! the previous version, whose chunks the nodes being updated hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use chunksnap_core::digest::Digest;
 use chunksnap_core::format::artifact::{Artifact, Descriptor};
 use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{Reference, RegistryClient};
-use chunksnap_proto::index::LayerIndex;
+use chunksnap_proto::index::{EntryType, LayerIndex};
 
 use crate::ConvertError;
 use crate::layer::{ChunkCatalog, ExistingChunk};
@@ -38,6 +43,25 @@ pub struct Catalog {
     layers: HashMap<Digest, KnownLayer>,
     pack_home: BTreeMap<Digest, Reference>,
     artifacts: usize,
+    /// Known layers in the order added (a layer's number is its position here).
+    order: Vec<Digest>,
+    /// Chunk -> numbers of the layers whose streams contain it.
+    holders: HashMap<Digest, Vec<u32>>,
+    /// Per layer number: hashes of its regular files' paths.
+    paths: Vec<HashSet<u64>>,
+}
+
+fn path_hash(path: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+fn file_paths(idx: &LayerIndex) -> impl Iterator<Item = &[u8]> {
+    idx.entries
+        .iter()
+        .filter(|e| e.r#type == EntryType::File as i32 && e.size > 0)
+        .map(|e| e.path.as_slice())
 }
 
 impl ChunkCatalog for Catalog {
@@ -108,6 +132,18 @@ impl Catalog {
                 compression: c.compression(),
             });
         }
+        if !self.layers.contains_key(&layer_digest) {
+            let number = self.order.len() as u32;
+            self.order.push(layer_digest);
+            let mut seen = HashSet::new();
+            for c in &idx.chunks {
+                let digest = Digest::from_slice(&c.digest)?;
+                if seen.insert(digest) {
+                    self.holders.entry(digest).or_default().push(number);
+                }
+            }
+            self.paths.push(file_paths(idx).map(path_hash).collect());
+        }
         self.layers
             .entry(layer_digest)
             .or_insert_with(|| KnownLayer {
@@ -119,6 +155,42 @@ impl Catalog {
                 home: repo.clone(),
             });
         Ok(())
+    }
+
+    /// The known layer to compute `index`'s deltas against: the one sharing the most distinct
+    /// chunks with it, or, when none shares a chunk, the most file paths (a rebuild that
+    /// changed every chunk). Ties go to the layer added last (the newest tag in sorted order).
+    /// `None` when nothing is shared at all, or the best is the layer itself.
+    pub fn reference_for(&self, index: &LayerIndex) -> Option<(Digest, &KnownLayer)> {
+        let mut score = vec![0u64; self.order.len()];
+        let mut seen = HashSet::new();
+        for c in &index.chunks {
+            let Ok(d) = Digest::from_slice(&c.digest) else {
+                continue;
+            };
+            if seen.insert(d) {
+                for &n in self.holders.get(&d).into_iter().flatten() {
+                    score[n as usize] += 1;
+                }
+            }
+        }
+        if score.iter().all(|&s| s == 0) {
+            let paths: HashSet<u64> = file_paths(index).map(path_hash).collect();
+            for (n, known) in self.paths.iter().enumerate() {
+                score[n] = known.intersection(&paths).count() as u64;
+            }
+        }
+        let own = index
+            .source
+            .as_ref()
+            .and_then(|s| Digest::parse(&s.digest).ok());
+        let (best, _) = score
+            .iter()
+            .enumerate()
+            .filter(|&(n, &s)| s > 0 && Some(self.order[n]) != own)
+            .max_by_key(|&(n, &s)| (s, n))?;
+        let digest = self.order[best];
+        Some((digest, self.layers.get(&digest)?))
     }
 
     /// Loads every layer index of `artifact` (stored in `repo`) into the catalog.

@@ -23,6 +23,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::ConvertError;
 use crate::catalog::{Catalog, KnownLayer};
+use crate::delta::{DeltaOptions, DeltaReport, add_deltas};
 use crate::layer::{self, LayerInput, LayerOptions, PackSink, SinkError};
 use crate::progress::{Progress, short};
 
@@ -40,6 +41,8 @@ pub struct ConvertOptions {
     pub jobs: usize,
     /// Chunking and packing parameters.
     pub layer: LayerOptions,
+    /// Delta frames against each layer's closest earlier layer.
+    pub deltas: DeltaOptions,
 }
 
 impl Default for ConvertOptions {
@@ -49,6 +52,7 @@ impl Default for ConvertOptions {
             dedup_tags: true,
             jobs: 2,
             layer: LayerOptions::default(),
+            deltas: DeltaOptions::default(),
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct Totals {
     pub bytes_read: u64,
     /// Bytes uploaded (packs and indexes; zero when everything existed).
     pub bytes_pushed: u64,
+    /// Delta frames added (new chunks compressed against an earlier layer's).
+    pub delta_chunks: u64,
+    /// Their stored bytes.
+    pub delta_bytes: u64,
 }
 
 /// One layer's result.
@@ -89,6 +97,8 @@ pub struct LayerReport {
     pub bytes_read: u64,
     /// Bytes uploaded.
     pub bytes_pushed: u64,
+    /// The delta pass (empty when the layer was reused or nothing earlier resembles it).
+    pub deltas: DeltaReport,
 }
 
 /// One platform manifest's result.
@@ -131,6 +141,8 @@ impl Totals {
         self.new_chunks += l.new_chunks;
         self.bytes_read += l.bytes_read;
         self.bytes_pushed += l.bytes_pushed;
+        self.delta_chunks += l.deltas.deltas;
+        self.delta_bytes += l.deltas.delta_bytes;
     }
     fn merge(&mut self, o: &Totals) {
         self.layers += o.layers;
@@ -139,6 +151,8 @@ impl Totals {
         self.new_chunks += o.new_chunks;
         self.bytes_read += o.bytes_read;
         self.bytes_pushed += o.bytes_pushed;
+        self.delta_chunks += o.delta_chunks;
+        self.delta_bytes += o.delta_bytes;
     }
 }
 
@@ -247,6 +261,7 @@ fn reused_report(layer: &Digest, k: &KnownLayer) -> LayerReport {
         new_chunks: 0,
         bytes_read: 0,
         bytes_pushed: 0,
+        deltas: DeltaReport::default(),
     }
 }
 
@@ -457,11 +472,10 @@ async fn convert_one(
 
     let layer_opts = opts.layer.clone();
     let input2 = input.clone();
+    let cat = catalog.clone();
     let converted = tokio::task::spawn_blocking(move || {
         let mut sink = UploadSink { tx };
-        let outcome = layer::convert_layer(reader, &input2, &layer_opts, &*catalog, &mut sink)?;
-        let encoded = index::encode(&outcome.index);
-        Ok::<_, layer::LayerError>((outcome, encoded))
+        layer::convert_layer(reader, &input2, &layer_opts, &*cat, &mut sink)
     })
     .await?;
     // The sink is gone now, so the uploader drains and ends; its error explains a failed sink.
@@ -469,10 +483,23 @@ async fn convert_one(
         layer: layer_name.clone(),
         source,
     })?;
-    let (outcome, encoded) = converted.map_err(|source| ConvertError::Layer {
+    let mut outcome = converted.map_err(|source| ConvertError::Layer {
         layer: layer_name.clone(),
         source,
     })?;
+    // The new packs are in the registry now: the delta pass reads its chunks back from there.
+    bar.set_message("deltas");
+    let deltas = add_deltas(
+        client,
+        image,
+        &catalog,
+        &mut outcome.index,
+        &outcome.stats.packs,
+        &opts.deltas,
+    )
+    .await?;
+    let ix = outcome.index.clone();
+    let encoded = tokio::task::spawn_blocking(move || index::encode(&ix)).await?;
 
     let index_digest = Digest::of(&encoded);
     let index_size = encoded.len() as u64;
@@ -480,8 +507,8 @@ async fn convert_one(
         .push_blob(image, &index_digest, Bytes::from(encoded))
         .await?;
     bar.finish_with_message(format!(
-        "{} chunks, {} new",
-        outcome.stats.chunks, outcome.stats.new_chunks
+        "{} chunks, {} new, {} deltas",
+        outcome.stats.chunks, outcome.stats.new_chunks, deltas.deltas
     ));
 
     let packs = outcome
@@ -500,7 +527,8 @@ async fn convert_one(
             chunks: s.chunks,
             new_chunks: s.new_chunks,
             bytes_read: s.bytes_read,
-            bytes_pushed: pushed + if index_pushed { index_size } else { 0 },
+            bytes_pushed: pushed + deltas.bytes_pushed + if index_pushed { index_size } else { 0 },
+            deltas,
         },
         entry: LayerEntry {
             layer_digest: input.digest,

@@ -74,6 +74,8 @@ pub struct ExtractLayer {
     pub chunks: u64,
     /// Chunks fetched from the registry.
     pub fetched_chunks: u64,
+    /// Of those, rebuilt from delta frames against chunks the store held.
+    pub delta_chunks: u64,
     /// Chunks already in the store.
     pub reused_chunks: u64,
     /// Bytes received (including coalescing gaps).
@@ -226,6 +228,7 @@ pub async fn run(
             digest: layer.digest.clone(),
             chunks: fetched.chunks_needed,
             fetched_chunks: fetched.chunks_fetched,
+            delta_chunks: fetched.chunks_from_deltas,
             reused_chunks: fetched.chunks_reused + fetched.chunks_waited,
             fetched_bytes: fetched.bytes_fetched,
             requests: fetched.requests,

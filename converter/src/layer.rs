@@ -215,6 +215,7 @@ pub fn convert_layer(
         entries: scanned.scan.entries,
         chunks,
         packs,
+        delta_bases: Vec::new(),
     };
     index::validate(&index)?;
     Ok(LayerOutcome { index, stats })
@@ -425,6 +426,7 @@ impl<'a> Chunks<'a> {
                 pack_offset,
                 stored_size,
                 compression: compression as i32,
+                delta: None,
             });
         }
         let mut stats = std::mem::take(&mut self.stats);

@@ -3,13 +3,15 @@
 //! - [`layer`]: one layer blob → layer index + new packs (CPU work, blocking).
 //! - [`convert`]: an image reference → for each platform manifest, every layer converted (in
 //!   parallel), packs and indexes pushed, the artifact pushed and linked as a referrer.
-//! - [`catalog`]: chunks the repository already stores (dedup).
+//! - [`catalog`]: chunks the repository already stores (dedup), and each layer's delta reference.
+//! - [`delta`]: delta frames of a layer's new chunks against its reference layer.
 //! - [`inspect`]: what an image's artifact holds, and what a base shares with it.
 //! - [`extract`]: an image's filesystem assembled from its chunks (no containerd).
 //! - [`progress`]: terminal progress bars.
 
 pub mod catalog;
 pub mod convert;
+pub mod delta;
 pub mod extract;
 pub mod inspect;
 pub mod layer;
@@ -59,6 +61,9 @@ pub enum ConvertError {
     /// The image has no artifact (inspect).
     #[error("{0}: no chunksnap artifact; run `chunkconv convert` first")]
     NotConverted(String),
+    /// Computing a layer's deltas failed.
+    #[error("deltas: {0}")]
+    Delta(#[from] delta::DeltaError),
     /// A background task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

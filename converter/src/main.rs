@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result, bail};
 use chunkconv::convert::{ConvertOptions, ConvertReport, convert};
+use chunkconv::delta::DeltaOptions;
 use chunkconv::inspect::{InspectManifest, inspect};
 use chunkconv::layer::LayerOptions;
 use chunkconv::progress::{Progress, short};
@@ -48,6 +49,10 @@ enum Command {
         /// Do not reuse chunks from the artifacts of the repository's other tags.
         #[arg(long)]
         no_dedup_tags: bool,
+        /// Do not add delta frames (new chunks compressed against the closest earlier layer's,
+        /// which nodes updating from it download instead of the chunks).
+        #[arg(long)]
+        no_deltas: bool,
         /// Layers converted at once.
         #[arg(long, default_value_t = 2)]
         jobs: usize,
@@ -157,6 +162,7 @@ async fn main() -> Result<()> {
             bases,
             json,
             no_dedup_tags,
+            no_deltas,
             jobs,
             chunk_avg,
             pack_size,
@@ -182,11 +188,17 @@ async fn main() -> Result<()> {
                 };
                 layer.chunker.validate().context("--chunk-avg")?;
             }
+            let mut deltas = DeltaOptions {
+                enabled: !no_deltas,
+                ..DeltaOptions::default()
+            };
             if let Some(p) = pack_size {
                 layer.pack_size = p;
+                deltas.pack_size = p;
             }
             if let Some(level) = zstd_level {
                 layer.zstd_level = level;
+                deltas.level = level;
             }
             if jobs == 0 {
                 bail!("--jobs must be at least 1");
@@ -196,6 +208,7 @@ async fn main() -> Result<()> {
                 dedup_tags: !no_dedup_tags,
                 jobs,
                 layer,
+                deltas,
             };
             let progress = Progress::new(std::io::stderr().is_terminal());
             let report = convert(&client, &image, &opts, &progress)
@@ -272,8 +285,18 @@ fn print_convert(r: &ConvertReport) {
         }
         println!("{} ({platform}): artifact {}", m.manifest, m.artifact);
         for l in &m.layers {
+            let deltas = match &l.deltas.reference {
+                Some(r) if l.deltas.deltas > 0 => format!(
+                    " deltas {} ({} B for {} B of chunks, against {})",
+                    l.deltas.deltas,
+                    l.deltas.delta_bytes,
+                    l.deltas.chunk_bytes,
+                    short(r)
+                ),
+                _ => String::new(),
+            };
             println!(
-                "  {} entries {:>6} chunks {:>6} new {:>6} read {:>10} pushed {:>10}{}",
+                "  {} entries {:>6} chunks {:>6} new {:>6} read {:>10} pushed {:>10}{}{deltas}",
                 short(&l.digest),
                 l.entries,
                 l.chunks,
@@ -286,8 +309,8 @@ fn print_convert(r: &ConvertReport) {
     }
     let t = &r.totals;
     println!(
-        "total: {} layers, {} chunks, {} new, {} bytes read, {} bytes pushed in {:.1}s",
-        t.layers, t.chunks, t.new_chunks, t.bytes_read, t.bytes_pushed, r.seconds
+        "total: {} layers, {} chunks, {} new, {} deltas, {} bytes read, {} bytes pushed in {:.1}s",
+        t.layers, t.chunks, t.new_chunks, t.delta_chunks, t.bytes_read, t.bytes_pushed, r.seconds
     );
 }
 

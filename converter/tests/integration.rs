@@ -3,6 +3,7 @@
 mod common;
 mod integration {
     pub mod convert;
+    pub mod deltas;
     pub mod extract;
     pub mod registry_ops;
 }

@@ -10,6 +10,12 @@
 //! [`Inflight`] is shared process-wide so that concurrent fetches needing the same chunk fetch
 //! it once: the first claims it, the others wait for it; if the first fails, a waiter claims
 //! and fetches it itself.
+//!
+//! Deltas: a chunk with a [`Delta`](chunksnap_proto::index::Delta) whose base chunks are all
+//! in the store is fetched as its delta frame (usually a small fraction of the chunk) and
+//! decoded against those bases, read and verified from the store. The bases are pinned for the
+//! fetch; a delta that cannot be used after all (a base gone or corrupt, a frame that does not
+//! decode to the chunk) is fetched as the full chunk in the next round, never trusted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -21,11 +27,15 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::digest::Digest;
-use crate::format::pack::decompress_chunk;
+use crate::format::delta::decompress_delta;
+use crate::format::pack::{compress_chunk, decompress_chunk};
 use crate::store::{ChunkStore, StoreError};
 
 /// How many times a chunk another fetch was getting is waited for before giving up.
 const MAX_ROUNDS: usize = 4;
+/// zstd level for chunks rebuilt from deltas before they enter the store (their own frame
+/// was never fetched): fast, and about as small as the converter's level for store files.
+const STORE_LEVEL: i32 = 3;
 
 /// Errors from fetching chunks.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +135,24 @@ pub struct FetchStats {
     pub chunks_reused: u64,
     /// Chunks a concurrent fetch got for us.
     pub chunks_waited: u64,
+    /// Of `chunks_fetched`, those rebuilt from a delta frame against chunks already stored.
+    pub chunks_from_deltas: u64,
+    /// Deltas that could not be used after all (then the full chunk was fetched).
+    pub delta_fallbacks: u64,
+}
+
+impl FetchStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &FetchStats) {
+        self.chunks_needed += other.chunks_needed;
+        self.chunks_fetched += other.chunks_fetched;
+        self.bytes_fetched += other.bytes_fetched;
+        self.requests += other.requests;
+        self.chunks_reused += other.chunks_reused;
+        self.chunks_waited += other.chunks_waited;
+        self.chunks_from_deltas += other.chunks_from_deltas;
+        self.delta_fallbacks += other.delta_fallbacks;
+    }
 }
 
 /// Process-wide registry of chunks being fetched, and the process-wide cap on Range requests in
@@ -172,14 +200,56 @@ impl Drop for Claims {
 }
 
 /// A chunk to fetch: where it is and what it must decode to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Want {
     digest: Digest,
     size: u32,
     pack: u32,
     offset: u64,
     stored: u32,
+    how: How,
+    /// The chunk's own frame, kept while `how` is a delta: where to go if the delta fails.
+    full: Option<FullFrame>,
+}
+
+/// What the bytes at a [`Want`]'s range are.
+#[derive(Debug, Clone)]
+enum How {
+    /// The chunk's frame, as the index's `compression` says.
+    Full(Compression),
+    /// A delta frame against these base chunks (digest, size), in order.
+    Delta(Arc<[(Digest, u32)]>),
+}
+
+/// Where a chunk's own frame is.
+#[derive(Debug, Clone, Copy)]
+struct FullFrame {
+    pack: u32,
+    offset: u64,
+    stored: u32,
     compression: Compression,
+}
+
+impl Want {
+    fn full(digest: Digest, size: u32, f: FullFrame) -> Self {
+        Self {
+            digest,
+            size,
+            pack: f.pack,
+            offset: f.offset,
+            stored: f.stored,
+            how: How::Full(f.compression),
+            full: None,
+        }
+    }
+
+    /// The same chunk as its own frame (after a delta could not be used).
+    fn into_full(self) -> Self {
+        match self.full {
+            Some(f) => Self::full(self.digest, self.size, f),
+            None => self,
+        }
+    }
 }
 
 /// One Range request and the chunks inside it.
@@ -215,6 +285,7 @@ pub async fn fetch_needed(
 ) -> Result<FetchStats, FetchError> {
     let mut wants: Vec<Want> = Vec::new();
     let mut seen = HashSet::new();
+    let mut delta_of: HashMap<Digest, usize> = HashMap::new();
     for (i, c) in index.chunks.iter().enumerate() {
         if needed.is_some_and(|n| !n.get(i).copied().unwrap_or(true)) {
             continue;
@@ -224,32 +295,19 @@ pub async fn fetch_needed(
         if !seen.insert(digest) {
             continue;
         }
-        if c.pack as usize >= index.packs.len() {
-            return Err(FetchError::BadIndex(format!(
-                "chunk {i}: pack {} out of range",
-                c.pack
-            )));
-        }
-        // `plan` adds offsets and sizes: an unvalidated index must not make that overflow.
-        if c.pack_offset
-            .checked_add(u64::from(c.stored_size))
-            .is_none()
-        {
-            return Err(FetchError::BadIndex(format!(
-                "chunk {i}: pack range {}+{} overflows",
-                c.pack_offset, c.stored_size
-            )));
-        }
+        check_range(index, i, c.pack, c.pack_offset, c.stored_size)?;
         let compression = Compression::try_from(c.compression)
             .map_err(|_| StoreError::BadCompression(c.compression))?;
-        wants.push(Want {
-            digest,
-            size: c.size,
+        if c.delta.is_some() {
+            delta_of.insert(digest, i);
+        }
+        let frame = FullFrame {
             pack: c.pack,
             offset: c.pack_offset,
             stored: c.stored_size,
             compression,
-        });
+        };
+        wants.push(Want::full(digest, c.size, frame));
     }
     let mut stats = FetchStats {
         chunks_needed: wants.len() as u64,
@@ -257,6 +315,7 @@ pub async fn fetch_needed(
     };
     wants.retain(|w| !store.contains(&w.digest));
     stats.chunks_reused = stats.chunks_needed - wants.len() as u64;
+    let _bases = use_deltas(index, &delta_of, &mut wants, store)?;
 
     for _ in 0..MAX_ROUNDS {
         if wants.is_empty() {
@@ -305,7 +364,7 @@ pub async fn fetch_needed(
             claimed.iter().map(|(r, _)| r.chunks.len()).sum::<usize>(),
             mine.len()
         );
-        let fetched: Vec<(u64, u64)> = futures::stream::iter(claimed)
+        let fetched: Vec<Fetched> = futures::stream::iter(claimed)
             .map(|(r, claims)| async move {
                 // Never closed, so acquiring cannot fail; without a permit, go on regardless.
                 let _permit = inflight.requests.acquire().await.ok();
@@ -316,9 +375,12 @@ pub async fn fetch_needed(
             .buffer_unordered(opts.parallelism.max(1))
             .try_collect()
             .await?;
-        for (chunks, bytes) in fetched {
-            stats.chunks_fetched += chunks;
-            stats.bytes_fetched += bytes;
+        for f in fetched {
+            stats.chunks_fetched += f.stored;
+            stats.chunks_from_deltas += f.from_deltas;
+            stats.bytes_fetched += f.bytes;
+            stats.delta_fallbacks += f.retry.len() as u64;
+            wants.extend(f.retry.into_iter().map(Want::into_full));
         }
         futures::future::join_all(waits).await;
         for w in theirs {
@@ -349,15 +411,14 @@ pub fn estimate(
         .iter()
         .filter_map(|c| {
             let digest = Digest::from_slice(&c.digest).ok()?;
+            let frame = FullFrame {
+                pack: c.pack,
+                offset: c.pack_offset,
+                stored: c.stored_size,
+                compression: Compression::try_from(c.compression).ok()?,
+            };
             (seen.insert(digest) && wanted(&digest) && (c.pack as usize) < index.packs.len())
-                .then_some(Want {
-                    digest,
-                    size: c.size,
-                    pack: c.pack,
-                    offset: c.pack_offset,
-                    stored: c.stored_size,
-                    compression: Compression::try_from(c.compression).ok()?,
-                })
+                .then(|| Want::full(digest, c.size, frame))
         })
         .collect();
     let requests = plan(&wants, index, opts);
@@ -369,7 +430,7 @@ pub fn estimate(
 fn plan(wants: &[Want], index: &LayerIndex, opts: &FetchOptions) -> Vec<Request> {
     let mut per_pack: BTreeMap<u32, Vec<Want>> = BTreeMap::new();
     for w in wants {
-        per_pack.entry(w.pack).or_default().push(*w);
+        per_pack.entry(w.pack).or_default().push(w.clone());
     }
     let mut out = Vec::new();
     for (pack, mut chunks) in per_pack {
@@ -402,13 +463,121 @@ fn plan(wants: &[Want], index: &LayerIndex, opts: &FetchOptions) -> Vec<Request>
     out
 }
 
-/// Runs one request; returns (chunks stored, bytes received). Bytes that fail verification
-/// (damaged in transit, e.g. by a faulty proxy) are read once more before the fetch fails.
+/// Index sanity for a frame's pack range: `plan` adds offsets and sizes, so an unvalidated
+/// index must not make that overflow or point past the pack list.
+fn check_range(
+    index: &LayerIndex,
+    chunk: usize,
+    pack: u32,
+    offset: u64,
+    stored: u32,
+) -> Result<(), FetchError> {
+    if pack as usize >= index.packs.len() {
+        return Err(FetchError::BadIndex(format!(
+            "chunk {chunk}: pack {pack} out of range"
+        )));
+    }
+    if offset.checked_add(u64::from(stored)).is_none() {
+        return Err(FetchError::BadIndex(format!(
+            "chunk {chunk}: pack range {offset}+{stored} overflows"
+        )));
+    }
+    Ok(())
+}
+
+/// Switches every want whose chunk has a delta with all bases in the store to that delta, and
+/// pins those bases (the returned guard) so that eviction cannot take them mid-fetch.
+fn use_deltas(
+    index: &LayerIndex,
+    delta_of: &HashMap<Digest, usize>,
+    wants: &mut [Want],
+    store: &ChunkStore,
+) -> Result<Option<crate::store::PinGuard>, FetchError> {
+    if delta_of.is_empty() {
+        return Ok(None);
+    }
+    let mut pinned = Vec::new();
+    for w in wants.iter_mut() {
+        let Some(&i) = delta_of.get(&w.digest) else {
+            continue;
+        };
+        let Some(d) = index.chunks.get(i).and_then(|c| c.delta.as_ref()) else {
+            continue;
+        };
+        let first = d.base_first as usize;
+        let Some(bases) = index
+            .delta_bases
+            .get(first..first.saturating_add(d.base_count as usize))
+        else {
+            return Err(FetchError::BadIndex(format!(
+                "chunk {i}: delta bases out of range"
+            )));
+        };
+        let bases = bases
+            .iter()
+            .map(|b| Ok((Digest::from_slice(&b.digest)?, b.size)))
+            .collect::<Result<Vec<_>, crate::digest::DigestError>>()
+            .map_err(|e| FetchError::BadIndex(format!("chunk {i}: delta base: {e}")))?;
+        if bases.is_empty() || !bases.iter().all(|(b, _)| store.contains(b)) {
+            continue;
+        }
+        check_range(index, i, d.pack, d.pack_offset, d.stored_size)?;
+        pinned.extend(bases.iter().map(|(b, _)| *b));
+        let How::Full(compression) = w.how else {
+            continue;
+        };
+        w.full = Some(FullFrame {
+            pack: w.pack,
+            offset: w.offset,
+            stored: w.stored,
+            compression,
+        });
+        w.pack = d.pack;
+        w.offset = d.pack_offset;
+        w.stored = d.stored_size;
+        w.how = How::Delta(bases.into());
+    }
+    Ok((!pinned.is_empty()).then(|| store.pin(pinned)))
+}
+
+/// What one request brought.
+struct Fetched {
+    /// Chunks stored.
+    stored: u64,
+    /// Of those, rebuilt from deltas.
+    from_deltas: u64,
+    /// Bytes received.
+    bytes: u64,
+    /// Delta wants that could not be used: fetch them as full chunks.
+    retry: Vec<Want>,
+}
+
+/// Decodes the bytes of one want, checked against its digest.
+fn decode(w: &Want, stored: &[u8], store: &ChunkStore) -> Result<Vec<u8>, StoreError> {
+    match &w.how {
+        How::Full(compression) => Ok(decompress_chunk(
+            stored,
+            *compression,
+            w.size.into(),
+            &w.digest,
+        )?),
+        How::Delta(bases) => {
+            let mut base = Vec::new();
+            for (d, size) in bases.iter() {
+                base.extend_from_slice(&store.get(d, *size)?);
+            }
+            Ok(decompress_delta(stored, &base, w.size.into(), &w.digest)?)
+        }
+    }
+}
+
+/// Runs one request. Full chunks that fail verification (damaged in transit, e.g. by a faulty
+/// proxy) are read once more before the fetch fails; deltas that fail go back as full chunks.
 async fn fetch_request(
     r: Request,
     store: &Arc<ChunkStore>,
     source: &impl RangeSource,
-) -> Result<(u64, u64), FetchError> {
+) -> Result<Fetched, FetchError> {
     let r = Arc::new(r);
     let mut received = 0;
     let mut attempt = 0;
@@ -425,24 +594,46 @@ async fn fetch_request(
         }
         received += data.len() as u64;
         let (req, st) = (Arc::clone(&r), Arc::clone(store));
-        let verified = tokio::task::spawn_blocking(move || -> Result<u64, FetchError> {
+        let verified = tokio::task::spawn_blocking(move || -> Result<Fetched, FetchError> {
             // Verify every chunk of the request before storing any of them.
             let mut verified = Vec::with_capacity(req.chunks.len());
+            let mut retry = Vec::new();
             for w in &req.chunks {
                 let from = (w.offset - req.start) as usize;
                 let stored = data.slice(from..from + w.stored as usize);
-                decompress_chunk(&stored, w.compression, w.size.into(), &w.digest)
-                    .map_err(StoreError::from)?;
-                verified.push((w, stored));
+                match (decode(w, &stored, &st), &w.how) {
+                    (Ok(_), How::Full(c)) => verified.push((w, *c, stored)),
+                    (Ok(plain), How::Delta(_)) => {
+                        let s = compress_chunk(&plain, STORE_LEVEL).map_err(StoreError::from)?;
+                        verified.push((w, s.compression, Bytes::from(s.data)));
+                    }
+                    (Err(e), How::Delta(_)) => {
+                        tracing::warn!(chunk = %w.digest, cause = %e, "delta unusable; fetching the full chunk");
+                        retry.push(w.clone());
+                    }
+                    (Err(e), How::Full(_)) => return Err(e.into()),
+                }
             }
-            for (w, stored) in &verified {
-                st.insert_verified(&w.digest, w.size, w.compression, stored)?;
+            let mut from_deltas = 0;
+            for (w, compression, stored) in &verified {
+                st.insert_verified(&w.digest, w.size, *compression, stored)?;
+                from_deltas += u64::from(matches!(w.how, How::Delta(_)));
             }
-            Ok(verified.len() as u64)
+            Ok(Fetched {
+                stored: verified.len() as u64,
+                from_deltas,
+                bytes: 0,
+                retry,
+            })
         })
         .await?;
         match verified {
-            Ok(n) => return Ok((n, received)),
+            Ok(f) => {
+                return Ok(Fetched {
+                    bytes: received,
+                    ..f
+                });
+            }
             Err(FetchError::Store(StoreError::Corrupt(e))) if attempt < 2 => {
                 tracing::warn!(pack = %r.pack, offset = r.start, cause = %e, "chunk failed verification; reading the range again");
             }
@@ -491,6 +682,7 @@ mod tests {
                 pack_offset: 0,
                 stored_size: 4096,
                 compression: Compression::None as i32,
+                delta: None,
             }],
             packs: vec![Pack {
                 digest: "sha256:00".into(),

@@ -296,6 +296,8 @@ impl ChunkRemote {
         self.metrics.chunks_fetched.inc_by(stats.chunks_fetched);
         self.metrics.bytes_fetched.inc_by(stats.bytes_fetched);
         self.metrics.chunks_reused.inc_by(stats.chunks_reused);
+        self.metrics.delta_chunks.inc_by(stats.chunks_from_deltas);
+        self.metrics.delta_fallbacks.inc_by(stats.delta_fallbacks);
         Ok(stats)
     }
 
@@ -405,6 +407,7 @@ impl ChunkRemote {
             chunks_fetched = stats.chunks_fetched,
             bytes_fetched = stats.bytes_fetched,
             chunks_reused = stats.chunks_reused,
+            chunks_from_deltas = stats.chunks_from_deltas,
             requests = stats.requests,
             files = assembled.files,
             seeded_files = assembled.seeded_files,
@@ -438,11 +441,7 @@ impl ChunkRemote {
             let ix = self.layer_index(&image, &artifact, &layer).await?;
             let _pin = self.store.pin(chunk_digests(&ix));
             let s = self.fetch_chunks(&image, &ix, None).await?;
-            total.chunks_needed += s.chunks_needed;
-            total.chunks_fetched += s.chunks_fetched;
-            total.bytes_fetched += s.bytes_fetched;
-            total.requests += s.requests;
-            total.chunks_reused += s.chunks_reused;
+            total.add(&s);
         }
         Ok(total)
     }

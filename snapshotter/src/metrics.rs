@@ -31,6 +31,10 @@ pub const CHUNKS_FETCHED_TOTAL: &str = "chunksnap_chunks_fetched";
 pub const BYTES_FETCHED_TOTAL: &str = "chunksnap_bytes_fetched";
 /// `chunksnap_chunks_reused_total`: chunks already in the node store.
 pub const CHUNKS_REUSED_TOTAL: &str = "chunksnap_chunks_reused";
+/// `chunksnap_delta_chunks_total`: chunks rebuilt from a delta against chunks already stored.
+pub const DELTA_CHUNKS_TOTAL: &str = "chunksnap_delta_chunks";
+/// `chunksnap_delta_fallbacks_total`: deltas that could not be used (the chunk was fetched).
+pub const DELTA_FALLBACKS_TOTAL: &str = "chunksnap_delta_fallbacks";
 /// `chunksnap_seeded_files_total`: files hardlinked from earlier layers instead of written.
 pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
 /// `chunksnap_seeded_bytes_total`: content bytes of those files.
@@ -66,6 +70,8 @@ pub struct Metrics {
     pub chunks_fetched: Counter,
     pub bytes_fetched: Counter,
     pub chunks_reused: Counter,
+    pub delta_chunks: Counter,
+    pub delta_fallbacks: Counter,
     pub seeded_files: Counter,
     pub seeded_bytes: Counter,
     pub seeds_rejected: Counter,
@@ -88,6 +94,8 @@ impl Metrics {
         let chunks_fetched = Counter::default();
         let bytes_fetched = Counter::default();
         let chunks_reused = Counter::default();
+        let delta_chunks = Counter::default();
+        let delta_fallbacks = Counter::default();
         let seeded_files = Counter::default();
         let seeded_bytes = Counter::default();
         let seeds_rejected = Counter::default();
@@ -113,6 +121,16 @@ impl Metrics {
             CHUNKS_REUSED_TOTAL,
             "Chunks found in the node store",
             chunks_reused.clone(),
+        );
+        r.register(
+            DELTA_CHUNKS_TOTAL,
+            "Chunks rebuilt from a delta frame against chunks already in the node store",
+            delta_chunks.clone(),
+        );
+        r.register(
+            DELTA_FALLBACKS_TOTAL,
+            "Delta frames that could not be used, so the full chunk was fetched",
+            delta_fallbacks.clone(),
         );
         r.register(
             SEEDED_FILES_TOTAL,
@@ -148,6 +166,8 @@ impl Metrics {
             chunks_fetched,
             bytes_fetched,
             chunks_reused,
+            delta_chunks,
+            delta_fallbacks,
             seeded_files,
             seeded_bytes,
             seeds_rejected,

@@ -11,11 +11,12 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use chunksnap_proto::index::{Chunk, Compression, Entry, EntryType, LayerIndex};
+use chunksnap_proto::index::{Chunk, Compression, Delta, Entry, EntryType, LayerIndex};
 use prost::Message;
 
 use crate::chunker::{ChunkerError, ChunkerParams};
 use crate::digest::Digest;
+use crate::format::delta::MAX_DELTA_BASE;
 
 /// Media type of a layer index blob.
 pub const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index.v1+zstd";
@@ -124,6 +125,10 @@ pub enum FormatError {
         size: u32,
         compression: Compression,
     },
+    #[error("chunk {chunk}: bad delta: {reason}")]
+    BadDelta { chunk: usize, reason: String },
+    #[error("delta base {base}: {reason}")]
+    BadDeltaBase { base: usize, reason: String },
     #[error("chunk {chunk}: range {offset}+{stored} lies outside pack {pack} ({pack_size} bytes)")]
     ChunkOutsidePack {
         chunk: usize,
@@ -321,9 +326,13 @@ fn validate_chunks(
     params: &ChunkerParams,
     content_size: u64,
 ) -> Result<(), FormatError> {
+    let base_ends = validate_delta_bases(index)?;
     let mut sum = 0u64;
     for (i, c) in index.chunks.iter().enumerate() {
         validate_chunk(i, c, index, params)?;
+        if let Some(d) = &c.delta {
+            validate_delta(i, c, d, index, &base_ends)?;
+        }
         sum += u64::from(c.size);
     }
     if sum != content_size {
@@ -389,6 +398,79 @@ fn validate_chunk(
             stored: c.stored_size,
             pack_size: pack.size,
         });
+    }
+    Ok(())
+}
+
+/// Checks the delta base table; returns the running end offset of each base (prefix sums), so a
+/// delta's total base size is one subtraction.
+fn validate_delta_bases(index: &LayerIndex) -> Result<Vec<u64>, FormatError> {
+    let mut ends = Vec::with_capacity(index.delta_bases.len() + 1);
+    ends.push(0u64);
+    for (i, b) in index.delta_bases.iter().enumerate() {
+        let bad = |reason: String| FormatError::BadDeltaBase { base: i, reason };
+        if b.digest.len() != 32 {
+            return Err(bad(format!(
+                "digest is {} bytes, expected 32",
+                b.digest.len()
+            )));
+        }
+        if b.size == 0 || u64::from(b.size) > MAX_DELTA_BASE {
+            return Err(bad(format!(
+                "size {} is 0 or above {MAX_DELTA_BASE}",
+                b.size
+            )));
+        }
+        let last = ends.last().copied().unwrap_or(0);
+        ends.push(last + u64::from(b.size));
+    }
+    Ok(ends)
+}
+
+fn validate_delta(
+    i: usize,
+    c: &Chunk,
+    d: &Delta,
+    index: &LayerIndex,
+    base_ends: &[u64],
+) -> Result<(), FormatError> {
+    let bad = |reason: String| FormatError::BadDelta { chunk: i, reason };
+    let pack = index.packs.get(d.pack as usize).ok_or_else(|| {
+        bad(format!(
+            "pack {} out of range ({} packs)",
+            d.pack,
+            index.packs.len()
+        ))
+    })?;
+    if d.stored_size == 0 || u64::from(d.stored_size) > max_stored_size(c.size, Compression::Zstd) {
+        return Err(bad(format!(
+            "stored size {} is implausible for {} bytes",
+            d.stored_size, c.size
+        )));
+    }
+    if d.pack_offset
+        .checked_add(u64::from(d.stored_size))
+        .is_none_or(|end| end > pack.size)
+    {
+        return Err(bad(format!(
+            "range {}+{} lies outside pack {} ({} bytes)",
+            d.pack_offset, d.stored_size, d.pack, pack.size
+        )));
+    }
+    let end = d.base_first as usize + d.base_count as usize;
+    if d.base_count == 0 || end >= base_ends.len() {
+        return Err(bad(format!(
+            "bases {}+{} out of range ({} bases)",
+            d.base_first,
+            d.base_count,
+            base_ends.len() - 1
+        )));
+    }
+    let total = base_ends[end] - base_ends[d.base_first as usize];
+    if total > MAX_DELTA_BASE {
+        return Err(bad(format!(
+            "bases total {total} bytes, above {MAX_DELTA_BASE}"
+        )));
     }
     Ok(())
 }

@@ -70,6 +70,7 @@ fn valid() -> LayerIndex {
                 pack_offset: 0,
                 stored_size: 120,
                 compression: Compression::None as i32,
+                delta: None,
             },
             Chunk {
                 digest: vec![2; 32],
@@ -78,12 +79,14 @@ fn valid() -> LayerIndex {
                 pack_offset: 120,
                 stored_size: 50,
                 compression: Compression::Zstd as i32,
+                delta: None,
             },
         ],
         packs: vec![Pack {
             digest: d(b"pack"),
             size: 170,
         }],
+        delta_bases: Vec::new(),
     }
 }
 
@@ -340,4 +343,69 @@ fn zstd_bound_covers_real_worst_case() {
             "{size}"
         );
     }
+}
+
+/// [`valid`] with a delta on chunk 1 (bases 0..2 of a two-base table) in a second pack.
+fn with_delta() -> LayerIndex {
+    let mut i = valid();
+    i.packs.push(Pack {
+        digest: Digest::of(b"deltas").to_string(),
+        size: 40,
+    });
+    i.delta_bases = vec![
+        chunksnap_proto::index::BaseChunk {
+            digest: vec![7; 32],
+            size: 1000,
+        },
+        chunksnap_proto::index::BaseChunk {
+            digest: vec![8; 32],
+            size: 2000,
+        },
+    ];
+    i.chunks[1].delta = Some(Delta {
+        pack: 1,
+        pack_offset: 10,
+        stored_size: 30,
+        base_first: 0,
+        base_count: 2,
+    });
+    i
+}
+
+#[test]
+fn accepts_deltas_and_rejects_bad_ones() {
+    let i = with_delta();
+    validate(&i).unwrap();
+    assert_eq!(decode(&encode(&i)).unwrap(), i);
+
+    let bad_delta = |f: fn(&mut Delta)| {
+        let mut i = with_delta();
+        f(i.chunks[1].delta.as_mut().unwrap());
+        err(&i)
+    };
+    for f in [
+        (|d: &mut Delta| d.pack = 2) as fn(&mut Delta),
+        |d| d.pack_offset = 11,
+        |d| d.stored_size = 0,
+        |d| d.stored_size = 100_000,
+        |d| d.base_count = 0,
+        |d| d.base_count = 3,
+        |d| d.base_first = u32::MAX,
+        |d| d.pack_offset = u64::MAX,
+    ] {
+        assert!(matches!(
+            bad_delta(f),
+            FormatError::BadDelta { chunk: 1, .. }
+        ));
+    }
+    let mut i = with_delta();
+    i.delta_bases[1].digest = vec![8; 31];
+    assert!(matches!(err(&i), FormatError::BadDeltaBase { base: 1, .. }));
+    let mut i = with_delta();
+    i.delta_bases[0].size = 0;
+    assert!(matches!(err(&i), FormatError::BadDeltaBase { base: 0, .. }));
+    // Bases may each be within bounds and still total more than a node will hold.
+    let mut i = with_delta();
+    i.delta_bases[0].size = MAX_DELTA_BASE as u32;
+    assert!(matches!(err(&i), FormatError::BadDelta { chunk: 1, .. }));
 }

@@ -1,7 +1,9 @@
 //! The chunksnap v1 on-registry format: layer indexes ([`index`]), packs of compressed chunks
-//! ([`pack`]) and the image artifact manifest tying them to an image ([`artifact`]).
+//! ([`pack`]), delta frames against earlier chunks ([`delta`]) and the image artifact manifest
+//! tying them to an image ([`artifact`]).
 
 pub mod artifact;
+pub mod delta;
 pub mod index;
 pub mod pack;
 

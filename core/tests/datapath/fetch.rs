@@ -5,8 +5,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chunksnap_core::digest::Digest;
-use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fetch_missing};
+use chunksnap_core::fetch::{
+    FetchError, FetchOptions, FetchStats, Inflight, RangeSource, fetch_missing,
+};
+use chunksnap_core::format::delta::compress_delta;
 use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_proto::index::{BaseChunk, Delta, Pack};
 
 use crate::{Built, LayerBuilder, noise};
 
@@ -347,4 +351,114 @@ async fn requests_in_flight_are_capped_across_concurrent_fetches() {
     assert!(ra.unwrap().requests >= 40 && rb.unwrap().requests >= 40);
     let peak = source.peak.load(Ordering::SeqCst);
     assert!((2..=3).contains(&peak), "peak {peak} requests in flight");
+}
+
+/// v2 of [`layer`]`(n)`: every file with one byte changed, plus delta frames of each v2 chunk
+/// against the v1 chunk at the same place, in a pack of their own.
+fn with_deltas(v1: &Built, n: u64) -> Built {
+    let mut b = LayerBuilder::default();
+    for i in 0..n {
+        let mut data = noise(i + 1, 4096);
+        data[100] ^= 0xff;
+        b.file(&format!("f{i}"), 0o644, &data);
+    }
+    let mut v2 = b.build(4096, 64 << 20);
+    let mut frames = Vec::new();
+    for (k, c) in v2.index.chunks.iter_mut().enumerate() {
+        let base = &v1.index.chunks[k];
+        let base_data = &v1.chunks[&Digest::from_slice(&base.digest).unwrap()];
+        let data = &v2.chunks[&Digest::from_slice(&c.digest).unwrap()];
+        let frame = compress_delta(base_data, data, 3).unwrap();
+        c.delta = Some(Delta {
+            pack: 1,
+            pack_offset: frames.len() as u64,
+            stored_size: frame.len() as u32,
+            base_first: k as u32,
+            base_count: 1,
+        });
+        frames.extend_from_slice(&frame);
+    }
+    v2.index.delta_bases = v1
+        .index
+        .chunks
+        .iter()
+        .take(n as usize)
+        .map(|c| BaseChunk {
+            digest: c.digest.clone(),
+            size: c.size,
+        })
+        .collect();
+    let digest = Digest::of(&frames).to_string();
+    v2.index.packs.push(Pack {
+        digest: digest.clone(),
+        size: frames.len() as u64,
+    });
+    v2.packs.insert(digest, Bytes::from(frames));
+    v2
+}
+
+async fn fetch(built: &Built, src: &FakeSource, store: &Arc<ChunkStore>) -> FetchStats {
+    fetch_missing(
+        &built.index,
+        store,
+        src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn deltas_are_fetched_when_the_store_holds_their_bases() {
+    let v1 = layer(4);
+    let v2 = with_deltas(&v1, 4);
+    let delta_pack = v2.index.packs[1].size;
+
+    // A node holding v1: only the delta frames travel, and v2's chunks come out exact.
+    let (_dir, st) = store();
+    fetch(&v1, &FakeSource::new(&v1), &st).await;
+    let src = FakeSource::new(&v2);
+    let stats = fetch(&v2, &src, &st).await;
+    assert_eq!((stats.chunks_fetched, stats.chunks_from_deltas), (4, 4));
+    assert_eq!(stats.bytes_fetched, delta_pack);
+    assert!(
+        delta_pack < 4 * 4096 / 20,
+        "deltas of one-byte edits: {delta_pack}"
+    );
+    for (d, data) in &v2.chunks {
+        assert_eq!(&st.get(d, data.len() as u32).unwrap(), data);
+    }
+
+    // A cold node reads the full chunks and never the delta pack.
+    let (_dir, cold) = store();
+    let src = FakeSource::new(&v2);
+    let stats = fetch(&v2, &src, &cold).await;
+    assert_eq!((stats.chunks_fetched, stats.chunks_from_deltas), (4, 0));
+    assert!(
+        src.ranges
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|&(_, len)| len != delta_pack)
+    );
+}
+
+#[tokio::test]
+async fn a_delta_that_does_not_decode_falls_back_to_the_full_chunk() {
+    let v1 = layer(4);
+    let mut v2 = with_deltas(&v1, 4);
+    // The registry serves garbage for the delta pack (same length, so the reads succeed).
+    let delta_pack = v2.index.packs[1].digest.clone();
+    let len = v2.packs[&delta_pack].len();
+    v2.packs.insert(delta_pack, Bytes::from(noise(99, len)));
+    let (_dir, st) = store();
+    fetch(&v1, &FakeSource::new(&v1), &st).await;
+    let stats = fetch(&v2, &FakeSource::new(&v2), &st).await;
+    assert_eq!(stats.chunks_from_deltas, 0);
+    assert_eq!(stats.delta_fallbacks, 4);
+    assert_eq!(stats.chunks_fetched, 4);
+    for (d, data) in &v2.chunks {
+        assert_eq!(&st.get(d, data.len() as u32).unwrap(), data);
+    }
 }

@@ -108,6 +108,7 @@ impl LayerBuilder {
                 pack_offset: loc.1,
                 stored_size: loc.2,
                 compression: loc.3,
+                delta: None,
             });
         }
         let mut pack_map = HashMap::new();

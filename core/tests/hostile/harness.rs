@@ -220,6 +220,7 @@ pub fn build_layer(entries: &[chunksnap_proto::index::Entry], content: &[u8]) ->
             pack_offset: loc.offset,
             stored_size: loc.stored_size,
             compression: stored.compression as i32,
+            delta: None,
         });
         data.push((digest, c));
         Ok(())
@@ -250,6 +251,7 @@ pub fn build_layer(entries: &[chunksnap_proto::index::Entry], content: &[u8]) ->
                 size: p.len() as u64,
             })
             .collect(),
+        delta_bases: Vec::new(),
     };
     BuiltLayer {
         index,

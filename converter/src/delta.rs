@@ -1,0 +1,355 @@
+//! Delta frames for a converted layer's new chunks, against its closest earlier layer.
+//!
+//! After a layer is converted, its new chunks (those the repository did not store yet) are
+//! compressed once more, each against the chunks of the reference layer around the same spot
+//! ([`plan`]): the previous version's bytes there. A node that holds those base chunks fetches
+//! the delta instead of the chunk; on a rollout that is usually a few percent of the bytes (a
+//! `.pyc` rebuilt with a different reference count, a binary whose code moved). The full chunks
+//! stay in the packs for every other node. Delta frames go into packs of their own, so a cold
+//! node's coalesced reads never cross them.
+//!
+//! ```text
+//! catalog ─▶ reference layer ─▶ plan (anchors) ─▶ read new + base chunks ─▶ compress against
+//!   (most shared chunks)         (pure)            (Range reads, verified)    bases (parallel)
+//!                                                                ─▶ delta packs ─▶ index
+//! ```
+//! Deterministic: the same layer, catalog and options give the same frames and packs.
+
+mod plan;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use chunksnap_core::assemble::ChunkReader;
+use chunksnap_core::digest::Digest;
+use chunksnap_core::fetch::{FetchOptions, Inflight, fetch_needed};
+use chunksnap_core::format::delta::compress_delta;
+use chunksnap_core::format::pack::{PackBuilder, PackError};
+use chunksnap_core::registry::{Reference, RegistryClient, RepoRangeSource};
+use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_proto::index::{BaseChunk, Delta, LayerIndex, Pack};
+use serde::Serialize;
+
+pub use plan::{PlanOptions, Try, plan};
+
+use crate::ConvertError;
+use crate::catalog::{Catalog, load_index};
+
+/// Tuning of the delta pass.
+#[derive(Debug, Clone)]
+pub struct DeltaOptions {
+    /// Compute deltas at all (`chunkconv convert --no-deltas` turns them off).
+    pub enabled: bool,
+    pub plan: PlanOptions,
+    /// zstd level of the delta frames.
+    pub level: i32,
+    /// Target size of delta packs.
+    pub pack_size: u64,
+    /// Threads computing deltas (0: one per CPU).
+    pub threads: usize,
+}
+
+impl Default for DeltaOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            plan: PlanOptions::default(),
+            level: chunksnap_core::format::pack::DEFAULT_CHUNK_LEVEL,
+            pack_size: chunksnap_core::format::pack::DEFAULT_PACK_SIZE,
+            threads: 0,
+        }
+    }
+}
+
+/// What the delta pass did for one layer (part of `--json`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct DeltaReport {
+    /// The layer the deltas are against.
+    pub reference: Option<String>,
+    /// Deltas tried (new chunks an anchor mapped into the reference).
+    pub tried: u64,
+    /// Deltas kept (smaller than 3/4 of their chunk's stored size).
+    pub deltas: u64,
+    /// Their stored bytes.
+    pub delta_bytes: u64,
+    /// Stored bytes of the chunks they stand for.
+    pub chunk_bytes: u64,
+    /// Bytes of delta packs uploaded.
+    pub bytes_pushed: u64,
+}
+
+/// Errors of the delta pass.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("scratch store: {0}")]
+    Scratch(#[source] std::io::Error),
+    #[error("reading chunks from the registry: {0}")]
+    Fetch(#[from] chunksnap_core::fetch::FetchError),
+    #[error("reading a chunk: {0}")]
+    Read(#[from] StoreError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("chunk {0}: bad digest")]
+    BadDigest(usize),
+    #[error("a delta worker panicked")]
+    WorkerPanicked,
+}
+
+/// A delta is kept when it is under this fraction (num/den) of the chunk's stored size: a
+/// node then reads a few base chunks from its store to save at least a quarter of the bytes.
+const KEEP: (usize, usize) = (3, 4);
+/// Deltas computed per batch; after each batch, [`give_up`] may stop the pass.
+const BATCH: usize = 64;
+
+/// Stop trying when, after a few batches, under a tenth of the tries paid: the layer is not
+/// a version of its reference (a new layer that happens to share a file name), and compressing
+/// every chunk twice would only cost time.
+fn give_up(tried: usize, kept: usize) -> bool {
+    tried >= 4 * BATCH && kept * 10 < tried
+}
+
+/// The new chunks of `index` (stored in `new_packs`, first occurrence of each digest).
+fn new_chunks(index: &LayerIndex, new_packs: &[(Digest, u64)]) -> Vec<bool> {
+    let new_pack: Vec<bool> = index
+        .packs
+        .iter()
+        .map(|p| new_packs.iter().any(|(d, _)| d.to_string() == p.digest))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    index
+        .chunks
+        .iter()
+        .map(|c| new_pack.get(c.pack as usize).copied().unwrap_or(false) && seen.insert(&c.digest))
+        .collect()
+}
+
+/// Adds delta frames for the new chunks of `index` (whose new packs, already pushed to `image`,
+/// are `new_packs`): picks the reference from `catalog`, reads the chunks involved, pushes the
+/// delta packs to `image` and records the deltas in `index`.
+pub async fn add_deltas(
+    client: &RegistryClient,
+    image: &Reference,
+    catalog: &Catalog,
+    index: &mut LayerIndex,
+    new_packs: &[(Digest, u64)],
+    opts: &DeltaOptions,
+) -> Result<DeltaReport, ConvertError> {
+    let mut report = DeltaReport::default();
+    if !opts.enabled || new_packs.is_empty() {
+        return Ok(report);
+    }
+    let Some((ref_digest, known)) = catalog.reference_for(index) else {
+        return Ok(report);
+    };
+    report.reference = Some(ref_digest.to_string());
+    let home = known.home.clone();
+    let reference = Arc::new(load_index(client, &home, &known.index).await?);
+    let candidates = new_chunks(index, new_packs);
+    let tries = plan(index, &candidates, &reference, &opts.plan);
+    report.tried = tries.len() as u64;
+    if tries.is_empty() {
+        return Ok(report);
+    }
+
+    // Read the chunks involved into a scratch store (verified on the way in and out).
+    let scratch = tempfile::tempdir().map_err(DeltaError::Scratch)?;
+    let store = Arc::new(ChunkStore::open(scratch.path(), None).map_err(DeltaError::Read)?);
+    let mut want_new = vec![false; index.chunks.len()];
+    let mut want_base = vec![false; reference.chunks.len()];
+    for t in &tries {
+        want_new[t.chunk] = true;
+        want_base[t.base.clone()].iter_mut().for_each(|b| *b = true);
+    }
+    let (fetch, inflight) = (FetchOptions::default(), Inflight::default());
+    let here = RepoRangeSource {
+        client: client.clone(),
+        repo: image.clone(),
+    };
+    let there = RepoRangeSource {
+        client: client.clone(),
+        repo: home,
+    };
+    let stripped = without_deltas(&reference);
+    fetch_needed(index, Some(&want_new), &store, &here, &fetch, &inflight)
+        .await
+        .map_err(DeltaError::Fetch)?;
+    fetch_needed(
+        &stripped,
+        Some(&want_base),
+        &store,
+        &there,
+        &fetch,
+        &inflight,
+    )
+    .await
+    .map_err(DeltaError::Fetch)?;
+
+    let (ix, rf, o) = (Arc::new(index.clone()), reference.clone(), opts.clone());
+    let frames =
+        tokio::task::spawn_blocking(move || encode(&ix, &tries, &rf, &*store, &o)).await??;
+    drop(scratch);
+
+    report.deltas = frames.len() as u64;
+    for (t, f) in &frames {
+        report.delta_bytes += f.len() as u64;
+        report.chunk_bytes += u64::from(index.chunks[t.chunk].stored_size);
+    }
+    let packs = attach(index, &reference, frames, opts.pack_size)?;
+    for (digest, data) in packs {
+        let n = data.len() as u64;
+        if client.push_blob(image, &digest, Bytes::from(data)).await? {
+            report.bytes_pushed += n;
+        }
+    }
+    Ok(report)
+}
+
+/// The reference as a plain chunk list: its own deltas are irrelevant to reading its chunks.
+fn without_deltas(reference: &LayerIndex) -> LayerIndex {
+    let mut plain = reference.clone();
+    plain.delta_bases.clear();
+    for c in &mut plain.chunks {
+        c.delta = None;
+    }
+    plain
+}
+
+/// Computes the delta of each try from `chunks` (which must hold every chunk involved), in
+/// parallel batches; keeps those that pay ([`KEEP`]), in `tries` order. Blocking.
+pub fn encode(
+    index: &LayerIndex,
+    tries: &[Try],
+    reference: &LayerIndex,
+    chunks: &dyn ChunkReader,
+    opts: &DeltaOptions,
+) -> Result<Vec<(Try, Vec<u8>)>, DeltaError> {
+    let chunk = |i: usize, c: &chunksnap_proto::index::Chunk| -> Result<Vec<u8>, DeltaError> {
+        let d = Digest::from_slice(&c.digest).map_err(|_| DeltaError::BadDigest(i))?;
+        Ok(chunks.read_chunk(&d, c.size)?)
+    };
+    let one = |t: &Try| -> Result<Option<Vec<u8>>, DeltaError> {
+        let c = &index.chunks[t.chunk];
+        let data = chunk(t.chunk, c)?;
+        let mut base = Vec::new();
+        for k in t.base.clone() {
+            base.extend_from_slice(&chunk(k, &reference.chunks[k])?);
+        }
+        let frame = compress_delta(&base, &data, opts.level)?;
+        let pays = frame.len() * KEEP.1 < c.stored_size as usize * KEEP.0;
+        Ok(pays.then_some(frame))
+    };
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut kept = Vec::new();
+    for (n, batch) in tries.chunks(BATCH).enumerate() {
+        if give_up(n * BATCH, kept.len()) {
+            break;
+        }
+        for (t, frame) in batch.iter().zip(parallel(batch, threads, &one)?) {
+            if let Some(f) = frame {
+                kept.push((t.clone(), f));
+            }
+        }
+    }
+    Ok(kept)
+}
+
+/// Runs `f` over `items` on up to `threads` threads; results in item order.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: &(dyn Fn(&T) -> Result<R, DeltaError> + Sync),
+) -> Result<Vec<R>, DeltaError> {
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<Result<R, DeltaError>>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.clamp(1, items.len().max(1)))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        for h in handles {
+            if let Ok(done) = h.join() {
+                for (i, r) in done {
+                    slots[i] = Some(r);
+                }
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(DeltaError::WorkerPanicked)))
+        .collect()
+}
+
+/// Packs `frames` (in order) and records them in `index`: the base table (every reference
+/// chunk a kept delta uses, in reference order, so each delta's bases are one contiguous run),
+/// the delta packs, and `Chunk.delta` on every occurrence of each chunk. Returns the packs to
+/// push (digest, bytes).
+pub fn attach(
+    index: &mut LayerIndex,
+    reference: &LayerIndex,
+    frames: Vec<(Try, Vec<u8>)>,
+    pack_size: u64,
+) -> Result<Vec<(Digest, Vec<u8>)>, ConvertError> {
+    if frames.is_empty() {
+        return Ok(Vec::new());
+    }
+    let used: BTreeSet<usize> = frames.iter().flat_map(|(t, _)| t.base.clone()).collect();
+    let table: Vec<usize> = used.into_iter().collect();
+    let first_pack = index.packs.len() as u32;
+    let mut builder = PackBuilder::new(pack_size).map_err(DeltaError::Pack)?;
+    let mut packs = Vec::new();
+    let mut deltas = std::collections::HashMap::new();
+    for (t, frame) in frames {
+        let (loc, finished) = builder.push(&frame);
+        packs.extend(finished);
+        let base_first = table.partition_point(|&k| k < t.base.start) as u32;
+        let digest = index.chunks[t.chunk].digest.clone();
+        deltas.insert(
+            digest,
+            Delta {
+                pack: first_pack + loc.pack,
+                pack_offset: loc.offset,
+                stored_size: loc.stored_size,
+                base_first,
+                base_count: t.base.len() as u32,
+            },
+        );
+    }
+    packs.extend(builder.finish());
+    for c in &mut index.chunks {
+        if let Some(d) = deltas.get(&c.digest) {
+            c.delta = Some(*d);
+        }
+    }
+    index.delta_bases = table
+        .iter()
+        .map(|&k| BaseChunk {
+            digest: reference.chunks[k].digest.clone(),
+            size: reference.chunks[k].size,
+        })
+        .collect();
+    let mut out = Vec::with_capacity(packs.len());
+    for p in packs {
+        index.packs.push(Pack {
+            digest: p.digest.to_string(),
+            size: p.data.len() as u64,
+        });
+        out.push((p.digest, p.data));
+    }
+    chunksnap_core::format::index::validate(index)?;
+    Ok(out)
+}

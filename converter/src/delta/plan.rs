@@ -1,0 +1,314 @@
+//! Which new chunks of a layer get a delta, and against which chunks of the reference layer.
+//!
+//! v2's content stream and v1's line up almost everywhere: files come in tar order, and most
+//! chunks are shared. So a new chunk's old counterpart is found by *anchors*, points known to
+//! correspond in both streams: the start of a file with the same path in both, and every chunk
+//! the two layers share. From the last anchor at or before a new chunk, the chunk maps to the
+//! same distance past the anchor's counterpart; the reference chunks around that spot (within
+//! [`PlanOptions::slack`] on each side, at most [`PlanOptions::max_base`] bytes) are its base.
+//! Pure: no I/O, so the same indexes always give the same plan.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use chunksnap_proto::index::{EntryType, LayerIndex};
+
+/// Tuning of the plan (see `converter/examples/delta_probe.rs` and docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Bytes of the reference taken on each side of a chunk's mapped position, so that an edit
+    /// which shifted the content a little still finds its old bytes.
+    pub slack: u64,
+    /// Largest total size of one delta's base chunks.
+    pub max_base: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            slack: 64 << 10,
+            max_base: 256 << 10,
+        }
+    }
+}
+
+/// One delta to try: chunk `chunk` of the new layer against reference chunks `base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Try {
+    pub chunk: usize,
+    pub base: Range<usize>,
+}
+
+/// Start offset of every chunk in its stream, and the stream's length.
+fn starts(index: &LayerIndex) -> (Vec<u64>, u64) {
+    let mut out = Vec::with_capacity(index.chunks.len());
+    let mut off = 0u64;
+    for c in &index.chunks {
+        out.push(off);
+        off += u64::from(c.size);
+    }
+    (out, off)
+}
+
+/// (new offset, reference offset) pairs known to correspond, sorted by new offset.
+fn anchors(
+    new: &LayerIndex,
+    new_starts: &[u64],
+    reference: &LayerIndex,
+    ref_starts: &[u64],
+) -> Vec<(u64, u64)> {
+    let is_file =
+        |e: &&chunksnap_proto::index::Entry| e.r#type == EntryType::File as i32 && e.size > 0;
+    let ref_files: HashMap<&[u8], u64> = reference
+        .entries
+        .iter()
+        .filter(is_file)
+        .map(|e| (e.path.as_slice(), e.offset))
+        .collect();
+    let mut out: Vec<(u64, u64)> = new
+        .entries
+        .iter()
+        .filter(is_file)
+        .filter_map(|e| Some((e.offset, *ref_files.get(e.path.as_slice())?)))
+        .collect();
+    let mut ref_chunks: HashMap<&[u8], Vec<u64>> = HashMap::new();
+    for (c, s) in reference.chunks.iter().zip(ref_starts) {
+        ref_chunks.entry(c.digest.as_slice()).or_default().push(*s);
+    }
+    // A chunk may occur more than once in the reference: take the occurrence nearest to where
+    // the previous shared chunk predicts it.
+    let mut last: Option<(u64, u64)> = None;
+    for (c, &o) in new.chunks.iter().zip(new_starts) {
+        let Some(at) = ref_chunks.get(c.digest.as_slice()) else {
+            continue;
+        };
+        let predicted = last.map_or(o, |(a2, a1)| a1.saturating_add(o - a2));
+        let i = at.partition_point(|&s| s < predicted);
+        let pick = [i.checked_sub(1), (i < at.len()).then_some(i)]
+            .into_iter()
+            .flatten()
+            .min_by_key(|&k| at[k].abs_diff(predicted))
+            .map_or(at[0], |k| at[k]);
+        out.push((o, pick));
+        last = Some((o, pick));
+    }
+    out.sort_by_key(|a| a.0);
+    out
+}
+
+/// The reference chunks around mapped position `m` for a chunk of `len` bytes: those within
+/// `slack` on each side, trimmed to `max_base` bytes around the middle of the chunk.
+fn base_around(
+    m: u64,
+    len: u64,
+    ref_starts: &[u64],
+    ref_len: u64,
+    reference: &LayerIndex,
+    opts: &PlanOptions,
+) -> Option<Range<usize>> {
+    if m >= ref_len {
+        return None;
+    }
+    let lo = m.saturating_sub(opts.slack);
+    let hi = m
+        .saturating_add(len)
+        .saturating_add(opts.slack)
+        .min(ref_len);
+    let first = ref_starts.partition_point(|&s| s <= lo).saturating_sub(1);
+    let end = ref_starts.partition_point(|&s| s < hi);
+    let size = |k: usize| u64::from(reference.chunks[k].size);
+    let mid = m.saturating_add(len / 2).min(ref_len - 1);
+    let centre = ref_starts
+        .partition_point(|&s| s <= mid)
+        .saturating_sub(1)
+        .clamp(first, end - 1);
+    let (mut a, mut b) = (centre, centre + 1);
+    let mut total = size(centre);
+    if total > opts.max_base {
+        return None;
+    }
+    // Grow to the right first (what follows the mapped start matters most), then left.
+    loop {
+        let grew_right = b < end && total + size(b) <= opts.max_base;
+        if grew_right {
+            total += size(b);
+            b += 1;
+        }
+        let grew_left = a > first && total + size(a - 1) <= opts.max_base;
+        if grew_left {
+            a -= 1;
+            total += size(a);
+        }
+        if !grew_right && !grew_left {
+            break;
+        }
+    }
+    Some(a..b)
+}
+
+/// The deltas worth trying: for each chunk with `candidate[i]` (a new chunk, first occurrence),
+/// its base in `reference`, if an anchor maps it inside the reference's stream.
+pub fn plan(
+    new: &LayerIndex,
+    candidate: &[bool],
+    reference: &LayerIndex,
+    opts: &PlanOptions,
+) -> Vec<Try> {
+    let (new_starts, _) = starts(new);
+    let (ref_starts, ref_len) = starts(reference);
+    if ref_starts.is_empty() {
+        return Vec::new();
+    }
+    let anchors = anchors(new, &new_starts, reference, &ref_starts);
+    let mut out = Vec::new();
+    for (i, c) in new.chunks.iter().enumerate() {
+        if !candidate.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let o = new_starts[i];
+        let k = anchors.partition_point(|a| a.0 <= o);
+        let Some(&(a2, a1)) = k.checked_sub(1).and_then(|k| anchors.get(k)) else {
+            continue;
+        };
+        let m = a1.saturating_add(o - a2);
+        if let Some(base) = base_around(m, u64::from(c.size), &ref_starts, ref_len, reference, opts)
+        {
+            out.push(Try { chunk: i, base });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use chunksnap_proto::index::{Chunk, Entry};
+
+    use super::*;
+
+    fn index(chunks: &[(u8, u32)], files: &[(&str, u64, u64)]) -> LayerIndex {
+        LayerIndex {
+            chunks: chunks
+                .iter()
+                .map(|&(d, size)| Chunk {
+                    digest: vec![d; 32],
+                    size,
+                    ..Chunk::default()
+                })
+                .collect(),
+            entries: files
+                .iter()
+                .map(|&(p, offset, size)| Entry {
+                    path: p.as_bytes().to_vec(),
+                    offset,
+                    size,
+                    ..Entry::default()
+                })
+                .collect(),
+            ..LayerIndex::default()
+        }
+    }
+
+    const OPTS: PlanOptions = PlanOptions {
+        slack: 100,
+        max_base: 1000,
+    };
+
+    #[test]
+    fn a_changed_chunk_maps_past_the_shared_chunk_before_it() {
+        // v1: A B C D, v2: A X C D (B changed into X): X's base is around B.
+        let v1 = index(&[(1, 100), (2, 100), (3, 100), (4, 100)], &[]);
+        let v2 = index(&[(1, 100), (9, 100), (3, 100), (4, 100)], &[]);
+        let tries = plan(&v2, &[false, true, false, false], &v1, &OPTS);
+        assert_eq!(
+            tries,
+            vec![Try {
+                chunk: 1,
+                base: 0..3
+            }]
+        );
+    }
+
+    #[test]
+    fn file_starts_anchor_when_no_chunk_is_shared() {
+        // Nothing shared; the file "b" starts at 300 in v1 and at 200 in v2.
+        let v1 = index(&[(1, 300), (2, 300)], &[("a", 0, 300), ("b", 300, 300)]);
+        let v2 = index(&[(7, 200), (8, 300)], &[("a", 0, 200), ("b", 200, 300)]);
+        let opts = PlanOptions {
+            slack: 0,
+            max_base: 1000,
+        };
+        let tries = plan(&v2, &[true, true], &v1, &opts);
+        assert_eq!(
+            tries,
+            vec![
+                Try {
+                    chunk: 0,
+                    base: 0..1
+                },
+                Try {
+                    chunk: 1,
+                    base: 1..2
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn bases_are_capped_and_nothing_maps_past_the_end() {
+        let v1 = index(&[(1, 400), (2, 400), (3, 400), (4, 400)], &[("f", 0, 1600)]);
+        let v2 = index(&[(1, 400), (9, 400), (8, 2000)], &[("f", 0, 2800)]);
+        let tries = plan(
+            &v2,
+            &[false, true, true],
+            &v1,
+            &PlanOptions {
+                slack: 1000,
+                max_base: 900,
+            },
+        );
+        // Chunk 1 maps to 400: its centre chunk plus the one after fit in 900 bytes. Chunk 2
+        // maps to 800..2800: its middle lies past v1's end, so it centres on v1's last chunk.
+        assert_eq!(
+            tries,
+            vec![
+                Try {
+                    chunk: 1,
+                    base: 1..3
+                },
+                Try {
+                    chunk: 2,
+                    base: 2..4
+                }
+            ]
+        );
+        // A chunk mapped past the reference's end gets no delta.
+        let v3 = index(
+            &[(1, 400), (2, 400), (3, 400), (4, 400), (5, 400), (6, 100)],
+            &[],
+        );
+        assert!(plan(&v3, &[false, false, false, false, false, true], &v1, &OPTS).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_chunk_anchors_at_the_predicted_occurrence() {
+        // Z occurs twice in v1; in v2 the second occurrence is followed by a changed chunk.
+        let v1 = index(&[(5, 100), (1, 100), (5, 100), (2, 100)], &[]);
+        let v2 = index(&[(5, 100), (1, 100), (5, 100), (9, 100)], &[]);
+        let tries = plan(
+            &v2,
+            &[false, false, false, true],
+            &v1,
+            &PlanOptions {
+                slack: 0,
+                max_base: 100,
+            },
+        );
+        assert_eq!(
+            tries,
+            vec![Try {
+                chunk: 3,
+                base: 3..4
+            }]
+        );
+    }
+}

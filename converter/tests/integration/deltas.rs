@@ -1,0 +1,129 @@
+//! Deltas against distribution 2.8: a v2 whose edits touch every chunk (so chunk dedup saves
+//! nothing) gets delta frames against v1; a node holding v1's chunks rebuilds v2 byte for byte
+//! from them while fetching a small fraction of the bytes; a cold node never touches them; and
+//! the result is reproducible.
+
+use chunkconv::convert::{ConvertOptions, ConvertReport, convert};
+use chunkconv::delta::DeltaOptions;
+use chunkconv::extract::{ExtractOptions, run as extract};
+use chunkconv::progress::Progress;
+use chunksnap_core::registry::{Reference, RegistryClient};
+
+use crate::common::{self, File, Registry};
+
+/// v1: a 1 MiB "binary" and some small files; v2: the binary with a byte changed every 8 KiB
+/// (as in a rebuild that moved code) and a file edited, so no chunk of the layer survives.
+fn files(version: u8) -> [(&'static str, Vec<u8>); 3] {
+    let mut bin = common::noise(11, 1 << 20);
+    let mut conf = b"name=app\nversion=1\nmode=fast\n".repeat(200);
+    if version == 2 {
+        for i in (0..bin.len()).step_by(8 << 10) {
+            bin[i] = bin[i].wrapping_add(1);
+        }
+        conf[17] = b'2';
+    }
+    [
+        ("app/bin/server", bin),
+        ("app/etc/app.conf", conf),
+        ("app/README", b"readme\n".to_vec()),
+    ]
+}
+
+fn layers(version: u8) -> Vec<Vec<u8>> {
+    let files = files(version);
+    let entries: Vec<File<'_>> = files
+        .iter()
+        .map(|(p, data)| File(p, 0o644, data.clone()))
+        .collect();
+    vec![common::layer(&entries)]
+}
+
+async fn convert_with(client: &RegistryClient, image: &Reference, deltas: bool) -> ConvertReport {
+    let opts = ConvertOptions {
+        deltas: DeltaOptions {
+            enabled: deltas,
+            ..DeltaOptions::default()
+        },
+        ..ConvertOptions::default()
+    };
+    convert(client, image, &opts, &Progress::hidden())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_v1_fetches_deltas_and_rebuilds_v2_exactly() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let (v1, v2) = (reg.reference("d/app", "v1"), reg.reference("d/app", "v2"));
+    common::push_image(&client, &v1, &layers(1)).await;
+    common::push_image(&client, &v2, &layers(2)).await;
+    let first = convert_with(&client, &v1, true).await;
+    assert_eq!(first.totals.delta_chunks, 0, "nothing to delta against");
+    let second = convert_with(&client, &v2, true).await;
+    let l = &second.manifests[0].layers[0];
+    let v1_layer = &first.manifests[0].layers[0];
+    assert_eq!(
+        l.deltas.reference.as_deref(),
+        Some(v1_layer.digest.as_str())
+    );
+    assert!(l.new_chunks >= l.chunks - 1, "every chunk changed: {l:?}");
+    assert_eq!(l.deltas.deltas, l.deltas.tried, "{:?}", l.deltas);
+    assert!(
+        l.deltas.deltas + 1 >= l.new_chunks && l.deltas.delta_bytes * 20 < l.deltas.chunk_bytes,
+        "deltas must stand for the new chunks at a fraction of their size: {:?}",
+        l.deltas
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let opts = ExtractOptions::default();
+    let got1 = extract(&client, &v1, &tmp.path().join("v1"), Some(&store), &opts)
+        .await
+        .unwrap();
+    assert_eq!(got1.layers[0].delta_chunks, 0);
+    let got2 = extract(&client, &v2, &tmp.path().join("v2"), Some(&store), &opts)
+        .await
+        .unwrap();
+    let x = &got2.layers[0];
+    assert_eq!(x.delta_chunks, x.fetched_chunks, "{x:?}");
+    assert!(
+        x.fetched_bytes * 10 < got1.layers[0].fetched_bytes,
+        "v2 after v1 fetched {} bytes, v1 {}",
+        x.fetched_bytes,
+        got1.layers[0].fetched_bytes
+    );
+    for (path, want) in files(2) {
+        let got = std::fs::read(tmp.path().join("v2").join(path)).unwrap();
+        assert!(got == want, "{path} differs from v2's");
+    }
+
+    // A cold node ignores the deltas and reads exactly the chunks.
+    let cold = tempfile::tempdir().unwrap();
+    let got = extract(&client, &v2, &cold.path().join("v2"), None, &opts)
+        .await
+        .unwrap();
+    assert_eq!(got.layers[0].delta_chunks, 0);
+    assert_eq!(got.layers[0].fetched_chunks, got.layers[0].chunks);
+
+    // Reproducible: the same pair in a fresh repository gives the same index, deltas included.
+    let (w1, w2) = (reg.reference("d/copy", "v1"), reg.reference("d/copy", "v2"));
+    common::push_image(&client, &w1, &layers(1)).await;
+    common::push_image(&client, &w2, &layers(2)).await;
+    convert_with(&client, &w1, true).await;
+    let again = convert_with(&client, &w2, true).await;
+    assert_eq!(again.manifests[0].layers[0].index, l.index);
+
+    // --no-deltas gives the index without them.
+    let (n1, n2) = (
+        reg.reference("d/plain", "v1"),
+        reg.reference("d/plain", "v2"),
+    );
+    common::push_image(&client, &n1, &layers(1)).await;
+    common::push_image(&client, &n2, &layers(2)).await;
+    convert_with(&client, &n1, false).await;
+    let plain = convert_with(&client, &n2, false).await;
+    let p = &plain.manifests[0].layers[0];
+    assert_eq!(p.deltas.deltas, 0);
+    assert_ne!(p.index, l.index);
+}

@@ -1,0 +1,157 @@
+//! Delta frames: a chunk compressed against earlier chunks a node probably holds.
+//!
+//! A delta is one zstd frame made with a *reference prefix* (zstd's `refPrefix`): the
+//! concatenation of the base chunks (`LayerIndex.delta_bases[first..first + count]`, usually
+//! the previous version's chunks at the same place in the content stream). When v2 changes a few
+//! bytes in a chunk, or shifts code in a rebuilt binary, the frame holds little more than the
+//! changes. A node decodes it only with bases it has verified from its own store, bounds the
+//! output by the chunk's declared size, and checks the result's sha256 like any chunk.
+
+use crate::digest::Digest;
+use crate::format::pack::PackError;
+
+/// Largest total size of a delta's base chunks: bounds what a node holds in memory per decode
+/// (base + one chunk) and what a converter reads per delta.
+pub const MAX_DELTA_BASE: u64 = 1 << 20;
+
+/// zstd window log for a frame whose prefix and content total `len` bytes: the window must
+/// reach back over the whole prefix.
+fn window_log(len: usize) -> u32 {
+    (usize::BITS - len.leading_zeros()).clamp(10, 27)
+}
+
+/// Compresses `data` against `base` at `level`. The frame carries its content size and no
+/// checksum (chunks are verified by sha256). Deterministic for the same inputs.
+pub fn compress_delta(base: &[u8], data: &[u8], level: i32) -> Result<Vec<u8>, PackError> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let err = |code: usize| {
+        PackError::Compress(std::io::Error::other(
+            zstd::zstd_safe::get_error_name(code).to_owned(),
+        ))
+    };
+    let mut c = CCtx::try_create().ok_or_else(|| {
+        PackError::Compress(std::io::Error::other("cannot allocate a zstd context"))
+    })?;
+    for p in [
+        CParameter::CompressionLevel(level),
+        CParameter::WindowLog(window_log(base.len() + data.len())),
+        CParameter::ContentSizeFlag(true),
+        CParameter::ChecksumFlag(false),
+    ] {
+        c.set_parameter(p).map_err(err)?;
+    }
+    c.ref_prefix(base).map_err(err)?;
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    c.compress2(&mut out, data).map_err(err)?;
+    Ok(out)
+}
+
+/// Decodes delta `frame` against `base` into `expected_size` bytes and checks them against
+/// `digest`. Never inflates more than `expected_size` bytes, whatever the frame claims.
+pub fn decompress_delta(
+    frame: &[u8],
+    base: &[u8],
+    expected_size: u64,
+    digest: &Digest,
+) -> Result<Vec<u8>, PackError> {
+    use zstd::zstd_safe::{self, DCtx};
+    let corrupt = |reason: String| PackError::Corrupt {
+        digest: *digest,
+        reason: format!("delta frame: {reason}"),
+    };
+    let declared =
+        zstd_safe::get_frame_content_size(frame).map_err(|_| corrupt("bad frame header".into()))?;
+    if declared != Some(expected_size) {
+        return Err(PackError::SizeMismatch {
+            digest: *digest,
+            declared,
+            expected: expected_size,
+        });
+    }
+    match zstd_safe::find_frame_compressed_size(frame) {
+        Ok(n) if n == frame.len() => {}
+        _ => return Err(corrupt("not exactly one zstd frame".into())),
+    }
+    let capacity = usize::try_from(expected_size).map_err(|_| corrupt("size too large".into()))?;
+    let mut d =
+        DCtx::try_create().ok_or_else(|| corrupt("cannot allocate a zstd context".into()))?;
+    d.ref_prefix(base)
+        .map_err(|c| corrupt(zstd_safe::get_error_name(c).to_owned()))?;
+    let mut data = Vec::with_capacity(capacity);
+    d.decompress(&mut data, frame)
+        .map_err(|c| corrupt(zstd_safe::get_error_name(c).to_owned()))?;
+    if data.len() as u64 != expected_size {
+        return Err(PackError::SizeMismatch {
+            digest: *digest,
+            declared: Some(data.len() as u64),
+            expected: expected_size,
+        });
+    }
+    let actual = Digest::of(&data);
+    if actual != *digest {
+        return Err(PackError::DigestMismatch {
+            digest: *digest,
+            actual,
+        });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_edit_costs_little_and_round_trips() {
+        let base = sample(1, 64 << 10);
+        let mut data = base[1000..40_000].to_vec();
+        data[500] ^= 0xff;
+        data.splice(2000..2000, *b"inserted");
+        let frame = compress_delta(&base, &data, 6).unwrap();
+        assert!(
+            frame.len() < 200,
+            "delta of a small edit is {} bytes",
+            frame.len()
+        );
+        let digest = Digest::of(&data);
+        let back = decompress_delta(&frame, &base, data.len() as u64, &digest).unwrap();
+        assert_eq!(back, data);
+        // Deterministic.
+        assert_eq!(frame, compress_delta(&base, &data, 6).unwrap());
+    }
+
+    #[test]
+    fn wrong_base_size_or_digest_is_refused() {
+        let base = sample(2, 32 << 10);
+        let data = base[..20_000].to_vec();
+        let digest = Digest::of(&data);
+        let frame = compress_delta(&base, &data, 6).unwrap();
+        let other = sample(3, 32 << 10);
+        assert!(decompress_delta(&frame, &other, 20_000, &digest).is_err());
+        assert!(matches!(
+            decompress_delta(&frame, &base, 19_999, &digest),
+            Err(PackError::SizeMismatch { .. })
+        ));
+        let wrong = Digest::of(b"x");
+        assert!(matches!(
+            decompress_delta(&frame, &base, 20_000, &wrong),
+            Err(PackError::DigestMismatch { .. })
+        ));
+        let mut trailing = frame.clone();
+        trailing.push(0);
+        assert!(decompress_delta(&trailing, &base, 20_000, &digest).is_err());
+        assert!(decompress_delta(&frame[..frame.len() - 1], &base, 20_000, &digest).is_err());
+    }
+}

@@ -256,10 +256,24 @@ pub async fn load_index(
     repo: &Reference,
     desc: &Descriptor,
 ) -> Result<LayerIndex, ConvertError> {
+    Ok(load_index_raw(client, repo, desc).await?.1)
+}
+
+/// Fetches a layer index blob: its raw (decompressed) protobuf bytes and the decoded index.
+pub async fn load_index_raw(
+    client: &RegistryClient,
+    repo: &Reference,
+    desc: &Descriptor,
+) -> Result<(Vec<u8>, LayerIndex), ConvertError> {
     let digest = desc.sha256()?;
     let bytes = client
         .read_blob(repo, &digest, MAX_INDEX_SIZE as u64)
         .await?;
-    let idx = tokio::task::spawn_blocking(move || index::decode(&bytes)).await??;
-    Ok(idx)
+    let decoded = tokio::task::spawn_blocking(move || {
+        let raw = index::decompress(&bytes)?;
+        let idx = index::decode_raw(&raw)?;
+        Ok::<_, index::FormatError>((raw, idx))
+    })
+    .await??;
+    Ok(decoded)
 }

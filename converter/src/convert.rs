@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, LayerEntry};
+use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, IndexDelta, LayerEntry};
 use chunksnap_core::format::index::{self, LAYER_INDEX_MEDIA_TYPE};
 use chunksnap_core::registry::referrers::Link;
 use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RegistryError};
@@ -23,7 +23,7 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::ConvertError;
 use crate::catalog::{Catalog, KnownLayer};
-use crate::delta::{DeltaOptions, DeltaReport, add_deltas};
+use crate::delta::{self, DeltaOptions, DeltaReport, add_deltas};
 use crate::layer::{self, LayerInput, LayerOptions, PackSink, SinkError};
 use crate::progress::{Progress, short};
 
@@ -336,6 +336,7 @@ async fn convert_manifest(
                             index_digest: k.index.sha256()?,
                             index_size: k.index.size,
                             packs: k.packs.clone(),
+                            index_delta: None,
                         },
                         index: None,
                     });
@@ -489,7 +490,7 @@ async fn convert_one(
     })?;
     // The new packs are in the registry now: the delta pass reads its chunks back from there.
     bar.set_message("deltas");
-    let deltas = add_deltas(
+    let (mut deltas, base) = add_deltas(
         client,
         image,
         &catalog,
@@ -499,7 +500,36 @@ async fn convert_one(
     )
     .await?;
     let ix = outcome.index.clone();
-    let encoded = tokio::task::spawn_blocking(move || index::encode(&ix)).await?;
+    let (encoded, raw_digest, idelta) = tokio::task::spawn_blocking(move || {
+        let raw = index::encode_raw(&ix);
+        let blob = index::compress_raw(&raw);
+        let idelta = match &base {
+            Some(b) => delta::index_delta(b, &raw, blob.len())?
+                .map(|f| (f, b.layer, Digest::of(&b.raw_index))),
+            None => None,
+        };
+        Ok::<_, delta::DeltaError>((blob, Digest::of(&raw), idelta))
+    })
+    .await??;
+    deltas.index_bytes = encoded.len() as u64;
+    let index_delta = match idelta {
+        Some((frame, base_layer, base_raw)) => {
+            let digest = Digest::of(&frame);
+            let size = frame.len() as u64;
+            deltas.index_delta_bytes = size;
+            if client.push_blob(image, &digest, Bytes::from(frame)).await? {
+                deltas.bytes_pushed += size;
+            }
+            Some(IndexDelta {
+                digest,
+                size,
+                base_layer,
+                base_raw,
+                raw: raw_digest,
+            })
+        }
+        None => None,
+    };
 
     let index_digest = Digest::of(&encoded);
     let index_size = encoded.len() as u64;
@@ -535,6 +565,7 @@ async fn convert_one(
             index_digest,
             index_size,
             packs,
+            index_delta,
         },
         index: Some(outcome.index),
     })

@@ -25,9 +25,9 @@ use bytes::Bytes;
 use chunksnap_core::assemble::ChunkReader;
 use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, Inflight, fetch_needed};
-use chunksnap_core::format::delta::compress_delta;
+use chunksnap_core::format::delta::{compress_delta, compress_index_delta};
 use chunksnap_core::format::pack::{PackBuilder, PackError};
-use chunksnap_core::registry::{Reference, RegistryClient, RepoRangeSource};
+use chunksnap_core::registry::{Reference as RegRef, RegistryClient, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{BaseChunk, Delta, LayerIndex, Pack};
 use serde::Serialize;
@@ -35,7 +35,7 @@ use serde::Serialize;
 pub use plan::{PlanOptions, Try, plan};
 
 use crate::ConvertError;
-use crate::catalog::{Catalog, load_index};
+use crate::catalog::{Catalog, load_index_raw};
 
 /// Tuning of the delta pass.
 #[derive(Debug, Clone)]
@@ -68,6 +68,10 @@ impl Default for DeltaOptions {
 pub struct DeltaReport {
     /// The layer the deltas are against.
     pub reference: Option<String>,
+    /// Bytes of the layer index blob.
+    pub index_bytes: u64,
+    /// Bytes of the index as a delta against the reference's index (0: none, it did not pay).
+    pub index_delta_bytes: u64,
     /// Deltas tried (new chunks an anchor mapped into the reference).
     pub tried: u64,
     /// Deltas kept (smaller than 3/4 of their chunk's stored size).
@@ -125,32 +129,44 @@ fn new_chunks(index: &LayerIndex, new_packs: &[(Digest, u64)]) -> Vec<bool> {
         .collect()
 }
 
+/// The reference layer of a converted layer: its digest and raw index (an index delta's base).
+pub struct Reference {
+    pub layer: Digest,
+    pub raw_index: Vec<u8>,
+}
+
 /// Adds delta frames for the new chunks of `index` (whose new packs, already pushed to `image`,
 /// are `new_packs`): picks the reference from `catalog`, reads the chunks involved, pushes the
-/// delta packs to `image` and records the deltas in `index`.
+/// delta packs to `image` and records the deltas in `index`. Returns the reference (also when
+/// no chunk delta paid, for the index delta).
 pub async fn add_deltas(
     client: &RegistryClient,
-    image: &Reference,
+    image: &RegRef,
     catalog: &Catalog,
     index: &mut LayerIndex,
     new_packs: &[(Digest, u64)],
     opts: &DeltaOptions,
-) -> Result<DeltaReport, ConvertError> {
+) -> Result<(DeltaReport, Option<Reference>), ConvertError> {
     let mut report = DeltaReport::default();
-    if !opts.enabled || new_packs.is_empty() {
-        return Ok(report);
+    if !opts.enabled {
+        return Ok((report, None));
     }
     let Some((ref_digest, known)) = catalog.reference_for(index) else {
-        return Ok(report);
+        return Ok((report, None));
     };
     report.reference = Some(ref_digest.to_string());
     let home = known.home.clone();
-    let reference = Arc::new(load_index(client, &home, &known.index).await?);
+    let (raw_index, reference) = load_index_raw(client, &home, &known.index).await?;
+    let base = Reference {
+        layer: ref_digest,
+        raw_index,
+    };
+    let reference = Arc::new(reference);
     let candidates = new_chunks(index, new_packs);
     let tries = plan(index, &candidates, &reference, &opts.plan);
     report.tried = tries.len() as u64;
     if tries.is_empty() {
-        return Ok(report);
+        return Ok((report, Some(base)));
     }
 
     // Read the chunks involved into a scratch store (verified on the way in and out).
@@ -203,7 +219,21 @@ pub async fn add_deltas(
             report.bytes_pushed += n;
         }
     }
-    Ok(report)
+    Ok((report, Some(base)))
+}
+
+/// The index delta of raw index `raw` (blob `blob_len` bytes) against `base`, if it pays
+/// (under [`KEEP`] of the blob). Blocking.
+pub fn index_delta(
+    base: &Reference,
+    raw: &[u8],
+    blob_len: usize,
+) -> Result<Option<Vec<u8>>, DeltaError> {
+    let Some(frame) = compress_index_delta(&base.raw_index, raw) else {
+        return Ok(None);
+    };
+    let frame = frame?;
+    Ok((frame.len() * KEEP.1 < blob_len * KEEP.0).then_some(frame))
 }
 
 /// The reference as a plain chunk list: its own deltas are irrelevant to reading its chunks.

@@ -10,6 +10,9 @@
 //! the other files are fetched; should a seed file fail its check, its chunks are fetched on
 //! demand while assembling.
 //!
+//! A layer index is rebuilt from the artifact's index delta when the node holds the delta's
+//! base (the previous version's index, kept on disk), else fetched whole.
+//!
 //! The other layers of the image (label `cri.image-layers`) are fetched in the background as
 //! soon as the first layer is seen: containerd prepares layers one by one (each needs its
 //! parent), but their chunks can travel in parallel.
@@ -26,6 +29,7 @@ use chunksnap_core::assemble::{
 use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_needed};
 use chunksnap_core::format::artifact::Artifact;
+use chunksnap_core::format::delta::decompress_index_delta;
 use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
@@ -200,6 +204,9 @@ impl ChunkRemote {
         if let Some(ix) = self.cached_index(layer).await {
             return Ok(ix);
         }
+        if let Some(ix) = self.index_from_delta(image, artifact, layer).await {
+            return Ok(ix);
+        }
         let desc = artifact
             .indexes
             .get(layer)
@@ -214,7 +221,7 @@ impl ChunkRemote {
             .await?;
         let (dir, want) = (self.index_dir.clone(), *layer);
         let ix = tokio::task::spawn_blocking(move || {
-            let ix = decode_for(&blob, &want)?;
+            let ix = decode_for(&blob, &want, index::decode)?;
             if let Some(dir) = dir {
                 index_files::save(&dir, &want, &blob, INDEX_FILES);
             }
@@ -222,6 +229,61 @@ impl ChunkRemote {
         })
         .await??;
         Ok(self.remember_index(*layer, ix))
+    }
+
+    /// The index of `layer` rebuilt from the artifact's index delta, when the node holds the
+    /// delta's base index (its raw bytes must hash to what the artifact says). `None` on any
+    /// miss or failure: the caller then fetches the full index.
+    async fn index_from_delta(
+        &self,
+        image: &Reference,
+        artifact: &Artifact,
+        layer: &Digest,
+    ) -> Option<Arc<LayerIndex>> {
+        let d = artifact.index_deltas.get(layer)?.clone();
+        let dir = self.index_dir.clone()?;
+        if d.size > MAX_INDEX_SIZE as u64 {
+            return None;
+        }
+        let base = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let blob = index_files::load(&dir, &d.base_layer)?;
+                let raw = index::decompress(&blob).ok()?;
+                (Digest::of(&raw) == d.base_raw).then_some(raw)
+            })
+            .await
+            .ok()??
+        };
+        let frame = match self.client.read_blob(image, &d.digest, d.size).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(%layer, cause = %e, "index delta unavailable; fetching the index");
+                return None;
+            }
+        };
+        let want = *layer;
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
+                .map_err(|e| e.to_string())?;
+            let ix = decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())?;
+            // Stored compressed fast: what matters is that it decompresses to these raw bytes,
+            // the base of the next version's index delta.
+            index_files::save(&dir, &want, &index::compress_raw_fast(&raw), INDEX_FILES);
+            Ok::<_, String>(ix)
+        })
+        .await
+        .ok()?;
+        match rebuilt {
+            Ok(ix) => {
+                self.metrics.index_deltas.inc();
+                Some(self.remember_index(*layer, ix))
+            }
+            Err(e) => {
+                tracing::warn!(%layer, cause = %e, "index delta unusable; fetching the index");
+                None
+            }
+        }
     }
 
     fn remember_index(&self, layer: Digest, ix: LayerIndex) -> Arc<LayerIndex> {
@@ -243,7 +305,7 @@ impl ChunkRemote {
         let want = *layer;
         let ix = tokio::task::spawn_blocking(move || {
             let blob = index_files::load(&dir, &want)?;
-            match decode_for(&blob, &want) {
+            match decode_for(&blob, &want, index::decode) {
                 Ok(ix) => Some(ix),
                 Err(e) => {
                     tracing::warn!(layer = %want, cause = %e, "dropping a bad stored index");
@@ -499,9 +561,14 @@ impl ChunkReader for FetchingReader {
     }
 }
 
-/// Decodes a stored or fetched index blob and checks that it describes `layer`.
-fn decode_for(blob: &[u8], layer: &Digest) -> Result<LayerIndex, RemoteError> {
-    let ix = index::decode(blob)?;
+/// Decodes a stored or fetched index (with `decode`: a blob, or raw bytes) and checks that it
+/// describes `layer`.
+fn decode_for(
+    bytes: &[u8],
+    layer: &Digest,
+    decode: fn(&[u8]) -> Result<LayerIndex, index::FormatError>,
+) -> Result<LayerIndex, RemoteError> {
+    let ix = decode(bytes)?;
     if ix.source.as_ref().map(|s| s.digest.as_str()) != Some(layer.to_string().as_str()) {
         return Err(RemoteError::WrongLayer {
             expected: *layer,

@@ -1,5 +1,7 @@
-//! Layer indexes kept on disk (`<root>/indexes/<hex>`, the blob as the registry served it), so
-//! that layers already on the node can seed new ones after a restart. Best effort: any failure
+//! Layer indexes kept on disk (`<root>/indexes/<hex>`: the blob as the registry served it, or,
+//! for an index rebuilt from a delta, the raw index compressed locally; either decompresses to
+//! the raw index an index delta of the next version is based on), so that layers already on
+//! the node can seed new ones after a restart. Best effort: any failure
 //! only costs a registry read or a seed. Loaded blobs are decoded and validated again.
 
 use std::fs;

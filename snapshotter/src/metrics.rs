@@ -35,6 +35,8 @@ pub const CHUNKS_REUSED_TOTAL: &str = "chunksnap_chunks_reused";
 pub const DELTA_CHUNKS_TOTAL: &str = "chunksnap_delta_chunks";
 /// `chunksnap_delta_fallbacks_total`: deltas that could not be used (the chunk was fetched).
 pub const DELTA_FALLBACKS_TOTAL: &str = "chunksnap_delta_fallbacks";
+/// `chunksnap_index_deltas_total`: layer indexes rebuilt from a delta against one on the node.
+pub const INDEX_DELTAS_TOTAL: &str = "chunksnap_index_deltas";
 /// `chunksnap_seeded_files_total`: files hardlinked from earlier layers instead of written.
 pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
 /// `chunksnap_seeded_bytes_total`: content bytes of those files.
@@ -72,6 +74,7 @@ pub struct Metrics {
     pub chunks_reused: Counter,
     pub delta_chunks: Counter,
     pub delta_fallbacks: Counter,
+    pub index_deltas: Counter,
     pub seeded_files: Counter,
     pub seeded_bytes: Counter,
     pub seeds_rejected: Counter,
@@ -96,6 +99,7 @@ impl Metrics {
         let chunks_reused = Counter::default();
         let delta_chunks = Counter::default();
         let delta_fallbacks = Counter::default();
+        let index_deltas = Counter::default();
         let seeded_files = Counter::default();
         let seeded_bytes = Counter::default();
         let seeds_rejected = Counter::default();
@@ -133,6 +137,11 @@ impl Metrics {
             delta_fallbacks.clone(),
         );
         r.register(
+            INDEX_DELTAS_TOTAL,
+            "Layer indexes rebuilt from a delta against an index already on the node",
+            index_deltas.clone(),
+        );
+        r.register(
             SEEDED_FILES_TOTAL,
             "Files hardlinked from earlier layers on the node instead of written",
             seeded_files.clone(),
@@ -168,6 +177,7 @@ impl Metrics {
             chunks_reused,
             delta_chunks,
             delta_fallbacks,
+            index_deltas,
             seeded_files,
             seeded_bytes,
             seeds_rejected,

@@ -75,6 +75,19 @@ async fn a_node_holding_v1_fetches_deltas_and_rebuilds_v2_exactly() {
         l.deltas
     );
 
+    // The index itself comes as a delta of v1's (here every chunk digest changed, so it saves
+    // less than on a real update), and the artifact says so.
+    assert!(
+        l.deltas.index_delta_bytes > 0 && l.deltas.index_delta_bytes < l.deltas.index_bytes,
+        "{:?}",
+        l.deltas
+    );
+    let manifest = second.manifests[0].manifest.parse().unwrap();
+    let (_, art) = client.find_artifact(&v2, &manifest).await.unwrap().unwrap();
+    let delta = &art.index_deltas[&l.digest.parse().unwrap()];
+    assert_eq!(delta.base_layer.to_string(), v1_layer.digest);
+    assert_eq!(delta.size, l.deltas.index_delta_bytes);
+
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let opts = ExtractOptions::default();

@@ -1,6 +1,6 @@
 //! The image artifact: an OCI image manifest that points, through `subject`, at the source image
-//! manifest and lists the layer index blobs (annotated with the source layer digest) followed by
-//! every pack those indexes use. Building it is deterministic (fixed field order, sorted packs, no
+//! manifest and lists the layer index blobs (annotated with the source layer digest), each
+//! followed by its index delta if it has one, then every pack those indexes use. Building it is deterministic (fixed field order, sorted packs, no
 //! timestamps) so converting the same image twice yields the same artifact digest; parsing checks
 //! that a manifest really is a chunksnap artifact for the image we asked about.
 
@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, DigestError};
 
 pub use super::index::{
-    ARTIFACT_TYPE, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE,
+    ARTIFACT_TYPE, INDEX_BASE_ANNOTATION, INDEX_BASE_RAW_ANNOTATION, INDEX_DELTA_MEDIA_TYPE,
+    INDEX_RAW_ANNOTATION, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE,
 };
 
 /// Media type of the artifact manifest itself (an OCI image manifest).
@@ -121,6 +122,58 @@ pub struct LayerEntry {
     pub index_size: u64,
     /// The packs the index references (digest, size).
     pub packs: Vec<(Digest, u64)>,
+    /// The index as a delta against an earlier layer's, for nodes that hold that one.
+    pub index_delta: Option<IndexDelta>,
+}
+
+/// A layer index stored as a delta against another layer's index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexDelta {
+    /// The delta blob.
+    pub digest: Digest,
+    pub size: u64,
+    /// The layer whose index is the base.
+    pub base_layer: Digest,
+    /// sha256 of the base's raw (decompressed) index: the exact prefix to decode with.
+    pub base_raw: Digest,
+    /// sha256 of the raw index the delta decodes to.
+    pub raw: Digest,
+}
+
+impl IndexDelta {
+    fn descriptor(&self, layer: &Digest) -> Descriptor {
+        let mut d = Descriptor::new(INDEX_DELTA_MEDIA_TYPE, &self.digest, self.size);
+        for (k, v) in [
+            (LAYER_DIGEST_ANNOTATION, layer),
+            (INDEX_BASE_ANNOTATION, &self.base_layer),
+            (INDEX_BASE_RAW_ANNOTATION, &self.base_raw),
+            (INDEX_RAW_ANNOTATION, &self.raw),
+        ] {
+            d.annotations.insert(k.to_owned(), v.to_string());
+        }
+        d
+    }
+
+    /// (layer, delta) from an index delta descriptor.
+    fn parse(d: &Descriptor) -> Result<(Digest, Self), ArtifactError> {
+        let get = |k: &str| -> Result<Digest, ArtifactError> {
+            let v = d.annotations.get(k).ok_or_else(|| {
+                ArtifactError::NotArtifact(format!("index delta {} lacks {k}", d.digest))
+            })?;
+            Ok(Digest::parse(v)?)
+        };
+        let layer = get(LAYER_DIGEST_ANNOTATION)?;
+        Ok((
+            layer,
+            Self {
+                digest: d.sha256()?,
+                size: d.size,
+                base_layer: get(INDEX_BASE_ANNOTATION)?,
+                base_raw: get(INDEX_BASE_RAW_ANNOTATION)?,
+                raw: get(INDEX_RAW_ANNOTATION)?,
+            },
+        ))
+    }
 }
 
 /// An artifact manifest, built: its bytes, digest and the descriptor to link it as a referrer.
@@ -166,6 +219,9 @@ pub fn build(subject: &Descriptor, layers: &[LayerEntry]) -> Result<BuiltArtifac
             layer.layer_digest.to_string(),
         );
         out_layers.push(d);
+        if let Some(delta) = &layer.index_delta {
+            out_layers.push(delta.descriptor(&layer.layer_digest));
+        }
         for &(digest, size) in &layer.packs {
             insert_pack(&mut packs, digest, size)?;
         }
@@ -216,6 +272,8 @@ pub struct Artifact {
     pub indexes: BTreeMap<Digest, Descriptor>,
     /// Every pack any index uses (digest → size), sorted.
     pub packs: BTreeMap<Digest, u64>,
+    /// Source layer digest → its index as a delta against another layer's index.
+    pub index_deltas: BTreeMap<Digest, IndexDelta>,
 }
 
 /// Parses and validates an artifact manifest. With `expected_subject`, the artifact must refer to
@@ -247,6 +305,7 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
     }
     let mut indexes = BTreeMap::new();
     let mut packs = BTreeMap::new();
+    let mut index_deltas = BTreeMap::new();
     for layer in m.layers {
         match layer.media_type.as_str() {
             LAYER_INDEX_MEDIA_TYPE => {
@@ -266,13 +325,26 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
                 }
             }
             PACK_MEDIA_TYPE => insert_pack(&mut packs, layer.sha256()?, layer.size)?,
+            INDEX_DELTA_MEDIA_TYPE => {
+                let (source, delta) = IndexDelta::parse(&layer)?;
+                if index_deltas.insert(source, delta).is_some() {
+                    return Err(not(format!("two index deltas for layer {source}")));
+                }
+            }
             other => return Err(not(format!("unexpected layer media type {other:?}"))),
         }
+    }
+    // A delta without its layer's full index would leave cold nodes nothing to read.
+    if let Some(orphan) = index_deltas.keys().find(|l| !indexes.contains_key(*l)) {
+        return Err(not(format!(
+            "index delta for layer {orphan} without its index"
+        )));
     }
     Ok(Artifact {
         subject,
         indexes,
         packs,
+        index_deltas,
     })
 }
 
@@ -295,12 +367,14 @@ mod tests {
                 index_digest: d(11),
                 index_size: 10,
                 packs: vec![(d(30), 300), (d(20), 200)],
+                index_delta: None,
             },
             LayerEntry {
                 layer_digest: d(2),
                 index_digest: d(12),
                 index_size: 12,
                 packs: vec![(d(20), 200)],
+                index_delta: None,
             },
         ]
     }
@@ -361,6 +435,41 @@ mod tests {
         l.push(l[0].clone());
         let a = build(&subject(), &l).unwrap();
         assert_eq!(parse(&a.bytes, None).unwrap().indexes.len(), 2);
+    }
+
+    #[test]
+    fn index_deltas_parse_back_and_need_their_index() {
+        let mut l = layers();
+        let delta = IndexDelta {
+            digest: d(40),
+            size: 7,
+            base_layer: d(9),
+            base_raw: d(41),
+            raw: d(42),
+        };
+        l[1].index_delta = Some(delta.clone());
+        let built = build(&subject(), &l).unwrap();
+        let a = parse(&built.bytes, Some(&d(100))).unwrap();
+        assert_eq!(a.index_deltas.len(), 1);
+        assert_eq!(a.index_deltas[&d(2)], delta);
+        // Without its layer's index, or without an annotation, the artifact is rejected.
+        let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
+        let layers = v["layers"].as_array_mut().unwrap();
+        let pos = layers
+            .iter()
+            .position(|x| x["mediaType"] == INDEX_DELTA_MEDIA_TYPE)
+            .unwrap();
+        let mut no_base = layers[pos].clone();
+        no_base["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(INDEX_BASE_RAW_ANNOTATION);
+        layers.remove(pos - 1);
+        let orphan = serde_json::to_vec(&v).unwrap();
+        assert!(parse(&orphan, None).is_err());
+        let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
+        v["layers"][pos] = no_base;
+        assert!(parse(&serde_json::to_vec(&v).unwrap(), None).is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Delta frames: a chunk compressed against earlier chunks a node probably holds.
+//! Delta frames: a chunk compressed against earlier chunks a node probably holds, and a layer
+//! index compressed against an earlier layer's index.
 //!
 //! A delta is one zstd frame made with a *reference prefix* (zstd's `refPrefix`): the
 //! concatenation of the base chunks (`LayerIndex.delta_bases[first..first + count]`, usually
@@ -6,6 +7,11 @@
 //! bytes in a chunk, or shifts code in a rebuilt binary, the frame holds little more than the
 //! changes. A node decodes it only with bases it has verified from its own store, bounds the
 //! output by the chunk's declared size, and checks the result's sha256 like any chunk.
+//!
+//! Index deltas work the same way on the raw protobuf of a layer index, against the raw
+//! protobuf of the reference layer's index (which a node keeps on disk for every layer it
+//! assembled): most entries and chunk records of v2 are v1's, digests included, so the delta
+//! is a fraction of the index blob.
 
 use crate::digest::Digest;
 use crate::format::pack::PackError;
@@ -13,6 +19,12 @@ use crate::format::pack::PackError;
 /// Largest total size of a delta's base chunks: bounds what a node holds in memory per decode
 /// (base + one chunk) and what a converter reads per delta.
 pub const MAX_DELTA_BASE: u64 = 1 << 20;
+
+/// Largest base + index an index delta is made for: bounds the zstd window, and what a node
+/// holds to decode one.
+pub const MAX_INDEX_DELTA_INPUT: usize = 64 << 20;
+/// zstd level of index deltas: one per layer, small, read by every updating node.
+pub const INDEX_DELTA_LEVEL: i32 = 19;
 
 /// zstd window log for a frame whose prefix and content total `len` bytes: the window must
 /// reach back over the whole prefix.
@@ -97,6 +109,34 @@ pub fn decompress_delta(
     Ok(data)
 }
 
+/// The delta of raw index `raw` against raw index `base`, or `None` when the two are too large
+/// for an index delta ([`MAX_INDEX_DELTA_INPUT`]).
+pub fn compress_index_delta(base: &[u8], raw: &[u8]) -> Option<Result<Vec<u8>, PackError>> {
+    (base.len() + raw.len() <= MAX_INDEX_DELTA_INPUT)
+        .then(|| compress_delta(base, raw, INDEX_DELTA_LEVEL))
+}
+
+/// Rebuilds a raw index from its delta `frame` against raw index `base` and checks it against
+/// `digest` (sha256 of the raw index). Refuses frames declaring more than `max` bytes.
+pub fn decompress_index_delta(
+    frame: &[u8],
+    base: &[u8],
+    max: u64,
+    digest: &Digest,
+) -> Result<Vec<u8>, PackError> {
+    let declared = zstd::zstd_safe::get_frame_content_size(frame)
+        .ok()
+        .flatten();
+    match declared {
+        Some(size) if size <= max => decompress_delta(frame, base, size, digest),
+        _ => Err(PackError::SizeMismatch {
+            digest: *digest,
+            declared,
+            expected: max,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +170,23 @@ mod tests {
         assert_eq!(back, data);
         // Deterministic.
         assert_eq!(frame, compress_delta(&base, &data, 6).unwrap());
+    }
+
+    #[test]
+    fn index_deltas_round_trip_and_are_bounded() {
+        let base = sample(4, 100_000);
+        let mut raw = base.clone();
+        raw[50_000] ^= 1;
+        let digest = Digest::of(&raw);
+        let frame = compress_index_delta(&base, &raw).unwrap().unwrap();
+        assert!(frame.len() < 100);
+        assert_eq!(
+            decompress_index_delta(&frame, &base, 1 << 20, &digest).unwrap(),
+            raw
+        );
+        assert!(decompress_index_delta(&frame, &base, 99_999, &digest).is_err());
+        let huge = vec![0u8; MAX_INDEX_DELTA_INPUT];
+        assert!(compress_index_delta(&huge, b"x").is_none());
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub const PACK_MEDIA_TYPE: &str = "application/vnd.chunksnap.pack.v1";
 pub const ARTIFACT_TYPE: &str = "application/vnd.chunksnap.image.index.v1";
 /// Annotation on an index descriptor naming the source layer digest.
 pub const LAYER_DIGEST_ANNOTATION: &str = "io.chunksnap.layer.digest";
+/// Media type of an index delta blob: a layer's raw index as a zstd frame against the raw index
+/// of an earlier layer (see `format::delta`).
+pub const INDEX_DELTA_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index-delta.v1+zstd";
+/// Index delta annotation: the layer whose index is the delta's base.
+pub const INDEX_BASE_ANNOTATION: &str = "io.chunksnap.index.base";
+/// Index delta annotation: sha256 of the base's raw index (the exact prefix to decode with).
+pub const INDEX_BASE_RAW_ANNOTATION: &str = "io.chunksnap.index.base-raw";
+/// Index delta annotation: sha256 of the raw index the delta decodes to.
+pub const INDEX_RAW_ANNOTATION: &str = "io.chunksnap.index.raw";
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest decompressed index accepted (an index for millions of entries stays well below).
@@ -141,16 +150,39 @@ pub enum FormatError {
 
 /// Serialises `index`: protobuf, then a zstd frame. Deterministic for a given index.
 pub fn encode(index: &LayerIndex) -> Vec<u8> {
-    let raw = index.encode_to_vec();
+    compress_raw(&encode_raw(index))
+}
+
+/// The protobuf bytes of `index` (what an index blob decompresses to, and what index deltas
+/// are made of). Deterministic for a given index.
+pub fn encode_raw(index: &LayerIndex) -> Vec<u8> {
+    index.encode_to_vec()
+}
+
+/// An index blob from raw protobuf bytes.
+pub fn compress_raw(raw: &[u8]) -> Vec<u8> {
     // Compressing an in-memory buffer cannot fail short of allocation failure; fall back to a
     // level-0 frame rather than panicking if the level were ever rejected.
-    zstd::bulk::compress(&raw, INDEX_ZSTD_LEVEL)
-        .or_else(|_| zstd::bulk::compress(&raw, 0))
+    zstd::bulk::compress(raw, INDEX_ZSTD_LEVEL)
+        .or_else(|_| zstd::bulk::compress(raw, 0))
+        .unwrap_or_default()
+}
+
+/// Like [`compress_raw`] at a fast level, for local copies: any level decompresses to the same
+/// raw bytes, which is all an index delta's base needs.
+pub fn compress_raw_fast(raw: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(raw, 3)
+        .or_else(|_| zstd::bulk::compress(raw, 0))
         .unwrap_or_default()
 }
 
 /// Decodes and validates an index blob, never inflating it past [`MAX_INDEX_SIZE`].
 pub fn decode(blob: &[u8]) -> Result<LayerIndex, FormatError> {
+    decode_raw(&decompress(blob)?)
+}
+
+/// The raw protobuf bytes of an index blob, never more than [`MAX_INDEX_SIZE`].
+pub fn decompress(blob: &[u8]) -> Result<Vec<u8>, FormatError> {
     let decoder = zstd::stream::read::Decoder::new(blob).map_err(FormatError::Decompress)?;
     let mut raw = Vec::new();
     decoder
@@ -160,7 +192,12 @@ pub fn decode(blob: &[u8]) -> Result<LayerIndex, FormatError> {
     if raw.len() > MAX_INDEX_SIZE {
         return Err(FormatError::TooLarge);
     }
-    let index = LayerIndex::decode(raw.as_slice())?;
+    Ok(raw)
+}
+
+/// Decodes and validates raw protobuf index bytes.
+pub fn decode_raw(raw: &[u8]) -> Result<LayerIndex, FormatError> {
+    let index = LayerIndex::decode(raw)?;
     validate(&index)?;
     Ok(index)
 }

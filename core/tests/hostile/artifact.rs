@@ -17,6 +17,7 @@ fn built(subject: &Digest) -> Vec<u8> {
         index_digest: d(2),
         index_size: 10,
         packs: vec![(d(3), 30)],
+        index_delta: None,
     }];
     artifact::build(&subject, &layers).unwrap().bytes
 }

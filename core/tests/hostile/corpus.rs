@@ -144,12 +144,14 @@ fn artifacts() -> Vec<(&'static str, Vec<u8>)> {
             index_digest: d(11),
             index_size: 10,
             packs: vec![(d(30), 300), (d(20), 200)],
+            index_delta: None,
         },
         LayerEntry {
             layer_digest: d(2),
             index_digest: d(12),
             index_size: 12,
             packs: vec![(d(20), 200)],
+            index_delta: None,
         },
     ];
     let two = artifact::build(&subject, &layers).unwrap().bytes;

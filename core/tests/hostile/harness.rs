@@ -110,6 +110,7 @@ pub fn check_artifact(data: &[u8]) {
             index_digest: desc.sha256().expect("parse checked index digests"),
             index_size: desc.size,
             packs: if i == 0 { packs.clone() } else { Vec::new() },
+            index_delta: None,
         })
         .collect();
     let built = artifact::build(&a.subject, &layers).expect("a parsed artifact rebuilds");

@@ -84,6 +84,28 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
         v2_bytes <= v2_missing + v2_missing / 2 + (1 << 20),
         "v2 pull moved {v2_bytes} B for {v2_missing} B of missing chunks"
     );
+    // Most missing chunks come as deltas against v1's, and v2's index as a delta of v1's: the
+    // pull moves a fraction of even the missing chunks.
+    let deltas = node
+        .chunksnap
+        .metric("chunksnap_delta_chunks_total")
+        .await?;
+    let index_deltas = node
+        .chunksnap
+        .metric("chunksnap_index_deltas_total")
+        .await?;
+    let fallbacks = node
+        .chunksnap
+        .metric("chunksnap_delta_fallbacks_total")
+        .await?;
+    eprintln!("v2 pull: {deltas} chunks from deltas, {index_deltas} index deltas");
+    ensure!(deltas > 100.0, "only {deltas} chunks came as deltas");
+    ensure!(index_deltas == 1.0, "v2's index was not rebuilt from v1's");
+    ensure!(fallbacks == 0.0, "{fallbacks} deltas could not be used");
+    ensure!(
+        v2_bytes * 3 < v2_missing,
+        "v2 pull moved {v2_bytes} B for {v2_missing} B of missing chunks: deltas unused?"
+    );
 
     let version = cri
         .run_and_read(&v2.reference, "/etc/debian_version")

@@ -1,0 +1,187 @@
+//! Delta sweep: what a node holding v1 fetches for v2's layer, with and without delta frames,
+//! for several plan settings (slack, base cap) and zstd levels. Uses the converter's own
+//! planner and encoder and the node's own seeding plan (files v1 already has are linked, not
+//! fetched): `cargo run --release -p chunkconv --example delta_sweep -- V1.tar V2.tar`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use chunkconv::delta::{DeltaOptions, PlanOptions, encode, plan};
+use chunkconv::layer::{
+    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
+};
+use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};
+use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::format::index::encode as encode_index;
+use chunksnap_core::store::StoreError;
+use chunksnap_core::tarscan::scan_tar;
+
+struct Discard;
+
+impl PackSink for Discard {
+    fn put_pack(&mut self, _: &Digest, _: Vec<u8>) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+struct Known(HashMap<Digest, ExistingChunk>);
+
+impl ChunkCatalog for Known {
+    fn lookup(&self, digest: &Digest) -> Option<ExistingChunk> {
+        self.0.get(digest).cloned()
+    }
+}
+
+/// Every chunk's bytes, by digest.
+struct Chunks(HashMap<Digest, Vec<u8>>);
+
+impl ChunkReader for Chunks {
+    fn read_chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, StoreError> {
+        self.0
+            .get(digest)
+            .cloned()
+            .ok_or(StoreError::Missing(*digest))
+    }
+}
+
+fn add_chunks(data: &[u8], into: &mut HashMap<Digest, Vec<u8>>) -> anyhow::Result<()> {
+    let mut stream = Vec::new();
+    scan_tar(data, &mut stream)?;
+    chunk_stream(
+        stream.as_slice(),
+        &ChunkerParams::default(),
+        |c: Vec<u8>| {
+            into.insert(Digest::of(&c), c);
+            Ok::<(), ChunkerError>(())
+        },
+    )?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [v1, v2] = args.as_slice() else {
+        anyhow::bail!("usage: delta_sweep V1.tar V2.tar");
+    };
+    let (d1, in1) = common::read_layer(v1)?;
+    let (d2, in2) = common::read_layer(v2)?;
+    let opts = LayerOptions::default();
+    let i1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut Discard)?.index;
+    let mut known = HashMap::new();
+    for c in &i1.chunks {
+        let pack = &i1.packs[c.pack as usize];
+        known.insert(
+            Digest::from_slice(&c.digest)?,
+            ExistingChunk {
+                pack: Digest::parse(&pack.digest)?,
+                pack_size: pack.size,
+                offset: c.pack_offset,
+                stored_size: c.stored_size,
+                compression: c.compression(),
+            },
+        );
+    }
+    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &Known(known), &mut Discard)?;
+    let i2 = out2.index;
+    let mut all = HashMap::new();
+    add_chunks(&d1, &mut all)?;
+    add_chunks(&d2, &mut all)?;
+    let chunks = Chunks(all);
+
+    // What a node holding v1 needs of v2: chunks of files it cannot link, minus v1's chunks.
+    let have: HashSet<&[u8]> = i1.chunks.iter().map(|c| c.digest.as_slice()).collect();
+    let seeding = Seeding::plan(
+        &i2,
+        vec![Seed {
+            index: std::sync::Arc::new(i1.clone()),
+            dir: "/nonexistent".into(),
+        }],
+    );
+    let needed = seeding.needed_chunks(&i2);
+    let mut seen = HashSet::new();
+    let missing: Vec<usize> = (0..i2.chunks.len())
+        .filter(|&i| needed[i] && !have.contains(i2.chunks[i].digest.as_slice()))
+        .filter(|&i| seen.insert(i2.chunks[i].digest.clone()))
+        .collect();
+    let plain: u64 = missing
+        .iter()
+        .map(|&i| u64::from(i2.chunks[i].stored_size))
+        .sum();
+    let new_pack: HashSet<u32> = (0..i2.packs.len() as u32)
+        .filter(|p| {
+            out2.stats
+                .packs
+                .iter()
+                .any(|(d, _)| d.to_string() == i2.packs[*p as usize].digest)
+        })
+        .collect();
+    let mut first = HashSet::new();
+    let candidate: Vec<bool> = i2
+        .chunks
+        .iter()
+        .map(|c| new_pack.contains(&c.pack) && first.insert(c.digest.clone()))
+        .collect();
+    println!(
+        "v2: {} chunks ({} new), {} files linked from v1, {} chunks to fetch = {plain} B stored; index {} B",
+        i2.chunks.len(),
+        out2.stats.new_chunks,
+        seeding.files(),
+        missing.len(),
+        encode_index(&i2).len()
+    );
+    println!(
+        "slack KiB | max base KiB | level |  tried   kept | node fetches B | of plain | seconds"
+    );
+    for (slack, max_base, level) in [
+        (16, 256, 6),
+        (64, 128, 6),
+        (64, 256, 3),
+        (64, 256, 6),
+        (64, 512, 6),
+        (64, 1024, 6),
+        (256, 256, 6),
+        (64, 256, 12),
+    ] {
+        let p = PlanOptions {
+            slack: slack << 10,
+            max_base: max_base << 10,
+        };
+        let t = Instant::now();
+        let tries = plan(&i2, &candidate, &i1, &p);
+        let d = DeltaOptions {
+            level,
+            ..DeltaOptions::default()
+        };
+        let kept = encode(&i2, &tries, &i1, &chunks, &d)?;
+        let secs = t.elapsed().as_secs_f64();
+        let by_chunk: HashMap<usize, usize> =
+            kept.iter().map(|(t, f)| (t.chunk, f.len())).collect();
+        let first_of: HashMap<&[u8], usize> = i2
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| candidate[*i])
+            .map(|(i, c)| (c.digest.as_slice(), i))
+            .collect();
+        let fetched: u64 = missing
+            .iter()
+            .map(|&i| {
+                let c = &i2.chunks[i];
+                first_of
+                    .get(c.digest.as_slice())
+                    .and_then(|k| by_chunk.get(k))
+                    .map_or(u64::from(c.stored_size), |&n| n as u64)
+            })
+            .sum();
+        println!(
+            "{slack:>9} | {max_base:>12} | {level:>5} | {:>6} {:>6} | {fetched:>14} | {:>8.3} | {secs:>7.2}",
+            tries.len(),
+            kept.len(),
+            fetched as f64 / plain.max(1) as f64
+        );
+    }
+    Ok(())
+}

@@ -27,15 +27,12 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::digest::Digest;
-use crate::format::delta::decompress_delta;
-use crate::format::pack::{compress_chunk, decompress_chunk};
 use crate::store::{ChunkStore, StoreError};
+
+mod verify;
 
 /// How many times a chunk another fetch was getting is waited for before giving up.
 const MAX_ROUNDS: usize = 4;
-/// zstd level for chunks rebuilt from deltas before they enter the store (their own frame
-/// was never fetched): fast, and about as small as the converter's level for store files.
-const STORE_LEVEL: i32 = 3;
 
 /// Errors from fetching chunks.
 #[derive(Debug, thiserror::Error)]
@@ -182,19 +179,37 @@ impl Inflight {
     }
 }
 
-/// Chunks claimed by one fetch; released (and waiters woken) on drop, success or not.
+/// Chunks claimed by one request: each released (its waiters woken) as soon as it is stored,
+/// and every one left on drop, success or not. A claim is only ever removed by its owner (the
+/// same `Notify`), so a late release never drops a claim another fetch made since.
 struct Claims {
     inflight: Inflight,
-    digests: Vec<Digest>,
+    owned: HashMap<Digest, Arc<Notify>>,
+}
+
+impl Claims {
+    fn release_locked(&self, map: &mut HashMap<Digest, Arc<Notify>>, d: &Digest) {
+        let Some(mine) = self.owned.get(d) else {
+            return;
+        };
+        if map.get(d).is_some_and(|n| Arc::ptr_eq(n, mine)) {
+            map.remove(d);
+            mine.notify_waiters();
+        }
+    }
+
+    /// `d` is in the store: let its waiters go on without waiting for the rest of the request.
+    fn release(&self, d: &Digest) {
+        let mut map = self.inflight.map.lock().unwrap_or_else(|e| e.into_inner());
+        self.release_locked(&mut map, d);
+    }
 }
 
 impl Drop for Claims {
     fn drop(&mut self) {
         let mut map = self.inflight.map.lock().unwrap_or_else(|e| e.into_inner());
-        for d in &self.digests {
-            if let Some(n) = map.remove(d) {
-                n.notify_waiters();
-            }
+        for d in self.owned.keys() {
+            self.release_locked(&mut map, d);
         }
     }
 }
@@ -323,6 +338,7 @@ pub async fn fetch_needed(
         }
         // Claim what nobody is fetching; remember what others are fetching.
         let mut mine = Vec::new();
+        let mut notes = HashMap::new();
         let mut waits = Vec::new();
         let mut theirs = Vec::new();
         {
@@ -339,7 +355,9 @@ pub async fn fetch_needed(
                         theirs.push(w);
                     }
                     None => {
-                        map.insert(w.digest, Arc::new(Notify::new()));
+                        let note = Arc::new(Notify::new());
+                        map.insert(w.digest, note.clone());
+                        notes.insert(w.digest, note);
                         mine.push(w);
                     }
                 }
@@ -347,16 +365,21 @@ pub async fn fetch_needed(
         }
         let requests = plan(&mine, index, opts);
         stats.requests += requests.len() as u64;
-        // Claims are released per request (plan puts every claimed chunk in exactly one), so a
-        // waiter, e.g. an assembly that needs one chunk, wakes as soon as its request is in.
-        let claimed: Vec<(Request, Claims)> = requests
+        // Each request owns the claims of its chunks (plan puts every claimed chunk in exactly
+        // one) and releases each as it is stored, so a waiter, e.g. an assembly that needs one
+        // chunk, goes on as soon as that chunk is in.
+        let claimed: Vec<(Request, Arc<Claims>)> = requests
             .into_iter()
             .map(|r| {
-                let digests = r.chunks.iter().map(|w| w.digest).collect();
-                let claims = Claims {
+                let owned = r
+                    .chunks
+                    .iter()
+                    .filter_map(|w| Some((w.digest, notes.get(&w.digest)?.clone())))
+                    .collect();
+                let claims = Arc::new(Claims {
                     inflight: inflight.clone(),
-                    digests,
-                };
+                    owned,
+                });
                 (r, claims)
             })
             .collect();
@@ -368,9 +391,7 @@ pub async fn fetch_needed(
             .map(|(r, claims)| async move {
                 // Never closed, so acquiring cannot fail; without a permit, go on regardless.
                 let _permit = inflight.requests.acquire().await.ok();
-                let result = fetch_request(r, store, source).await;
-                drop(claims);
-                result
+                fetch_request(r, claims, store, source).await
             })
             .buffer_unordered(opts.parallelism.max(1))
             .try_collect()
@@ -552,29 +573,12 @@ struct Fetched {
     retry: Vec<Want>,
 }
 
-/// Decodes the bytes of one want, checked against its digest.
-fn decode(w: &Want, stored: &[u8], store: &ChunkStore) -> Result<Vec<u8>, StoreError> {
-    match &w.how {
-        How::Full(compression) => Ok(decompress_chunk(
-            stored,
-            *compression,
-            w.size.into(),
-            &w.digest,
-        )?),
-        How::Delta(bases) => {
-            let mut base = Vec::new();
-            for (d, size) in bases.iter() {
-                base.extend_from_slice(&store.get(d, *size)?);
-            }
-            Ok(decompress_delta(stored, &base, w.size.into(), &w.digest)?)
-        }
-    }
-}
-
-/// Runs one request. Full chunks that fail verification (damaged in transit, e.g. by a faulty
-/// proxy) are read once more before the fetch fails; deltas that fail go back as full chunks.
+/// Runs one request. Each chunk is stored (and its claim released) as soon as it verifies; full
+/// chunks that fail verification (damaged in transit, e.g. by a faulty proxy) are read once
+/// more before the fetch fails; deltas that fail go back as full chunks.
 async fn fetch_request(
     r: Request,
+    claims: Arc<Claims>,
     store: &Arc<ChunkStore>,
     source: &impl RangeSource,
 ) -> Result<Fetched, FetchError> {
@@ -593,37 +597,14 @@ async fn fetch_request(
             });
         }
         received += data.len() as u64;
-        let (req, st) = (Arc::clone(&r), Arc::clone(store));
+        let (req, st, cl) = (Arc::clone(&r), Arc::clone(store), Arc::clone(&claims));
         let verified = tokio::task::spawn_blocking(move || -> Result<Fetched, FetchError> {
-            // Verify every chunk of the request before storing any of them.
-            let mut verified = Vec::with_capacity(req.chunks.len());
-            let mut retry = Vec::new();
-            for w in &req.chunks {
-                let from = (w.offset - req.start) as usize;
-                let stored = data.slice(from..from + w.stored as usize);
-                match (decode(w, &stored, &st), &w.how) {
-                    (Ok(_), How::Full(c)) => verified.push((w, *c, stored)),
-                    (Ok(plain), How::Delta(_)) => {
-                        let s = compress_chunk(&plain, STORE_LEVEL).map_err(StoreError::from)?;
-                        verified.push((w, s.compression, Bytes::from(s.data)));
-                    }
-                    (Err(e), How::Delta(_)) => {
-                        tracing::warn!(chunk = %w.digest, cause = %e, "delta unusable; fetching the full chunk");
-                        retry.push(w.clone());
-                    }
-                    (Err(e), How::Full(_)) => return Err(e.into()),
-                }
-            }
-            let mut from_deltas = 0;
-            for (w, compression, stored) in &verified {
-                st.insert_verified(&w.digest, w.size, *compression, stored)?;
-                from_deltas += u64::from(matches!(w.how, How::Delta(_)));
-            }
+            let done = verify::check_and_store(&req, &data, &st, &|d| cl.release(d))?;
             Ok(Fetched {
-                stored: verified.len() as u64,
-                from_deltas,
+                stored: done.stored,
+                from_deltas: done.from_deltas,
                 bytes: 0,
-                retry,
+                retry: done.retry,
             })
         })
         .await?;

@@ -47,6 +47,9 @@ pub enum StoreError {
     /// Filesystem error.
     #[error("chunk store I/O on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A thread verifying or storing chunks panicked (a bug; nothing unverified was stored).
+    #[error("a chunk worker thread panicked")]
+    WorkerPanicked,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {

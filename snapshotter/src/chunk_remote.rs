@@ -401,12 +401,15 @@ impl ChunkRemote {
     }
 
     async fn assemble(self: &Arc<Self>, req: &RemoteRequest) -> Result<RemoteOutcome, RemoteError> {
+        let t0 = Instant::now();
         let image = RegistryClient::parse_reference(&req.image_ref)?;
         let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
         let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
         let (image, artifact) = self.artifact(&image, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
+        let artifact_ms = t0.elapsed().as_millis() as u64;
         let ix = self.layer_index(&image, &artifact, &layer).await?;
+        let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
         let ix2 = ix.clone();
         let (seeding, needed) = tokio::task::spawn_blocking(move || {
@@ -417,6 +420,7 @@ impl ChunkRemote {
         .await?;
         let pin = self.store.pin(chunk_digests(&ix));
         let started = Instant::now();
+        let plan_ms = t0.elapsed().as_millis() as u64 - artifact_ms - index_ms;
         // Fetching and assembling overlap: the assembler writes what is local (and links seeds)
         // while the missing chunks arrive; a chunk it reaches first is waited for (or fetched)
         // by the reader.
@@ -455,6 +459,7 @@ impl ChunkRemote {
             assemble_layer_with(&ix2, &reader, &dest, &opts)
         })
         .await;
+        let assemble_ms = started.elapsed().as_millis() as u64;
         // The fetch's own error is the cause when both failed.
         let (stats, fetched_in) = fetch.await?;
         let stats = stats?;
@@ -475,8 +480,12 @@ impl ChunkRemote {
             seeded_files = assembled.seeded_files,
             seeded_bytes = assembled.seeded_bytes,
             seeds_rejected = assembled.seeds_rejected,
+            artifact_ms,
+            index_ms,
+            plan_ms,
             fetch_ms = fetched_in.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
+            assemble_ms,
+            total_ms = t0.elapsed().as_millis() as u64,
             "layer assembled from chunks"
         );
         Ok(RemoteOutcome::Assembled {

@@ -1,5 +1,5 @@
 //! Delta sweep: what a node holding v1 fetches for v2's layer, with and without delta frames,
-//! for several plan settings (slack, base cap) and zstd levels. Uses the converter's own
+//! for several plan settings (slack, base cap, resemblance by sketches) and zstd levels. Uses the converter's own
 //! planner and encoder and the node's own seeding plan (files v1 already has are linked, not
 //! fetched): `cargo run --release -p chunkconv --example delta_sweep -- V1.tar V2.tar`.
 
@@ -8,7 +8,8 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chunkconv::delta::{DeltaOptions, PlanOptions, encode, plan};
+use chunkconv::delta::sketch::{Sketch, sketch};
+use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
 use chunkconv::layer::{
     ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
 };
@@ -132,25 +133,40 @@ fn main() -> anyhow::Result<()> {
         missing.len(),
         encode_index(&i2).len()
     );
+    let sketches_of = |ix: &chunksnap_proto::index::LayerIndex| -> Vec<Sketch> {
+        ix.chunks
+            .iter()
+            .map(|c| match Digest::from_slice(&c.digest) {
+                Ok(d) => sketch(&chunks.0[&d]),
+                Err(_) => [u32::MAX; 4],
+            })
+            .collect()
+    };
+    let (s1, s2) = (sketches_of(&i1), sketches_of(&i2));
     println!(
-        "slack KiB | max base KiB | level |  tried   kept | node fetches B | of plain | seconds"
+        "slack KiB | max base KiB | level | sketches |  tried   kept | node fetches B | of plain | seconds"
     );
-    for (slack, max_base, level) in [
-        (16, 256, 6),
-        (64, 128, 6),
-        (64, 256, 3),
-        (64, 256, 6),
-        (64, 512, 6),
-        (64, 1024, 6),
-        (256, 256, 6),
-        (64, 256, 12),
+    for (slack, max_base, level, similar) in [
+        (16, 256, 6, false),
+        (64, 128, 6, false),
+        (64, 256, 3, false),
+        (64, 256, 6, false),
+        (64, 512, 6, false),
+        (256, 256, 6, false),
+        (64, 256, 12, false),
+        (64, 256, 6, true),
+        (64, 512, 6, true),
     ] {
         let p = PlanOptions {
             slack: slack << 10,
             max_base: max_base << 10,
         };
         let t = Instant::now();
-        let tries = plan(&i2, &candidate, &i1, &p);
+        let sk = similar.then_some(Sketches {
+            new: &s2,
+            reference: &s1,
+        });
+        let tries = plan(&i2, &candidate, &i1, &p, sk);
         let d = DeltaOptions {
             level,
             ..DeltaOptions::default()
@@ -177,7 +193,7 @@ fn main() -> anyhow::Result<()> {
             })
             .sum();
         println!(
-            "{slack:>9} | {max_base:>12} | {level:>5} | {:>6} {:>6} | {fetched:>14} | {:>8.3} | {secs:>7.2}",
+            "{slack:>9} | {max_base:>12} | {level:>5} | {similar:>8} | {:>6} {:>6} | {fetched:>14} | {:>8.3} | {secs:>7.2}",
             tries.len(),
             kept.len(),
             fetched as f64 / plain.max(1) as f64

@@ -34,6 +34,8 @@ pub struct KnownLayer {
     pub bytes: u64,
     /// The repository the index blob was found in.
     pub home: Reference,
+    /// Its chunk sketches blob, when the artifact has one (in `home`).
+    pub sketch: Option<Descriptor>,
 }
 
 /// Chunks and layers already stored, with the repository each pack lives in.
@@ -108,6 +110,7 @@ impl Catalog {
         layer_digest: Digest,
         desc: &Descriptor,
         idx: &LayerIndex,
+        sketch: Option<&Descriptor>,
     ) -> Result<(), ConvertError> {
         let mut packs = Vec::with_capacity(idx.packs.len());
         for p in &idx.packs {
@@ -153,6 +156,7 @@ impl Catalog {
                 chunks: idx.chunks.len() as u64,
                 bytes: idx.source.as_ref().map_or(0, |s| s.compressed_size),
                 home: repo.clone(),
+                sketch: sketch.cloned(),
             });
         Ok(())
     }
@@ -205,7 +209,7 @@ impl Catalog {
                 continue;
             }
             let idx = load_index(client, repo, desc).await?;
-            self.add_index(repo, *layer, desc, &idx)?;
+            self.add_index(repo, *layer, desc, &idx, artifact.sketches.get(layer))?;
         }
         self.artifacts += 1;
         Ok(())

@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chunksnap_core::digest::Digest;
 use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, IndexDelta, LayerEntry};
-use chunksnap_core::format::index::{self, LAYER_INDEX_MEDIA_TYPE};
+use chunksnap_core::format::index::{self, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE};
 use chunksnap_core::registry::referrers::Link;
 use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RegistryError};
 use futures::{StreamExt, TryStreamExt};
@@ -337,6 +337,11 @@ async fn convert_manifest(
                             index_size: k.index.size,
                             packs: k.packs.clone(),
                             index_delta: None,
+                            sketch: k
+                                .sketch
+                                .as_ref()
+                                .map(|s| Ok::<_, ConvertError>((s.sha256()?, s.size)))
+                                .transpose()?,
                         },
                         index: None,
                     });
@@ -369,6 +374,9 @@ async fn convert_manifest(
                 r.entry.index_size,
             )
             .await?;
+            if let Some((digest, size)) = &r.entry.sketch {
+                copy_if_foreign(client, image, &k.home, digest, *size).await?;
+            }
         }
         for (pack, size) in &r.entry.packs {
             if let Some(home) = catalog.pack_home(pack) {
@@ -405,7 +413,11 @@ async fn convert_manifest(
                 &r.entry.index_digest,
                 r.entry.index_size,
             );
-            catalog.add_index(image, r.entry.layer_digest, &desc, idx)?;
+            let sketch = r
+                .entry
+                .sketch
+                .map(|(d, size)| artifact::Descriptor::new(LAYER_SKETCH_MEDIA_TYPE, &d, size));
+            catalog.add_index(image, r.entry.layer_digest, &desc, idx, sketch.as_ref())?;
         }
         totals.add(&r.report);
         reports.push(r.report);
@@ -496,6 +508,7 @@ async fn convert_one(
         &catalog,
         &mut outcome.index,
         &outcome.stats.packs,
+        &outcome.sketches,
         &opts.deltas,
     )
     .await?;
@@ -536,6 +549,14 @@ async fn convert_one(
     let index_pushed = client
         .push_blob(image, &index_digest, Bytes::from(encoded))
         .await?;
+    let sketch_blob = delta::sketch::encode(&outcome.sketches);
+    let sketch = (Digest::of(&sketch_blob), sketch_blob.len() as u64);
+    if client
+        .push_blob(image, &sketch.0, Bytes::from(sketch_blob))
+        .await?
+    {
+        deltas.bytes_pushed += sketch.1;
+    }
     bar.finish_with_message(format!(
         "{} chunks, {} new, {} deltas",
         outcome.stats.chunks, outcome.stats.new_chunks, deltas.deltas
@@ -566,6 +587,7 @@ async fn convert_one(
             index_size,
             packs,
             index_delta,
+            sketch: Some(sketch),
         },
         index: Some(outcome.index),
     })

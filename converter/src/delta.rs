@@ -1,23 +1,26 @@
 //! Delta frames for a converted layer's new chunks, against its closest earlier layer.
 //!
 //! After a layer is converted, its new chunks (those the repository did not store yet) are
-//! compressed once more, each against the chunks of the reference layer around the same spot
-//! ([`plan`]): the previous version's bytes there. A node that holds those base chunks fetches
+//! compressed once more, each against chunks of the reference layer ([`plan`]): those around
+//! the same spot of the stream (the previous version's bytes there) or, for content that moved,
+//! the most similar chunk and its neighbours ([`sketch`]). A node that holds those base chunks fetches
 //! the delta instead of the chunk; on a rollout that is usually a few percent of the bytes (a
 //! `.pyc` rebuilt with a different reference count, a binary whose code moved). The full chunks
 //! stay in the packs for every other node. Delta frames go into packs of their own, so a cold
 //! node's coalesced reads never cross them.
 //!
 //! ```text
-//! catalog ─▶ reference layer ─▶ plan (anchors) ─▶ read new + base chunks ─▶ compress against
-//!   (most shared chunks)         (pure)            (Range reads, verified)    bases (parallel)
+//! catalog ─▶ reference layer ─▶ plan (anchors,  ─▶ read new + base chunks ─▶ compress against
+//!   (most shared chunks)         sketches; pure)   (Range reads, verified)    bases (parallel)
 //!                                                                ─▶ delta packs ─▶ index
 //! ```
 //! Deterministic: the same layer, catalog and options give the same frames and packs.
 
 mod plan;
+pub mod sketch;
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -32,7 +35,7 @@ use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{BaseChunk, Delta, LayerIndex, Pack};
 use serde::Serialize;
 
-pub use plan::{PlanOptions, Try, plan};
+pub use plan::{PlanOptions, Sketches, Try, plan};
 
 use crate::ConvertError;
 use crate::catalog::{Catalog, load_index_raw};
@@ -80,7 +83,7 @@ pub struct DeltaReport {
     pub delta_bytes: u64,
     /// Stored bytes of the chunks they stand for.
     pub chunk_bytes: u64,
-    /// Bytes of delta packs uploaded.
+    /// Bytes uploaded for deltas: delta packs, the index delta, the layer's sketch blob.
     pub bytes_pushed: u64,
 }
 
@@ -135,16 +138,25 @@ pub struct Reference {
     pub raw_index: Vec<u8>,
 }
 
+/// A delta chosen for a chunk: the base run it was computed against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Picked {
+    pub chunk: usize,
+    pub base: Range<usize>,
+}
+
 /// Adds delta frames for the new chunks of `index` (whose new packs, already pushed to `image`,
-/// are `new_packs`): picks the reference from `catalog`, reads the chunks involved, pushes the
-/// delta packs to `image` and records the deltas in `index`. Returns the reference (also when
-/// no chunk delta paid, for the index delta).
+/// are `new_packs`, and whose chunks' sketches are `sketches`): picks the reference from
+/// `catalog`, reads the chunks involved, pushes the delta packs to `image` and records the
+/// deltas in `index`. Returns the reference (also when no chunk delta paid, for the index
+/// delta).
 pub async fn add_deltas(
     client: &RegistryClient,
     image: &RegRef,
     catalog: &Catalog,
     index: &mut LayerIndex,
     new_packs: &[(Digest, u64)],
+    sketches: &[sketch::Sketch],
     opts: &DeltaOptions,
 ) -> Result<(DeltaReport, Option<Reference>), ConvertError> {
     let mut report = DeltaReport::default();
@@ -162,8 +174,23 @@ pub async fn add_deltas(
         raw_index,
     };
     let reference = Arc::new(reference);
+    let ref_sketches = match &known.sketch {
+        Some(desc) => {
+            let blob = client.read_blob(&home, &desc.sha256()?, desc.size).await?;
+            let parsed = sketch::decode(&blob, reference.chunks.len());
+            if parsed.is_none() {
+                tracing::warn!(layer = %ref_digest, "ignoring a sketch blob that does not fit its index");
+            }
+            parsed
+        }
+        None => None,
+    };
     let candidates = new_chunks(index, new_packs);
-    let tries = plan(index, &candidates, &reference, &opts.plan);
+    let similar = ref_sketches.as_deref().map(|reference| Sketches {
+        new: sketches,
+        reference,
+    });
+    let tries = plan(index, &candidates, &reference, &opts.plan, similar);
     report.tried = tries.len() as u64;
     if tries.is_empty() {
         return Ok((report, Some(base)));
@@ -176,7 +203,9 @@ pub async fn add_deltas(
     let mut want_base = vec![false; reference.chunks.len()];
     for t in &tries {
         want_new[t.chunk] = true;
-        want_base[t.base.clone()].iter_mut().for_each(|b| *b = true);
+        for b in &t.bases {
+            want_base[b.clone()].iter_mut().for_each(|w| *w = true);
+        }
     }
     let (fetch, inflight) = (FetchOptions::default(), Inflight::default());
     let here = RepoRangeSource {
@@ -208,9 +237,9 @@ pub async fn add_deltas(
     drop(scratch);
 
     report.deltas = frames.len() as u64;
-    for (t, f) in &frames {
+    for (p, f) in &frames {
         report.delta_bytes += f.len() as u64;
-        report.chunk_bytes += u64::from(index.chunks[t.chunk].stored_size);
+        report.chunk_bytes += u64::from(index.chunks[p.chunk].stored_size);
     }
     let packs = attach(index, &reference, frames, opts.pack_size)?;
     for (digest, data) in packs {
@@ -246,29 +275,49 @@ fn without_deltas(reference: &LayerIndex) -> LayerIndex {
     plain
 }
 
+/// A delta this small (against its chunk's stored size) is not worth trying to beat.
+const GOOD_ENOUGH: usize = 16;
+
 /// Computes the delta of each try from `chunks` (which must hold every chunk involved), in
-/// parallel batches; keeps those that pay ([`KEEP`]), in `tries` order. Blocking.
+/// parallel batches: against each base in turn, stopping early at a delta under 1/16 of the
+/// chunk; keeps the smallest that pays ([`KEEP`]), in `tries` order. Blocking.
 pub fn encode(
     index: &LayerIndex,
     tries: &[Try],
     reference: &LayerIndex,
     chunks: &dyn ChunkReader,
     opts: &DeltaOptions,
-) -> Result<Vec<(Try, Vec<u8>)>, DeltaError> {
+) -> Result<Vec<(Picked, Vec<u8>)>, DeltaError> {
     let chunk = |i: usize, c: &chunksnap_proto::index::Chunk| -> Result<Vec<u8>, DeltaError> {
         let d = Digest::from_slice(&c.digest).map_err(|_| DeltaError::BadDigest(i))?;
         Ok(chunks.read_chunk(&d, c.size)?)
     };
-    let one = |t: &Try| -> Result<Option<Vec<u8>>, DeltaError> {
+    let one = |t: &Try| -> Result<Option<(Picked, Vec<u8>)>, DeltaError> {
         let c = &index.chunks[t.chunk];
+        let stored = c.stored_size as usize;
         let data = chunk(t.chunk, c)?;
-        let mut base = Vec::new();
-        for k in t.base.clone() {
-            base.extend_from_slice(&chunk(k, &reference.chunks[k])?);
+        let mut best: Option<(Picked, Vec<u8>)> = None;
+        for range in &t.bases {
+            let mut base = Vec::new();
+            for k in range.clone() {
+                base.extend_from_slice(&chunk(k, &reference.chunks[k])?);
+            }
+            let frame = compress_delta(&base, &data, opts.level)?;
+            if best.as_ref().is_none_or(|(_, f)| frame.len() < f.len()) {
+                let picked = Picked {
+                    chunk: t.chunk,
+                    base: range.clone(),
+                };
+                best = Some((picked, frame));
+            }
+            if best
+                .as_ref()
+                .is_some_and(|(_, f)| f.len() * GOOD_ENOUGH < stored)
+            {
+                break;
+            }
         }
-        let frame = compress_delta(&base, &data, opts.level)?;
-        let pays = frame.len() * KEEP.1 < c.stored_size as usize * KEEP.0;
-        Ok(pays.then_some(frame))
+        Ok(best.filter(|(_, f)| f.len() * KEEP.1 < stored * KEEP.0))
     };
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -279,11 +328,7 @@ pub fn encode(
         if give_up(n * BATCH, kept.len()) {
             break;
         }
-        for (t, frame) in batch.iter().zip(parallel(batch, threads, &one)?) {
-            if let Some(f) = frame {
-                kept.push((t.clone(), f));
-            }
-        }
+        kept.extend(parallel(batch, threads, &one)?.into_iter().flatten());
     }
     Ok(kept)
 }
@@ -331,13 +376,13 @@ fn parallel<T: Sync, R: Send>(
 pub fn attach(
     index: &mut LayerIndex,
     reference: &LayerIndex,
-    frames: Vec<(Try, Vec<u8>)>,
+    frames: Vec<(Picked, Vec<u8>)>,
     pack_size: u64,
 ) -> Result<Vec<(Digest, Vec<u8>)>, ConvertError> {
     if frames.is_empty() {
         return Ok(Vec::new());
     }
-    let used: BTreeSet<usize> = frames.iter().flat_map(|(t, _)| t.base.clone()).collect();
+    let used: BTreeSet<usize> = frames.iter().flat_map(|(p, _)| p.base.clone()).collect();
     let table: Vec<usize> = used.into_iter().collect();
     let first_pack = index.packs.len() as u32;
     let mut builder = PackBuilder::new(pack_size).map_err(DeltaError::Pack)?;

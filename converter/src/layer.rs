@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! blob ─sha256─▶ decompress ─sha256─▶ tarscan ──content pipe──▶ FastCDC ─▶ batches ─▶ hash +
-//!   (scanner thread: digest, diff_id, entries)   (bounded)      (caller's thread)   compress
+//!   (scanner thread: digest, diff_id, entries)   (bounded)      (caller's thread)   sketch +
+//!                                                                                   compress
 //!                                                                (worker threads) ─▶ packs (in order)
 //! ```
 //! Memory is bounded whatever the layer size: the pipe holds a few MiB, the chunker one maximum
@@ -22,6 +23,8 @@ use chunksnap_core::format::index::{self, FORMAT_VERSION, FormatError};
 use chunksnap_core::format::pack::{self, PackBuilder, PackError, StoredChunk};
 use chunksnap_core::tarscan::{TarError, TarScan, scan_tar};
 use chunksnap_proto::index::{Chunk, Compression, LayerIndex, Pack, Source};
+
+use crate::delta::sketch::{Sketch, sketch};
 
 pub use stream::is_layer_media_type;
 
@@ -95,6 +98,8 @@ pub trait PackSink {
 pub struct LayerOutcome {
     pub index: LayerIndex,
     pub stats: LayerStats,
+    /// The sketch of every chunk of `index`, in order (for later layers' deltas).
+    pub sketches: Vec<Sketch>,
 }
 
 /// Counters for progress output and `--json`.
@@ -197,7 +202,7 @@ pub fn convert_layer(
             actual: scanned.compressed,
         });
     }
-    let (chunks, packs, mut stats) = chunked;
+    let (chunks, packs, mut stats, sketches) = chunked;
     stats.entries = scanned.scan.entries.len() as u64;
     stats.bytes_read = scanned.compressed;
     stats.uncompressed_bytes = scanned.uncompressed;
@@ -218,7 +223,11 @@ pub fn convert_layer(
         delta_bases: Vec::new(),
     };
     index::validate(&index)?;
-    Ok(LayerOutcome { index, stats })
+    Ok(LayerOutcome {
+        index,
+        stats,
+        sketches,
+    })
 }
 
 /// Runs on the scanner thread: hashes and decompresses the blob, scans the tar into the pipe.
@@ -262,6 +271,7 @@ const BATCH_BYTES: usize = 8 << 20;
 struct Prepared {
     digest: Digest,
     size: u32,
+    sketch: Sketch,
     /// `None` when the catalog already has the chunk.
     stored: Option<StoredChunk>,
     existing: Option<ExistingChunk>,
@@ -279,6 +289,9 @@ enum Place {
     },
 }
 
+/// The index's chunk and pack lists, the stats, and every chunk's sketch.
+type Laid = (Vec<Chunk>, Vec<Pack>, LayerStats, Vec<Sketch>);
+
 /// The ordered stage: batches chunks, processes them in parallel, appends in stream order.
 struct Chunks<'a> {
     opts: &'a LayerOptions,
@@ -291,6 +304,7 @@ struct Chunks<'a> {
     /// Chunks stored by this layer so far (a repeat is stored once).
     seen: HashMap<Digest, Place>,
     placed: Vec<(Digest, u32, Place)>,
+    sketches: Vec<Sketch>,
     new_packs: Vec<(Digest, u64)>,
     stats: LayerStats,
 }
@@ -316,6 +330,7 @@ impl<'a> Chunks<'a> {
             batch_bytes: 0,
             seen: HashMap::new(),
             placed: Vec::new(),
+            sketches: Vec::new(),
             new_packs: Vec::new(),
             stats: LayerStats::default(),
         }
@@ -368,6 +383,7 @@ impl<'a> Chunks<'a> {
         };
         self.seen.entry(p.digest).or_insert_with(|| place.clone());
         self.placed.push((p.digest, p.size, place));
+        self.sketches.push(p.sketch);
         Ok(())
     }
 
@@ -384,8 +400,8 @@ impl<'a> Chunks<'a> {
     }
 
     /// Flushes the last pack and lays out the index's chunk and pack lists (packs in order of
-    /// first use).
-    fn finish(&mut self) -> Result<(Vec<Chunk>, Vec<Pack>, LayerStats), LayerError> {
+    /// first use), with each chunk's sketch.
+    fn finish(&mut self) -> Result<Laid, LayerError> {
         if let Some(last) = self.packer.take().and_then(PackBuilder::finish) {
             self.emit(last)?;
         }
@@ -431,11 +447,12 @@ impl<'a> Chunks<'a> {
         }
         let mut stats = std::mem::take(&mut self.stats);
         stats.packs = self.new_packs.clone();
-        Ok((chunks, packs, stats))
+        Ok((chunks, packs, stats, std::mem::take(&mut self.sketches)))
     }
 }
 
-/// Hashes, looks up and compresses a batch on up to `threads` threads; results in batch order.
+/// Hashes, sketches, looks up and compresses a batch on up to `threads` threads; results in
+/// batch order.
 fn prepare(
     batch: &[Vec<u8>],
     threads: usize,
@@ -455,6 +472,7 @@ fn prepare(
         Ok(Prepared {
             digest,
             size,
+            sketch: sketch(data),
             stored,
             existing,
         })

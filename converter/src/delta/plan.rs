@@ -1,17 +1,24 @@
 //! Which new chunks of a layer get a delta, and against which chunks of the reference layer.
 //!
-//! v2's content stream and v1's line up almost everywhere: files come in tar order, and most
-//! chunks are shared. So a new chunk's old counterpart is found by *anchors*, points known to
-//! correspond in both streams: the start of a file with the same path in both, and every chunk
-//! the two layers share. From the last anchor at or before a new chunk, the chunk maps to the
-//! same distance past the anchor's counterpart; the reference chunks around that spot (within
-//! [`PlanOptions::slack`] on each side, at most [`PlanOptions::max_base`] bytes) are its base.
-//! Pure: no I/O, so the same indexes always give the same plan.
+//! Two ways to find a new chunk's old counterpart, tried in this order:
+//! - *Position.* v2's content stream and v1's line up almost everywhere: files come in tar
+//!   order, and most chunks are shared. Anchors are points known to correspond in both streams:
+//!   the start of a file with the same path in both, and every chunk the two layers share. From
+//!   the last anchor at or before a new chunk, the chunk maps to the same distance past the
+//!   anchor's counterpart; the reference chunks around that spot (within
+//!   [`PlanOptions::slack`] on each side, at most [`PlanOptions::max_base`] bytes) are a base.
+//! - *Resemblance* (when both layers have sketches, see [`super::sketch`]): the reference chunk
+//!   sharing the most sketch features, with its neighbours, wherever it is. This finds content
+//!   that moved: a file rewritten to new blocks inside a disk image, a renamed directory.
+//!
+//! Pure: no I/O, so the same indexes and sketches always give the same plan.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
 use chunksnap_proto::index::{EntryType, LayerIndex};
+
+use super::sketch::{K, Sketch};
 
 /// Tuning of the plan (see `converter/examples/delta_probe.rs` and docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +39,19 @@ impl Default for PlanOptions {
     }
 }
 
-/// One delta to try: chunk `chunk` of the new layer against reference chunks `base`.
+/// One delta to try: chunk `chunk` of the new layer against each of `bases` (runs of reference
+/// chunks, in order of preference); the encoder keeps the smallest delta that pays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Try {
     pub chunk: usize,
-    pub base: Range<usize>,
+    pub bases: Vec<Range<usize>>,
+}
+
+/// The sketches of both layers' chunks, in index order.
+#[derive(Debug, Clone, Copy)]
+pub struct Sketches<'a> {
+    pub new: &'a [Sketch],
+    pub reference: &'a [Sketch],
 }
 
 /// Start offset of every chunk in its stream, and the stream's length.
@@ -116,25 +131,35 @@ fn base_around(
         .min(ref_len);
     let first = ref_starts.partition_point(|&s| s <= lo).saturating_sub(1);
     let end = ref_starts.partition_point(|&s| s < hi);
-    let size = |k: usize| u64::from(reference.chunks[k].size);
     let mid = m.saturating_add(len / 2).min(ref_len - 1);
     let centre = ref_starts
         .partition_point(|&s| s <= mid)
         .saturating_sub(1)
         .clamp(first, end - 1);
+    grow(centre, first..end, reference, opts.max_base)
+}
+
+/// The run around reference chunk `centre` within `within`, at most `max_base` bytes: grown to
+/// the right first (what follows matters most), then left.
+fn grow(
+    centre: usize,
+    within: Range<usize>,
+    reference: &LayerIndex,
+    max_base: u64,
+) -> Option<Range<usize>> {
+    let size = |k: usize| u64::from(reference.chunks[k].size);
     let (mut a, mut b) = (centre, centre + 1);
     let mut total = size(centre);
-    if total > opts.max_base {
+    if total > max_base {
         return None;
     }
-    // Grow to the right first (what follows the mapped start matters most), then left.
     loop {
-        let grew_right = b < end && total + size(b) <= opts.max_base;
+        let grew_right = b < within.end && total + size(b) <= max_base;
         if grew_right {
             total += size(b);
             b += 1;
         }
-        let grew_left = a > first && total + size(a - 1) <= opts.max_base;
+        let grew_left = a > within.start && total + size(a - 1) <= max_base;
         if grew_left {
             a -= 1;
             total += size(a);
@@ -146,13 +171,43 @@ fn base_around(
     Some(a..b)
 }
 
+/// Reference chunk by sketch feature (its first chunk with the feature).
+fn feature_map(reference: &[Sketch]) -> HashMap<u32, usize> {
+    let mut map = HashMap::new();
+    for (k, s) in reference.iter().enumerate() {
+        for &f in s.iter().filter(|&&f| f != u32::MAX) {
+            map.entry(f).or_insert(k);
+        }
+    }
+    map
+}
+
+/// The reference chunk sharing the most features with `sketch` (ties: the first).
+fn most_similar(sketch: &Sketch, features: &HashMap<u32, usize>) -> Option<usize> {
+    let mut votes: Vec<(usize, u32)> = Vec::with_capacity(K);
+    for f in sketch.iter().filter(|&&f| f != u32::MAX) {
+        if let Some(&k) = features.get(f) {
+            match votes.iter_mut().find(|(c, _)| *c == k) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((k, 1)),
+            }
+        }
+    }
+    votes
+        .into_iter()
+        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
+        .map(|(k, _)| k)
+}
+
 /// The deltas worth trying: for each chunk with `candidate[i]` (a new chunk, first occurrence),
-/// its base in `reference`, if an anchor maps it inside the reference's stream.
+/// its position base (if an anchor maps it inside the reference's stream) and, with
+/// `sketches`, its resemblance base (if a reference chunk shares a feature with it).
 pub fn plan(
     new: &LayerIndex,
     candidate: &[bool],
     reference: &LayerIndex,
     opts: &PlanOptions,
+    sketches: Option<Sketches<'_>>,
 ) -> Vec<Try> {
     let (new_starts, _) = starts(new);
     let (ref_starts, ref_len) = starts(reference);
@@ -160,20 +215,40 @@ pub fn plan(
         return Vec::new();
     }
     let anchors = anchors(new, &new_starts, reference, &ref_starts);
+    let similar = sketches
+        .filter(|s| s.new.len() == new.chunks.len() && s.reference.len() == reference.chunks.len())
+        .map(|s| (s.new, feature_map(s.reference)));
     let mut out = Vec::new();
     for (i, c) in new.chunks.iter().enumerate() {
         if !candidate.get(i).copied().unwrap_or(false) {
             continue;
         }
+        let mut bases = Vec::with_capacity(2);
         let o = new_starts[i];
         let k = anchors.partition_point(|a| a.0 <= o);
-        let Some(&(a2, a1)) = k.checked_sub(1).and_then(|k| anchors.get(k)) else {
-            continue;
-        };
-        let m = a1.saturating_add(o - a2);
-        if let Some(base) = base_around(m, u64::from(c.size), &ref_starts, ref_len, reference, opts)
+        if let Some(&(a2, a1)) = k.checked_sub(1).and_then(|k| anchors.get(k)) {
+            let m = a1.saturating_add(o - a2);
+            bases.extend(base_around(
+                m,
+                u64::from(c.size),
+                &ref_starts,
+                ref_len,
+                reference,
+                opts,
+            ));
+        }
+        if let Some((new_sketches, features)) = &similar
+            && let Some(k) = most_similar(&new_sketches[i], features)
         {
-            out.push(Try { chunk: i, base });
+            let within = k.saturating_sub(1)..(k + 2).min(reference.chunks.len());
+            if let Some(run) = grow(k, within, reference, opts.max_base)
+                && !bases.contains(&run)
+            {
+                bases.push(run);
+            }
+        }
+        if !bases.is_empty() {
+            out.push(Try { chunk: i, bases });
         }
     }
     out
@@ -213,19 +288,24 @@ mod tests {
         max_base: 1000,
     };
 
+    fn opts(slack: u64, max_base: u64) -> PlanOptions {
+        PlanOptions { slack, max_base }
+    }
+
+    fn one(chunk: usize, base: Range<usize>) -> Try {
+        Try {
+            chunk,
+            bases: vec![base],
+        }
+    }
+
     #[test]
     fn a_changed_chunk_maps_past_the_shared_chunk_before_it() {
         // v1: A B C D, v2: A X C D (B changed into X): X's base is around B.
         let v1 = index(&[(1, 100), (2, 100), (3, 100), (4, 100)], &[]);
         let v2 = index(&[(1, 100), (9, 100), (3, 100), (4, 100)], &[]);
-        let tries = plan(&v2, &[false, true, false, false], &v1, &OPTS);
-        assert_eq!(
-            tries,
-            vec![Try {
-                chunk: 1,
-                base: 0..3
-            }]
-        );
+        let tries = plan(&v2, &[false, true, false, false], &v1, &OPTS, None);
+        assert_eq!(tries, vec![one(1, 0..3)]);
     }
 
     #[test]
@@ -233,60 +313,25 @@ mod tests {
         // Nothing shared; the file "b" starts at 300 in v1 and at 200 in v2.
         let v1 = index(&[(1, 300), (2, 300)], &[("a", 0, 300), ("b", 300, 300)]);
         let v2 = index(&[(7, 200), (8, 300)], &[("a", 0, 200), ("b", 200, 300)]);
-        let opts = PlanOptions {
-            slack: 0,
-            max_base: 1000,
-        };
-        let tries = plan(&v2, &[true, true], &v1, &opts);
-        assert_eq!(
-            tries,
-            vec![
-                Try {
-                    chunk: 0,
-                    base: 0..1
-                },
-                Try {
-                    chunk: 1,
-                    base: 1..2
-                }
-            ]
-        );
+        let tries = plan(&v2, &[true, true], &v1, &opts(0, 1000), None);
+        assert_eq!(tries, vec![one(0, 0..1), one(1, 1..2)]);
     }
 
     #[test]
     fn bases_are_capped_and_nothing_maps_past_the_end() {
         let v1 = index(&[(1, 400), (2, 400), (3, 400), (4, 400)], &[("f", 0, 1600)]);
         let v2 = index(&[(1, 400), (9, 400), (8, 2000)], &[("f", 0, 2800)]);
-        let tries = plan(
-            &v2,
-            &[false, true, true],
-            &v1,
-            &PlanOptions {
-                slack: 1000,
-                max_base: 900,
-            },
-        );
+        let tries = plan(&v2, &[false, true, true], &v1, &opts(1000, 900), None);
         // Chunk 1 maps to 400: its centre chunk plus the one after fit in 900 bytes. Chunk 2
         // maps to 800..2800: its middle lies past v1's end, so it centres on v1's last chunk.
-        assert_eq!(
-            tries,
-            vec![
-                Try {
-                    chunk: 1,
-                    base: 1..3
-                },
-                Try {
-                    chunk: 2,
-                    base: 2..4
-                }
-            ]
-        );
+        assert_eq!(tries, vec![one(1, 1..3), one(2, 2..4)]);
         // A chunk mapped past the reference's end gets no delta.
         let v3 = index(
             &[(1, 400), (2, 400), (3, 400), (4, 400), (5, 400), (6, 100)],
             &[],
         );
-        assert!(plan(&v3, &[false, false, false, false, false, true], &v1, &OPTS).is_empty());
+        let cand = [false, false, false, false, false, true];
+        assert!(plan(&v3, &cand, &v1, &OPTS, None).is_empty());
     }
 
     #[test]
@@ -294,21 +339,43 @@ mod tests {
         // Z occurs twice in v1; in v2 the second occurrence is followed by a changed chunk.
         let v1 = index(&[(5, 100), (1, 100), (5, 100), (2, 100)], &[]);
         let v2 = index(&[(5, 100), (1, 100), (5, 100), (9, 100)], &[]);
-        let tries = plan(
-            &v2,
-            &[false, false, false, true],
-            &v1,
-            &PlanOptions {
-                slack: 0,
-                max_base: 100,
-            },
-        );
+        let tries = plan(&v2, &[false, false, false, true], &v1, &opts(0, 100), None);
+        assert_eq!(tries, vec![one(3, 3..4)]);
+    }
+
+    #[test]
+    fn resemblance_finds_content_that_moved() {
+        // X in v2 sits where v1 had A, but resembles v1's D (sketches share features): both
+        // bases are offered, position first. Y has no position base but resembles B.
+        let v1 = index(&[(1, 100), (2, 100), (3, 100), (4, 100)], &[]);
+        let v2 = index(&[(9, 100), (8, 100)], &[]);
+        let none = [u32::MAX; K];
+        let reference = [[1, 2, 3, 4], none, none, [10, 11, 12, 13]];
+        let new = [[10, 11, 12, 99], [30, 31, 32, 33]];
+        let (new_b, ref_b) = (&new[..], &reference[..]);
+        let s = Sketches {
+            new: new_b,
+            reference: ref_b,
+        };
+        // Chunk 0 has no anchor before it: only the resemblance base (D and its neighbour).
+        let tries = plan(&v2, &[true, true], &v1, &opts(0, 200), Some(s));
+        assert_eq!(tries, vec![one(0, 2..4)]);
+        // With an anchor (a shared file start), position first, then resemblance.
+        let v1f = index(&[(1, 100), (2, 100), (3, 100), (4, 100)], &[("f", 0, 400)]);
+        let v2f = index(&[(9, 100), (8, 100)], &[("f", 0, 200)]);
+        let tries = plan(&v2f, &[true, false], &v1f, &opts(0, 100), Some(s));
         assert_eq!(
             tries,
             vec![Try {
-                chunk: 3,
-                base: 3..4
+                chunk: 0,
+                bases: vec![0..1, 3..4]
             }]
         );
+        // Sketches that do not match the indexes are ignored.
+        let short = Sketches {
+            new: &new[..1],
+            reference: ref_b,
+        };
+        assert!(plan(&v2, &[true, true], &v1, &opts(0, 200), Some(short)).is_empty());
     }
 }

@@ -140,3 +140,82 @@ async fn a_node_holding_v1_fetches_deltas_and_rebuilds_v2_exactly() {
     assert_eq!(p.deltas.deltas, 0);
     assert_ne!(p.index, l.index);
 }
+
+/// v1: a data file; v2: a new 3 MiB file first (so everything after it moved far beyond any
+/// slack) and the data file renamed, with a byte changed every 8 KiB (no chunk survives): no
+/// anchor maps it, only its resemblance to v1's chunks (the sketches v1's conversion stored)
+/// finds its old bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_and_renamed_content_is_found_by_resemblance() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let (v1, v2) = (reg.reference("m/app", "v1"), reg.reference("m/app", "v2"));
+    let data = common::noise(21, 1 << 20);
+    let mut edited = data.clone();
+    for i in (0..edited.len()).step_by(8 << 10) {
+        edited[i] ^= 0x55;
+    }
+    common::push_image(
+        &client,
+        &v1,
+        &[common::layer(&[File("srv/data-1.0.bin", 0o644, data)])],
+    )
+    .await;
+    common::push_image(
+        &client,
+        &v2,
+        &[common::layer(&[
+            File("srv/aaa-new.bin", 0o644, common::noise(22, 3 << 20)),
+            File("srv/data-2.0.bin", 0o644, edited),
+        ])],
+    )
+    .await;
+    let first = convert_with(&client, &v1, true).await;
+    let m1 = &first.manifests[0];
+    let (_, art1) = client
+        .find_artifact(&v1, &m1.manifest.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        art1.sketches.len(),
+        1,
+        "every converted layer has its sketches"
+    );
+    let second = convert_with(&client, &v2, true).await;
+    let l = &second.manifests[0].layers[0];
+    // The new 3 MiB file has no old counterpart; the renamed, edited one does.
+    assert!(l.deltas.deltas >= 20, "{:?}", l.deltas);
+    assert!(
+        l.deltas.delta_bytes * 20 < l.deltas.chunk_bytes,
+        "{:?}",
+        l.deltas
+    );
+
+    // Converting v2 again into a new tag reuses the layer and still lists its sketches.
+    let v3 = reg.reference("m/app", "v3");
+    let v2_layers = [common::layer(&[
+        File("srv/aaa-new.bin", 0o644, common::noise(22, 3 << 20)),
+        File("srv/data-2.0.bin", 0o644, {
+            let mut e = common::noise(21, 1 << 20);
+            for i in (0..e.len()).step_by(8 << 10) {
+                e[i] ^= 0x55;
+            }
+            e
+        }),
+    ])];
+    common::push_image(&client, &v3, &[v2_layers[0].clone(), common::layer(&[])]).await;
+    let third = convert_with(&client, &v3, true).await;
+    let m3 = &third.manifests[0];
+    assert!(m3.layers[0].reused);
+    let (_, art3) = client
+        .find_artifact(&v3, &m3.manifest.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        art3.sketches.len(),
+        2,
+        "reused and new layers both keep sketches"
+    );
+}

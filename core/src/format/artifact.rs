@@ -1,6 +1,7 @@
 //! The image artifact: an OCI image manifest that points, through `subject`, at the source image
 //! manifest and lists the layer index blobs (annotated with the source layer digest), each
-//! followed by its index delta if it has one, then every pack those indexes use. Building it is deterministic (fixed field order, sorted packs, no
+//! followed by its index delta and its chunk sketches if it has them, then every pack those
+//! indexes use. Building it is deterministic (fixed field order, sorted packs, no
 //! timestamps) so converting the same image twice yields the same artifact digest; parsing checks
 //! that a manifest really is a chunksnap artifact for the image we asked about.
 
@@ -12,7 +13,8 @@ use crate::digest::{Digest, DigestError};
 
 pub use super::index::{
     ARTIFACT_TYPE, INDEX_BASE_ANNOTATION, INDEX_BASE_RAW_ANNOTATION, INDEX_DELTA_MEDIA_TYPE,
-    INDEX_RAW_ANNOTATION, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, PACK_MEDIA_TYPE,
+    INDEX_RAW_ANNOTATION, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE,
+    PACK_MEDIA_TYPE,
 };
 
 /// Media type of the artifact manifest itself (an OCI image manifest).
@@ -124,6 +126,8 @@ pub struct LayerEntry {
     pub packs: Vec<(Digest, u64)>,
     /// The index as a delta against an earlier layer's, for nodes that hold that one.
     pub index_delta: Option<IndexDelta>,
+    /// The chunk sketches blob (digest, size), for converters computing later layers' deltas.
+    pub sketch: Option<(Digest, u64)>,
 }
 
 /// A layer index stored as a delta against another layer's index.
@@ -222,6 +226,14 @@ pub fn build(subject: &Descriptor, layers: &[LayerEntry]) -> Result<BuiltArtifac
         if let Some(delta) = &layer.index_delta {
             out_layers.push(delta.descriptor(&layer.layer_digest));
         }
+        if let Some((digest, size)) = &layer.sketch {
+            let mut d = Descriptor::new(LAYER_SKETCH_MEDIA_TYPE, digest, *size);
+            d.annotations.insert(
+                LAYER_DIGEST_ANNOTATION.to_owned(),
+                layer.layer_digest.to_string(),
+            );
+            out_layers.push(d);
+        }
         for &(digest, size) in &layer.packs {
             insert_pack(&mut packs, digest, size)?;
         }
@@ -274,6 +286,8 @@ pub struct Artifact {
     pub packs: BTreeMap<Digest, u64>,
     /// Source layer digest → its index as a delta against another layer's index.
     pub index_deltas: BTreeMap<Digest, IndexDelta>,
+    /// Source layer digest → its chunk sketches blob.
+    pub sketches: BTreeMap<Digest, Descriptor>,
 }
 
 /// Parses and validates an artifact manifest. With `expected_subject`, the artifact must refer to
@@ -306,6 +320,7 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
     let mut indexes = BTreeMap::new();
     let mut packs = BTreeMap::new();
     let mut index_deltas = BTreeMap::new();
+    let mut sketches = BTreeMap::new();
     for layer in m.layers {
         match layer.media_type.as_str() {
             LAYER_INDEX_MEDIA_TYPE => {
@@ -331,6 +346,22 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
                     return Err(not(format!("two index deltas for layer {source}")));
                 }
             }
+            LAYER_SKETCH_MEDIA_TYPE => {
+                layer.sha256()?;
+                let source = layer
+                    .annotations
+                    .get(LAYER_DIGEST_ANNOTATION)
+                    .ok_or_else(|| {
+                        not(format!(
+                            "sketch {} lacks {LAYER_DIGEST_ANNOTATION}",
+                            layer.digest
+                        ))
+                    })?;
+                let source = Digest::parse(source)?;
+                if sketches.insert(source, layer).is_some() {
+                    return Err(not(format!("two sketches for layer {source}")));
+                }
+            }
             other => return Err(not(format!("unexpected layer media type {other:?}"))),
         }
     }
@@ -340,11 +371,17 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
             "index delta for layer {orphan} without its index"
         )));
     }
+    if let Some(orphan) = sketches.keys().find(|l| !indexes.contains_key(*l)) {
+        return Err(not(format!(
+            "sketches for layer {orphan} without its index"
+        )));
+    }
     Ok(Artifact {
         subject,
         indexes,
         packs,
         index_deltas,
+        sketches,
     })
 }
 
@@ -368,6 +405,7 @@ mod tests {
                 index_size: 10,
                 packs: vec![(d(30), 300), (d(20), 200)],
                 index_delta: None,
+                sketch: None,
             },
             LayerEntry {
                 layer_digest: d(2),
@@ -375,6 +413,7 @@ mod tests {
                 index_size: 12,
                 packs: vec![(d(20), 200)],
                 index_delta: None,
+                sketch: None,
             },
         ]
     }
@@ -469,6 +508,24 @@ mod tests {
         assert!(parse(&orphan, None).is_err());
         let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
         v["layers"][pos] = no_base;
+        assert!(parse(&serde_json::to_vec(&v).unwrap(), None).is_err());
+    }
+
+    #[test]
+    fn sketches_parse_back_and_need_their_index() {
+        let mut l = layers();
+        l[0].sketch = Some((d(50), 64));
+        let built = build(&subject(), &l).unwrap();
+        let a = parse(&built.bytes, None).unwrap();
+        assert_eq!(a.sketches.len(), 1);
+        assert_eq!(a.sketches[&d(1)].sha256().unwrap(), d(50));
+        let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
+        let layers = v["layers"].as_array_mut().unwrap();
+        let pos = layers
+            .iter()
+            .position(|x| x["mediaType"] == LAYER_SKETCH_MEDIA_TYPE)
+            .unwrap();
+        layers.remove(pos - 1);
         assert!(parse(&serde_json::to_vec(&v).unwrap(), None).is_err());
     }
 

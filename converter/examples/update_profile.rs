@@ -1,0 +1,322 @@
+//! Times a node's update from v1 to v2 of one layer, the daemon's data path without containerd
+//! or a network: `cargo run --release -p chunkconv --example update_profile -- V1.tar V2.tar WORKDIR`.
+//!
+//! Converts both tars in memory (v2 against v1, deltas included, as `chunkconv convert` does),
+//! fills a chunk store with v1 and assembles v1, then times v2: the fetch of what the node lacks
+//! (served from memory, so this is decode and store cost only) and the seeded assembly, first
+//! one after the other, then overlapped as the daemon runs them. WORKDIR should be on the
+//! filesystem a node would use (see docs/benchmarks.md on ext4 without a journal).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, attach, encode, plan};
+use chunkconv::layer::{
+    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
+};
+use chunksnap_core::assemble::{
+    AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
+};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fetch_needed};
+use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_proto::index::LayerIndex;
+
+/// Packs by digest, kept in memory: the "registry".
+#[derive(Default)]
+struct Packs(HashMap<String, Bytes>);
+
+impl PackSink for Packs {
+    fn put_pack(&mut self, d: &Digest, data: Vec<u8>) -> Result<(), SinkError> {
+        self.0.insert(d.to_string(), Bytes::from(data));
+        Ok(())
+    }
+}
+
+/// The packs once converted, shared: the "registry" the node fetches from.
+#[derive(Clone)]
+struct Registry(Arc<HashMap<String, Bytes>>);
+
+impl RangeSource for Registry {
+    async fn read_range(&self, pack: &str, offset: u64, len: u64) -> Result<Bytes, FetchError> {
+        let p = self
+            .0
+            .get(pack)
+            .ok_or_else(|| FetchError::range(pack, offset, len, "no pack"))?;
+        Ok(p.slice(offset as usize..(offset + len) as usize))
+    }
+}
+
+struct Known(HashMap<Digest, ExistingChunk>);
+
+impl ChunkCatalog for Known {
+    fn lookup(&self, digest: &Digest) -> Option<ExistingChunk> {
+        self.0.get(digest).cloned()
+    }
+}
+
+/// Every chunk's bytes (for computing deltas), read back from the packs.
+struct Plain(HashMap<Digest, Vec<u8>>);
+
+impl ChunkReader for Plain {
+    fn read_chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, StoreError> {
+        self.0
+            .get(digest)
+            .cloned()
+            .ok_or(StoreError::Missing(*digest))
+    }
+}
+
+fn plain_chunks(
+    ix: &LayerIndex,
+    packs: &Packs,
+    into: &mut HashMap<Digest, Vec<u8>>,
+) -> anyhow::Result<()> {
+    for c in &ix.chunks {
+        let d = Digest::from_slice(&c.digest)?;
+        let p = &packs.0[&ix.packs[c.pack as usize].digest];
+        let stored =
+            &p[c.pack_offset as usize..(c.pack_offset + u64::from(c.stored_size)) as usize];
+        let data = chunksnap_core::format::pack::decompress_chunk(
+            stored,
+            c.compression(),
+            c.size.into(),
+            &d,
+        )?;
+        into.insert(d, data);
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [v1, v2, work] = args.as_slice() else {
+        anyhow::bail!("usage: update_profile V1.tar V2.tar WORKDIR");
+    };
+    let work = std::path::Path::new(work);
+    std::fs::create_dir_all(work)?;
+    let run = tempfile::tempdir_in(work)?;
+    let opts = LayerOptions::default();
+    let mut packs = Packs::default();
+    let (d1, in1) = common::read_layer(v1)?;
+    let out1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut packs)?;
+    let (i1, sketches1) = (out1.index, out1.sketches);
+    drop(d1);
+    let mut known = HashMap::new();
+    for c in &i1.chunks {
+        let pack = &i1.packs[c.pack as usize];
+        known.insert(
+            Digest::from_slice(&c.digest)?,
+            ExistingChunk {
+                pack: Digest::parse(&pack.digest)?,
+                pack_size: pack.size,
+                offset: c.pack_offset,
+                stored_size: c.stored_size,
+                compression: c.compression(),
+            },
+        );
+    }
+    let (d2, in2) = common::read_layer(v2)?;
+    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &Known(known), &mut packs)?;
+    drop(d2);
+    let mut i2 = out2.index;
+    let new_packs: Vec<String> = out2
+        .stats
+        .packs
+        .iter()
+        .map(|(d, _)| d.to_string())
+        .collect();
+    let mut first = std::collections::HashSet::new();
+    let candidate: Vec<bool> = i2
+        .chunks
+        .iter()
+        .map(|c| {
+            new_packs.contains(&i2.packs[c.pack as usize].digest) && first.insert(c.digest.clone())
+        })
+        .collect();
+    let mut plain = HashMap::new();
+    plain_chunks(&i1, &packs, &mut plain)?;
+    plain_chunks(&i2, &packs, &mut plain)?;
+    let sketches = Sketches {
+        new: &out2.sketches,
+        reference: &sketches1,
+    };
+    let tries = plan(
+        &i2,
+        &candidate,
+        &i1,
+        &PlanOptions::default(),
+        Some(sketches),
+    );
+    let frames = encode(&i2, &tries, &i1, &Plain(plain), &DeltaOptions::default())?;
+    let deltas = frames.len();
+    for (d, data) in attach(&mut i2, &i1, frames, DeltaOptions::default().pack_size)? {
+        packs.put_pack(&d, data).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    println!(
+        "v2: {} entries, {} chunks, {deltas} deltas",
+        i2.entries.len(),
+        i2.chunks.len()
+    );
+    let reg = Registry(Arc::new(packs.0));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let store = Arc::new(ChunkStore::open(&run.path().join("store"), None)?);
+    let fetch = FetchOptions::default();
+    let (i1, i2) = (Arc::new(i1), Arc::new(i2));
+    let dir1 = run.path().join("v1");
+    std::fs::create_dir(&dir1)?;
+    rt.block_on(fetch_needed(
+        &i1,
+        None,
+        &store,
+        &reg,
+        &fetch,
+        &Inflight::default(),
+    ))?;
+    let t = Instant::now();
+    assemble_layer_with(
+        &i1,
+        &*store,
+        &dir1,
+        &AssembleOptions {
+            mode: WhiteoutMode::Overlay,
+            parents: &[],
+            seeding: None,
+        },
+    )?;
+    println!(
+        "v1 assembled (no seeds) in {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let seeds = || {
+        vec![Seed {
+            index: i1.clone(),
+            dir: dir1.clone(),
+        }]
+    };
+    for overlapped in [false, true] {
+        let dir2 = run.path().join(format!("v2-{overlapped}"));
+        std::fs::create_dir(&dir2)?;
+        let st = Arc::new(ChunkStore::open(
+            &run.path().join(format!("store-{overlapped}")),
+            None,
+        )?);
+        // The same v1 chunks as the first store.
+        rt.block_on(fetch_needed(
+            &i1,
+            None,
+            &st,
+            &reg,
+            &fetch,
+            &Inflight::default(),
+        ))?;
+        let t = Instant::now();
+        let seeding = Seeding::plan(&i2, seeds());
+        let needed = seeding.needed_chunks(&i2);
+        let planned = t.elapsed().as_secs_f64();
+        let opts = AssembleOptions {
+            mode: WhiteoutMode::Overlay,
+            parents: &[],
+            seeding: Some(&seeding),
+        };
+        let (fetched, stats) = if overlapped {
+            let inflight = Inflight::default();
+            let (i2f, stf, nf, src, inf) = (
+                i2.clone(),
+                st.clone(),
+                needed.clone(),
+                reg.clone(),
+                inflight.clone(),
+            );
+            let h = rt.spawn(async move {
+                fetch_needed(&i2f, Some(&nf), &stf, &src, &FetchOptions::default(), &inf).await
+            });
+            let reader = WaitingReader {
+                store: st.clone(),
+                index: i2.clone(),
+                source: reg.clone(),
+                inflight,
+                rt: rt.handle().clone(),
+            };
+            let a = assemble_layer_with(&i2, &reader, &dir2, &opts)?;
+            (rt.block_on(h)??, a)
+        } else {
+            let f = rt.block_on(fetch_needed(
+                &i2,
+                Some(&needed),
+                &st,
+                &reg,
+                &fetch,
+                &Inflight::default(),
+            ))?;
+            println!(
+                "  fetch {:.3}s ({} chunks, {} from deltas, {} B)",
+                t.elapsed().as_secs_f64() - planned,
+                f.chunks_fetched,
+                f.chunks_from_deltas,
+                f.bytes_fetched
+            );
+            let a = assemble_layer_with(&i2, &*st, &dir2, &opts)?;
+            (f, a)
+        };
+        println!(
+            "v2 {}: plan {planned:.3}s, total {:.3}s; {} chunks fetched ({} from deltas), {} files written, {} seeded",
+            if overlapped {
+                "overlapped"
+            } else {
+                "sequential"
+            },
+            t.elapsed().as_secs_f64(),
+            fetched.chunks_fetched,
+            fetched.chunks_from_deltas,
+            stats.files,
+            stats.seeded_files
+        );
+    }
+    Ok(())
+}
+
+/// The store, waiting for chunks a concurrent fetch is still bringing, as the daemon's reader
+/// does: a fetch of the one chunk through the shared `Inflight` waits on that fetch's claim.
+struct WaitingReader {
+    store: Arc<ChunkStore>,
+    index: Arc<LayerIndex>,
+    source: Registry,
+    inflight: Inflight,
+    rt: tokio::runtime::Handle,
+}
+
+impl ChunkReader for WaitingReader {
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        if let Ok(data) = self.store.get(digest, size) {
+            return Ok(data);
+        }
+        let one: Vec<bool> = self
+            .index
+            .chunks
+            .iter()
+            .map(|c| c.digest == digest.0)
+            .collect();
+        let fetch = FetchOptions::default();
+        self.rt
+            .block_on(fetch_needed(
+                &self.index,
+                Some(&one),
+                &self.store,
+                &self.source,
+                &fetch,
+                &self.inflight,
+            ))
+            .map_err(|_| StoreError::Missing(*digest))?;
+        self.store.get(digest, size)
+    }
+}

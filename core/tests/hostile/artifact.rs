@@ -18,6 +18,7 @@ fn built(subject: &Digest) -> Vec<u8> {
         index_size: 10,
         packs: vec![(d(3), 30)],
         index_delta: None,
+        sketch: None,
     }];
     artifact::build(&subject, &layers).unwrap().bytes
 }

@@ -145,6 +145,7 @@ fn artifacts() -> Vec<(&'static str, Vec<u8>)> {
             index_size: 10,
             packs: vec![(d(30), 300), (d(20), 200)],
             index_delta: None,
+            sketch: None,
         },
         LayerEntry {
             layer_digest: d(2),
@@ -152,6 +153,7 @@ fn artifacts() -> Vec<(&'static str, Vec<u8>)> {
             index_size: 12,
             packs: vec![(d(20), 200)],
             index_delta: None,
+            sketch: None,
         },
     ];
     let two = artifact::build(&subject, &layers).unwrap().bytes;

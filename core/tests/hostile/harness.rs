@@ -111,6 +111,7 @@ pub fn check_artifact(data: &[u8]) {
             index_size: desc.size,
             packs: if i == 0 { packs.clone() } else { Vec::new() },
             index_delta: None,
+            sketch: None,
         })
         .collect();
     let built = artifact::build(&a.subject, &layers).expect("a parsed artifact rebuilds");

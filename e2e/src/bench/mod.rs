@@ -49,6 +49,8 @@ pub struct Settings {
     pub node_fs: String,
     /// Whether `node_tmp` is the loop filesystem, trimmed (untimed) after each node and assembly.
     pub trim: bool,
+    /// Where each chunksnap run's log is kept (`<profile>-<case>-run<N>.chunksnap.log`).
+    pub logs: PathBuf,
 }
 
 /// Figures of a case that do not depend on the network.
@@ -60,7 +62,7 @@ pub struct CaseOffline {
     pub v2_tar_bytes: u64,
     /// Bytes a casync node fetches for v2: store growth after v1 (update) or the v2 store (cold).
     pub casync_bytes: u64,
-    /// `zstd -19 --long=27 --patch-from=v1 v2` (or without a base when cold), changed layers.
+    /// `zstd -19 --long --patch-from=v1 v2` (or without a base when cold), changed layers.
     pub zstd_floor_bytes: u64,
     /// `chunkconv convert` of v2 after v1: bytes pushed.
     pub convert_v2_bytes_pushed: u64,
@@ -197,10 +199,7 @@ fn casync_and_zstd(case: &Case, work: &Path) -> Result<(u64, u64)> {
         None => {
             let mut n = 0;
             for (b, new) in &pairs {
-                eprintln!(
-                    "bench: zstd -19 --long=27 of {} (slow, cached)",
-                    new.display()
-                );
+                eprintln!("bench: zstd -19 --long of {} (slow, cached)", new.display());
                 n += tools::zstd_size(b.as_deref(), new, &work.join("zstd.out"))?;
             }
             std::fs::create_dir_all(cached.parent().context("cache dir")?)?;
@@ -391,7 +390,13 @@ pub async fn run(s: &Settings) -> Result<Results> {
             for r in 0..s.runs {
                 // Interleaved, so drifting machine load hits both alike.
                 for kind in [Kind::Plain, Kind::Chunksnap] {
-                    let res = node::run_once(kind, &net, case, &v1, &v2, &s.node_tmp).await;
+                    let log = s.logs.join(format!(
+                        "{}-{}-run{}.chunksnap.log",
+                        pr.profile,
+                        case.name,
+                        r + 1
+                    ));
+                    let res = node::run_once(kind, &net, case, &v1, &v2, &s.node_tmp, &log).await;
                     trim(s).await;
                     match res {
                         Ok(res) => {

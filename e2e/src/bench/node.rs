@@ -130,6 +130,9 @@ pub struct RunResult {
     pub kind: Kind,
     /// CRI PullImage(v2) until a container of v2 has read the case's file.
     pub seconds: f64,
+    /// Of `seconds`, the CRI `PullImage` (the rest is sandbox, container start and exec, a cost
+    /// both sides pay alike).
+    pub pull_seconds: f64,
     /// Response body bytes the registry served for that (manifests, configs, blobs, ranges).
     pub bytes_served: u64,
     pub blob_bytes_served: u64,
@@ -157,6 +160,7 @@ pub async fn run_once(
     v1: &BuiltImage,
     v2: &BuiltImage,
     base: &Path,
+    keep_log: &Path,
 ) -> Result<RunResult> {
     let node = Node::start(kind, net, base).await?;
     let hint = node.log_hint();
@@ -170,6 +174,7 @@ pub async fn run_once(
         net.registry.reset_counters();
         let start = Instant::now();
         cri.pull_image(&v2.reference).await?;
+        let pull_seconds = start.elapsed().as_secs_f64();
         cri.run_and_read(&v2.reference, &case.read).await?;
         let seconds = start.elapsed().as_secs_f64();
         let prepare_seconds = match (prepare_before, node.prepare_seconds().await) {
@@ -189,6 +194,7 @@ pub async fn run_once(
         Ok::<_, anyhow::Error>(RunResult {
             kind,
             seconds,
+            pull_seconds,
             bytes_served: requests.iter().map(|r| r.bytes).sum(),
             blob_bytes_served: requests
                 .iter()
@@ -223,6 +229,16 @@ pub async fn run_once(
             hint.display()
         )
     });
+    // The node's state goes with it: keep chunksnap's log (per-layer timings, fallbacks).
+    if let Some(cs) = &node.chunksnap {
+        let copied = keep_log
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::copy(cs.log_path(), keep_log));
+        if let Err(e) = copied {
+            eprintln!("bench: keeping {}: {e}", cs.log_path().display());
+        }
+    }
     drop(node);
     result
 }

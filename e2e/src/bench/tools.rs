@@ -175,11 +175,18 @@ pub fn du(dir: &Path) -> Result<u64> {
         })
 }
 
-/// Size of `zstd -19 --long=27 [--patch-from=BASE] NEW`: the floor for shipping NEW to a node
-/// that has BASE.
+/// Size of `zstd -19 --long=W [--patch-from=BASE] NEW`: the floor for shipping NEW to a node
+/// that has BASE. The window W (27, or more for large inputs, up to 31) spans BASE and NEW, as
+/// `--patch-from` needs to reach back over the whole reference.
 pub fn zstd_size(base: Option<&Path>, new: &Path, out: &Path) -> Result<u64> {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let span = base.map_or(0, size) + size(new);
+    let window = (u64::BITS - span.leading_zeros()).clamp(27, 31);
     let mut cmd = Command::new("zstd");
-    cmd.args(["-q", "-f", "-19", "--long=27"]);
+    cmd.args(["-q", "-f", "-19", &format!("--long={window}")]);
+    if window > 27 {
+        cmd.arg("--memory=2GiB");
+    }
     if let Some(b) = base {
         cmd.arg(format!("--patch-from={}", b.display()));
     }

@@ -66,6 +66,7 @@ fn settings() -> Result<(Settings, PathBuf)> {
             assembly_work: out.join("work"),
             node_fs: nodefs::HOST_LABEL.to_owned(),
             trim: false,
+            logs: out.join("logs"),
         },
         out,
     ))
@@ -91,6 +92,8 @@ async fn main() -> Result<()> {
         None | Some("run") => {
             // Dropped (unmounted, image deleted) on every way out of this arm, `?` included.
             let fs = NodeFs::setup(&out);
+            // Logs of this run only.
+            let _ = std::fs::remove_dir_all(&settings.logs);
             settings.node_tmp = fs.node_tmp();
             settings.assembly_work = fs.work(&settings.work);
             settings.node_fs = fs.label().to_owned();

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Case `node-app`: a Node.js dependency bump. v1 and v2 are debian:v1 plus an app layer holding
+# `node_modules` of 15 pinned packages and their dependencies (express, typescript, rxjs,
+# date-fns, react, …: ~100 packages, many small files), installed with `npm ci` from the
+# committed lock files; v2 bumps five of them (express, lodash, axios, typescript, semver).
+#
+# Recipe contract: see docs/benchmarks.md. Needs npm and the npm registry (cached afterwards).
+set -euo pipefail
+shopt -s inherit_errexit
+out=$1
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${BENCH_CACHE:?}/node-app
+mkdir -p "$cache"
+command -v npm >/dev/null || { echo "node-app: npm is needed to build this case" >&2; exit 1; }
+export SOURCE_DATE_EPOCH=1716163200
+key=$( (echo recipe-v1; cat "$here"/v*/package*.json) | sha256sum | cut -c1-12)
+
+build() { # version -> path of the app layer tar (cached)
+  local v=$1 tar="$cache/app-$1-$key.tar"
+  if [ ! -s "$tar" ]; then
+    local root="$cache/root"
+    rm -rf "$root"
+    mkdir -p "$root/app"
+    cp "$here/$v/package.json" "$here/$v/package-lock.json" "$root/app/"
+    (cd "$root/app" && npm ci --ignore-scripts --no-audit --no-fund --omit=dev --loglevel=error >&2)
+    tar --sort=name --format=gnu --mtime=@$SOURCE_DATE_EPOCH --clamp-mtime \
+      --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tar.partial" app
+    mv "$tar.partial" "$tar"
+    rm -rf "$root"
+  fi
+  echo "$tar"
+}
+
+app1=$(build v1)
+app2=$(build v2)
+printf '%s\n%s\n' "${BENCH_DEBIAN_V1_TAR:?}" "$app1" > "$out/v1.layers"
+printf '%s\n%s\n' "$BENCH_DEBIAN_V1_TAR" "$app2" > "$out/v2.layers"
+echo /app/node_modules/express/package.json > "$out/read"
+echo update > "$out/mode"

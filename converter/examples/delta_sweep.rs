@@ -125,6 +125,14 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|c| new_pack.contains(&c.pack) && first.insert(c.digest.clone()))
         .collect();
+    let (raw1, raw2) = (
+        chunksnap_core::format::index::encode_raw(&i1),
+        chunksnap_core::format::index::encode_raw(&i2),
+    );
+    let index_delta = chunksnap_core::format::delta::compress_index_delta(&raw1, &raw2)
+        .transpose()?
+        .map_or(0, |d| d.len());
+    println!("index delta against v1's index: {index_delta} B");
     println!(
         "v2: {} chunks ({} new), {} files linked from v1, {} chunks to fetch = {plain} B stored; index {} B",
         i2.chunks.len(),

@@ -185,7 +185,7 @@ pub fn zstd_size(base: Option<&Path>, new: &Path, out: &Path) -> Result<u64> {
     let mut cmd = Command::new("zstd");
     cmd.args(["-q", "-f", "-19", &format!("--long={window}")]);
     if window > 27 {
-        cmd.arg("--memory=2GiB");
+        cmd.arg("--memory=2048MiB");
     }
     if let Some(b) = base {
         cmd.arg(format!("--patch-from={}", b.display()));

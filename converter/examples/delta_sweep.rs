@@ -10,31 +10,13 @@ use std::time::Instant;
 
 use chunkconv::delta::sketch::{Sketch, sketch};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
-use chunkconv::layer::{
-    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
-};
+use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};
 use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
 use chunksnap_core::digest::Digest;
 use chunksnap_core::format::index::encode as encode_index;
 use chunksnap_core::store::StoreError;
 use chunksnap_core::tarscan::scan_tar;
-
-struct Discard;
-
-impl PackSink for Discard {
-    fn put_pack(&mut self, _: &Digest, _: Vec<u8>) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-struct Known(HashMap<Digest, ExistingChunk>);
-
-impl ChunkCatalog for Known {
-    fn lookup(&self, digest: &Digest) -> Option<ExistingChunk> {
-        self.0.get(digest).cloned()
-    }
-}
 
 /// Every chunk's bytes, by digest.
 struct Chunks(HashMap<Digest, Vec<u8>>);
@@ -70,22 +52,16 @@ fn main() -> anyhow::Result<()> {
     let (d1, in1) = common::read_layer(v1)?;
     let (d2, in2) = common::read_layer(v2)?;
     let opts = LayerOptions::default();
-    let i1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut Discard)?.index;
-    let mut known = HashMap::new();
-    for c in &i1.chunks {
-        let pack = &i1.packs[c.pack as usize];
-        known.insert(
-            Digest::from_slice(&c.digest)?,
-            ExistingChunk {
-                pack: Digest::parse(&pack.digest)?,
-                pack_size: pack.size,
-                offset: c.pack_offset,
-                stored_size: c.stored_size,
-                compression: c.compression(),
-            },
-        );
-    }
-    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &Known(known), &mut Discard)?;
+    let i1 = convert_layer(
+        d1.as_slice(),
+        &in1,
+        &opts,
+        &EmptyCatalog,
+        &mut common::Discard,
+    )?
+    .index;
+    let known = common::Known::of(&i1)?;
+    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut common::Discard)?;
     let i2 = out2.index;
     let mut all = HashMap::new();
     add_chunks(&d1, &mut all)?;

@@ -7,29 +7,10 @@ mod common;
 
 use std::collections::HashSet;
 
-use chunkconv::layer::{
-    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
-};
+use chunkconv::layer::{ChunkCatalog, EmptyCatalog, LayerOptions, convert_layer};
 use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, estimate};
 use chunksnap_proto::index::LayerIndex;
-
-struct Discard;
-
-impl PackSink for Discard {
-    fn put_pack(&mut self, _: &Digest, _: Vec<u8>) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
-/// v1's chunks, where v1's packs hold them.
-struct Known(std::collections::HashMap<Digest, ExistingChunk>);
-
-impl ChunkCatalog for Known {
-    fn lookup(&self, digest: &Digest) -> Option<ExistingChunk> {
-        self.0.get(digest).cloned()
-    }
-}
 
 fn convert(path: &str, catalog: &dyn ChunkCatalog) -> anyhow::Result<LayerIndex> {
     let (data, input) = common::read_layer(path)?;
@@ -38,7 +19,7 @@ fn convert(path: &str, catalog: &dyn ChunkCatalog) -> anyhow::Result<LayerIndex>
         &input,
         &LayerOptions::default(),
         catalog,
-        &mut Discard,
+        &mut common::Discard,
     )?;
     Ok(out.index)
 }
@@ -49,21 +30,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: gap_sweep V1.tar V2.tar");
     };
     let i1 = convert(v1, &EmptyCatalog)?;
-    let mut known = std::collections::HashMap::new();
-    for c in &i1.chunks {
-        let pack = &i1.packs[c.pack as usize];
-        known.insert(
-            Digest::from_slice(&c.digest)?,
-            ExistingChunk {
-                pack: Digest::parse(&pack.digest)?,
-                pack_size: pack.size,
-                offset: c.pack_offset,
-                stored_size: c.stored_size,
-                compression: c.compression(),
-            },
-        );
-    }
-    let i2 = convert(v2, &Known(known))?;
+    let known = common::Known::of(&i1)?;
+    let i2 = convert(v2, &known)?;
     let have: HashSet<Digest> = i1
         .chunks
         .iter()

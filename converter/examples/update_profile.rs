@@ -15,9 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, attach, encode, plan};
-use chunkconv::layer::{
-    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, PackSink, SinkError, convert_layer,
-};
+use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
 use chunksnap_core::assemble::{
     AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
 };
@@ -48,14 +46,6 @@ impl RangeSource for Registry {
             .get(pack)
             .ok_or_else(|| FetchError::range(pack, offset, len, "no pack"))?;
         Ok(p.slice(offset as usize..(offset + len) as usize))
-    }
-}
-
-struct Known(HashMap<Digest, ExistingChunk>);
-
-impl ChunkCatalog for Known {
-    fn lookup(&self, digest: &Digest) -> Option<ExistingChunk> {
-        self.0.get(digest).cloned()
     }
 }
 
@@ -106,22 +96,9 @@ fn main() -> anyhow::Result<()> {
     let out1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut packs)?;
     let (i1, sketches1) = (out1.index, out1.sketches);
     drop(d1);
-    let mut known = HashMap::new();
-    for c in &i1.chunks {
-        let pack = &i1.packs[c.pack as usize];
-        known.insert(
-            Digest::from_slice(&c.digest)?,
-            ExistingChunk {
-                pack: Digest::parse(&pack.digest)?,
-                pack_size: pack.size,
-                offset: c.pack_offset,
-                stored_size: c.stored_size,
-                compression: c.compression(),
-            },
-        );
-    }
+    let known = common::Known::of(&i1)?;
     let (d2, in2) = common::read_layer(v2)?;
-    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &Known(known), &mut packs)?;
+    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut packs)?;
     drop(d2);
     let mut i2 = out2.index;
     let new_packs: Vec<String> = out2

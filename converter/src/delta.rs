@@ -22,7 +22,6 @@ pub mod sketch;
 use std::collections::BTreeSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use chunksnap_core::assemble::ChunkReader;
@@ -328,45 +327,13 @@ pub fn encode(
         if give_up(n * BATCH, kept.len()) {
             break;
         }
-        kept.extend(parallel(batch, threads, &one)?.into_iter().flatten());
+        kept.extend(
+            crate::parallel::map(batch, threads, &one, || DeltaError::WorkerPanicked)?
+                .into_iter()
+                .flatten(),
+        );
     }
     Ok(kept)
-}
-
-/// Runs `f` over `items` on up to `threads` threads; results in item order.
-fn parallel<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: &(dyn Fn(&T) -> Result<R, DeltaError> + Sync),
-) -> Result<Vec<R>, DeltaError> {
-    let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<R, DeltaError>>> = (0..items.len()).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.clamp(1, items.len().max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        done.push((i, f(item)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for h in handles {
-            if let Ok(done) = h.join() {
-                for (i, r) in done {
-                    slots[i] = Some(r);
-                }
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(DeltaError::WorkerPanicked)))
-        .collect()
 }
 
 /// Packs `frames` (in order) and records them in `index`: the base table (every reference

@@ -15,7 +15,6 @@ mod stream;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
 use chunksnap_core::digest::{Digest, Sha256Reader};
@@ -477,40 +476,9 @@ fn prepare(
             existing,
         })
     };
-    let workers = threads.min(batch.len()).max(1);
-    if workers == 1 {
-        return batch.iter().map(one).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut slots: Vec<Option<Result<Prepared, LayerError>>> =
-        (0..batch.len()).map(|_| None).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(data) = batch.get(i) else { break };
-                        done.push((i, one(data)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        for h in handles {
-            // A worker only panics on a bug; its chunks stay `None` and are reported below.
-            if let Ok(done) = h.join() {
-                for (i, r) in done {
-                    slots[i] = Some(r);
-                }
-            }
-        }
-    });
-    slots
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(LayerError::Internal("a compression worker panicked"))))
-        .collect()
+    crate::parallel::map(batch, threads, &one, || {
+        LayerError::Internal("a compression worker panicked")
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`delta`]: delta frames of a layer's new chunks against its reference layer.
 //! - [`inspect`]: what an image's artifact holds, and what a base shares with it.
 //! - [`extract`]: an image's filesystem assembled from its chunks (no containerd).
+//! - [`parallel`]: the ordered parallel map of the CPU-bound stages.
 //! - [`progress`]: terminal progress bars.
 
 pub mod catalog;
@@ -15,6 +16,7 @@ pub mod delta;
 pub mod extract;
 pub mod inspect;
 pub mod layer;
+pub mod parallel;
 pub mod progress;
 
 use chunksnap_core::digest::DigestError;

@@ -10,6 +10,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 cache=${BENCH_CACHE:?}/disk-image
 mkdir -p "$cache"
 export SOURCE_DATE_EPOCH=1716163200
@@ -45,9 +47,7 @@ if [ ! -s "$l1" ] || [ ! -s "$l2" ]; then
   for v in v1 v2; do
     echo "disk image $v: $(du -k --apparent-size "$work/$v/disk/disk.img" | cut -f1) KiB," \
       "$(du -k "$work/$v/disk/disk.img" | cut -f1) KiB allocated" >&2
-    tar --sort=name --format=gnu --mtime=@$SOURCE_DATE_EPOCH --clamp-mtime \
-      --owner=0 --group=0 --numeric-owner -C "$work/$v" -cf "$cache/disk-$v-$key.tar.partial" disk
-    mv "$cache/disk-$v-$key.tar.partial" "$cache/disk-$v-$key.tar"
+    layer_tar "$work/$v" disk "$cache/disk-$v-$key.tar"
   done
 fi
 printf '%s\n%s\n' "$v1tar" "$l1" > "$out/v1.layers"

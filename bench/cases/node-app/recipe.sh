@@ -9,6 +9,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 cache=${BENCH_CACHE:?}/node-app
 mkdir -p "$cache"
 command -v npm >/dev/null || { echo "node-app: npm is needed to build this case" >&2; exit 1; }
@@ -23,9 +25,7 @@ build() { # version -> path of the app layer tar (cached)
     mkdir -p "$root/app"
     cp "$here/$v/package.json" "$here/$v/package-lock.json" "$root/app/"
     (cd "$root/app" && npm ci --ignore-scripts --no-audit --no-fund --omit=dev --loglevel=error >&2)
-    tar --sort=name --format=gnu --mtime=@$SOURCE_DATE_EPOCH --clamp-mtime \
-      --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tar.partial" app
-    mv "$tar.partial" "$tar"
+    layer_tar "$root" app "$tar"
     rm -rf "$root"
   fi
   echo "$tar"

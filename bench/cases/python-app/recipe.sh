@@ -12,6 +12,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 cache=${BENCH_CACHE:?}/python-app
 mkdir -p "$cache/wheels"
 # Reproducible layers: fixed mtimes, hash-based .pyc (py_compile honours SOURCE_DATE_EPOCH).
@@ -32,9 +34,7 @@ build() { # version -> path of the app layer tar (cached)
       --find-links "$cache/wheels" --target "$root/app/site-packages" \
       -r "$here/requirements-$v.txt" >&2
     rm -rf "$root/app/site-packages/bin"
-    tar --sort=name --format=gnu --mtime=@$SOURCE_DATE_EPOCH --clamp-mtime \
-      --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tar.partial" app
-    mv "$tar.partial" "$tar"
+    layer_tar "$root" app "$tar"
     rm -rf "$root"
   fi
   echo "$tar"

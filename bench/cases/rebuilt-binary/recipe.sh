@@ -9,6 +9,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 cache=${BENCH_CACHE:?}/rebuilt-binary
 mkdir -p "$cache"
 export SOURCE_DATE_EPOCH=1716163200
@@ -30,9 +32,7 @@ build() { # version -> path of the app layer tar (cached)
       -j"${JOBS:-2}" >&2)
     cp "$cache/target/release/bench-server" "$root/app/bin/server"
     grep -o 'const VERSION: &str = "[^"]*"' "$proj/src/main.rs" | cut -d'"' -f2 > "$root/app/VERSION"
-    tar --sort=name --format=gnu --mtime=@$SOURCE_DATE_EPOCH --clamp-mtime \
-      --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tar.partial" app
-    mv "$tar.partial" "$tar"
+    layer_tar "$root" app "$tar"
     rm -rf "$root"
   fi
   echo "$tar"

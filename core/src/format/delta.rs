@@ -14,7 +14,7 @@
 //! is a fraction of the index blob.
 
 use crate::digest::Digest;
-use crate::format::pack::PackError;
+use crate::format::pack::{PackError, check_frame};
 
 /// Largest total size of a delta's base chunks: bounds what a node holds in memory per decode
 /// (base + one chunk) and what a converter reads per delta.
@@ -71,20 +71,7 @@ pub fn decompress_delta(
         digest: *digest,
         reason: format!("delta frame: {reason}"),
     };
-    let declared =
-        zstd_safe::get_frame_content_size(frame).map_err(|_| corrupt("bad frame header".into()))?;
-    if declared != Some(expected_size) {
-        return Err(PackError::SizeMismatch {
-            digest: *digest,
-            declared,
-            expected: expected_size,
-        });
-    }
-    match zstd_safe::find_frame_compressed_size(frame) {
-        Ok(n) if n == frame.len() => {}
-        _ => return Err(corrupt("not exactly one zstd frame".into())),
-    }
-    let capacity = usize::try_from(expected_size).map_err(|_| corrupt("size too large".into()))?;
+    let capacity = check_frame(frame, expected_size, digest)?;
     let mut d =
         DCtx::try_create().ok_or_else(|| corrupt("cannot allocate a zstd context".into()))?;
     d.ref_prefix(base)

@@ -98,18 +98,20 @@ pub fn decompress_chunk(
     Ok(data)
 }
 
-fn decompress_frame(
-    stored: &[u8],
+/// Checks that `frame` is exactly one zstd frame declaring `expected_size` bytes of content;
+/// returns that size as a buffer capacity. Nothing is decompressed.
+pub(crate) fn check_frame(
+    frame: &[u8],
     expected_size: u64,
     digest: &Digest,
-) -> Result<Vec<u8>, PackError> {
+) -> Result<usize, PackError> {
     use zstd::zstd_safe;
-    let corrupt = |reason: String| PackError::Corrupt {
+    let corrupt = |reason: &str| PackError::Corrupt {
         digest: *digest,
-        reason,
+        reason: reason.to_owned(),
     };
-    let declared = zstd_safe::get_frame_content_size(stored)
-        .map_err(|_| corrupt("bad frame header".into()))?;
+    let declared =
+        zstd_safe::get_frame_content_size(frame).map_err(|_| corrupt("bad frame header"))?;
     if declared != Some(expected_size) {
         return Err(PackError::SizeMismatch {
             digest: *digest,
@@ -118,11 +120,23 @@ fn decompress_frame(
         });
     }
     // Exactly one frame: trailing bytes would mean the index and the pack disagree.
-    match zstd_safe::find_frame_compressed_size(stored) {
-        Ok(n) if n == stored.len() => {}
-        _ => return Err(corrupt("not exactly one zstd frame".into())),
+    match zstd_safe::find_frame_compressed_size(frame) {
+        Ok(n) if n == frame.len() => {}
+        _ => return Err(corrupt("not exactly one zstd frame")),
     }
-    let capacity = usize::try_from(expected_size).map_err(|_| corrupt("size too large".into()))?;
+    usize::try_from(expected_size).map_err(|_| corrupt("size too large"))
+}
+
+fn decompress_frame(
+    stored: &[u8],
+    expected_size: u64,
+    digest: &Digest,
+) -> Result<Vec<u8>, PackError> {
+    let corrupt = |reason: String| PackError::Corrupt {
+        digest: *digest,
+        reason,
+    };
+    let capacity = check_frame(stored, expected_size, digest)?;
     // One decompression context per thread: creating one per chunk was a visible cost.
     thread_local! {
         static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =

@@ -167,6 +167,9 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, log: Arc<Log>)
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Registries (Go's net/http) send with TCP_NODELAY; without it a streamed answer's
+        // headers and body meet the client's delayed ACK and every blob read stalls ~40 ms.
+        let _ = stream.set_nodelay(true);
         let log = log.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| forward(req, upstream, log.clone()));
@@ -230,6 +233,7 @@ async fn send_upstream(req: Request<Incoming>, upstream: SocketAddr) -> Result<R
     let stream = TcpStream::connect(upstream)
         .await
         .context("connect registry")?;
+    let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("handshake")?;

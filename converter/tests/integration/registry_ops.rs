@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, OCI_MANIFEST_MEDIA_TYPE};
+use chunksnap_core::format::artifact::{
+    self, ARTIFACT_TYPE, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
+};
 use chunksnap_core::registry::RegistryError;
 use chunksnap_core::registry::referrers::{Link, referrers_tag};
 
@@ -177,6 +179,68 @@ async fn referrers_tag_fallback_keeps_other_referrers() {
         listed,
         expected.iter().map(String::as_str).collect::<Vec<_>>()
     );
+}
+
+/// A referrers tag listing an artifact made for another image is not trusted: the artifact
+/// must name the image it is looked up for.
+#[tokio::test]
+async fn a_tag_listing_another_images_artifact_is_ignored() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let a = reg.reference("ref/tagged", "a");
+    let b = reg.reference("ref/tagged", "b");
+    let subject_a = common::push_image(&client, &a, &[]).await;
+    let other = common::layer(&[common::File("other", 0o644, b"other".to_vec())]);
+    let subject_b = common::push_image(&client, &b, &[other]).await;
+    assert_ne!(subject_a, subject_b);
+    let b_desc = {
+        let raw = client.resolve(&b).await.unwrap();
+        Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &subject_b, raw.bytes.len() as u64)
+    };
+    let empty = Digest::of(artifact::EMPTY_JSON);
+    client
+        .push_blob(&b, &empty, Bytes::from_static(artifact::EMPTY_JSON))
+        .await
+        .unwrap();
+    let built = artifact::build(&b_desc, &[]).unwrap();
+    let (for_b, _) = client
+        .publish_referrer(&b, &subject_b, Bytes::from(built.bytes), ARTIFACT_TYPE)
+        .await
+        .unwrap();
+
+    // A's referrers tag lists B's artifact.
+    let mut listed = Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &for_b, 0);
+    listed.artifact_type = Some(ARTIFACT_TYPE.to_owned());
+    listed.size = client
+        .resolve(&client.with_digest(&a, &for_b.to_string()))
+        .await
+        .unwrap()
+        .bytes
+        .len() as u64;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX_MEDIA_TYPE,
+        "manifests": [listed],
+    }))
+    .unwrap();
+    client
+        .push_manifest(
+            &client.with_tag(&a, &referrers_tag(&subject_a)),
+            Bytes::from(index),
+            OCI_INDEX_MEDIA_TYPE,
+        )
+        .await
+        .unwrap();
+
+    assert!(
+        client
+            .find_artifact(&a, &subject_a)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (found, _) = client.find_artifact(&b, &subject_b).await.unwrap().unwrap();
+    assert_eq!(found, for_b);
 }
 
 /// bcrypt (cost 4) of the test password `s3cret-pass`.

@@ -135,12 +135,66 @@ impl RegistryClient {
     /// The chunksnap artifact for the image manifest `subject`, if one is linked: the first (by
     /// digest) referrer of our artifact type that parses as an artifact for this subject.
     /// Returns the artifact manifest's digest and contents.
+    ///
+    /// The referrers tag is read alongside the referrers API: on a registry without the API
+    /// (a 404, then `oci-client` reads the tag) that saves a round trip before every remote
+    /// prepare. What the tag lists is trusted no more than what the API lists: the artifact
+    /// must name `subject`. The API's answer decides when the tag has nothing usable.
     pub async fn find_artifact(
         &self,
         image: &Reference,
         subject: &Digest,
     ) -> Result<Option<(Digest, Artifact)>, RegistryError> {
-        let mut found = self.referrers(image, subject, Some(ARTIFACT_TYPE)).await?;
+        let api = async {
+            let found = self.referrers(image, subject, Some(ARTIFACT_TYPE)).await?;
+            self.first_artifact(image, subject, found).await
+        };
+        let tag = self.artifact_from_tag(image, subject);
+        tokio::pin!(api, tag);
+        tokio::select! {
+            biased;
+            from_tag = &mut tag => match from_tag {
+                Some(found) => Ok(Some(found)),
+                None => api.await,
+            },
+            from_api = &mut api => match from_api {
+                Ok(Some(found)) => Ok(Some(found)),
+                Ok(None) => Ok(None),
+                Err(e) => tag.await.map_or(Err(e), |found| Ok(Some(found))),
+            },
+        }
+    }
+
+    /// The artifact listed under the referrers tag, if any; failures are `None` (the referrers
+    /// API lookup running alongside reports them).
+    async fn artifact_from_tag(
+        &self,
+        image: &Reference,
+        subject: &Digest,
+    ) -> Option<(Digest, Artifact)> {
+        let raw = self
+            .resolve(&self.with_tag(image, &referrers_tag(subject)))
+            .await
+            .ok()?;
+        let index: ReferrersIndex = serde_json::from_slice(&raw.bytes).ok()?;
+        let ours = index
+            .manifests
+            .into_iter()
+            .filter(|d| d.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
+            .collect();
+        self.first_artifact(image, subject, ours)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The first of `found` (by digest) that resolves and parses as an artifact for `subject`.
+    async fn first_artifact(
+        &self,
+        image: &Reference,
+        subject: &Digest,
+        mut found: Vec<Descriptor>,
+    ) -> Result<Option<(Digest, Artifact)>, RegistryError> {
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         for d in found {
             let raw = match self.resolve(&self.with_digest(image, &d.digest)).await {

@@ -101,7 +101,7 @@ pub struct FetchOptions {
     /// Largest gap of unneeded bytes read to join two chunks into one request (32 KiB: see
     /// the gap sweep in docs/benchmarks.md).
     pub max_gap: u64,
-    /// Largest request in bytes (8 MiB); a single larger chunk still gets its own request.
+    /// Largest request in bytes (4 MiB); a single larger chunk still gets its own request.
     pub max_request: u64,
     /// Requests in flight at once (8).
     pub parallelism: usize,
@@ -111,7 +111,7 @@ impl Default for FetchOptions {
     fn default() -> Self {
         Self {
             max_gap: 32 << 10,
-            max_request: 8 << 20,
+            max_request: 4 << 20,
             parallelism: 8,
         }
     }

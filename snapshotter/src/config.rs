@@ -55,9 +55,9 @@ pub struct Config {
     pub registry_timeout_seconds: u64,
     /// Range requests in flight per layer fetch. Default 8.
     pub fetch_parallelism: usize,
-    /// Chunks closer than this in a pack are fetched in one Range request. Default 256 KiB.
+    /// Chunks closer than this in a pack are fetched in one Range request. Default 32 KiB.
     pub fetch_max_gap_bytes: u64,
-    /// Largest single Range request. Default 8 MiB.
+    /// Largest single Range request. Default 4 MiB.
     pub fetch_max_request_bytes: u64,
     /// Log filter (`error`…`trace`, or a `tracing` env-filter directive). Default `info`.
     pub log_level: String,
@@ -79,7 +79,7 @@ impl Default for Config {
             registry_timeout_seconds: 60,
             fetch_parallelism: 8,
             fetch_max_gap_bytes: 32 << 10,
-            fetch_max_request_bytes: 8 << 20,
+            fetch_max_request_bytes: 4 << 20,
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,
         }

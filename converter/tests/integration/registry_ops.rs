@@ -5,8 +5,8 @@ use chunksnap_core::digest::Digest;
 use chunksnap_core::format::artifact::{
     self, ARTIFACT_TYPE, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
 };
-use chunksnap_core::registry::RegistryError;
 use chunksnap_core::registry::referrers::{Link, referrers_tag};
+use chunksnap_core::registry::{Reference, RegistryClient, RegistryError};
 
 use crate::common::{self, Registry};
 
@@ -77,23 +77,32 @@ async fn push_pull_range_and_tags() {
     ));
 }
 
+/// The descriptor of `image`'s manifest `subject`, with the empty config blob that artifacts
+/// referring to it use pushed to its repository.
+async fn subject_for_artifacts(
+    client: &RegistryClient,
+    image: &Reference,
+    subject: &Digest,
+) -> Descriptor {
+    let raw = client.resolve(image).await.unwrap();
+    let empty = Digest::of(artifact::EMPTY_JSON);
+    client
+        .push_blob(image, &empty, Bytes::from_static(artifact::EMPTY_JSON))
+        .await
+        .unwrap();
+    Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, subject, raw.bytes.len() as u64)
+}
+
 #[tokio::test]
 async fn referrers_tag_fallback_keeps_other_referrers() {
     let reg = Registry::start();
     let client = reg.client();
     let image = reg.reference("ref/app", "v1");
     let subject = common::push_image(&client, &image, &[]).await;
-    let subject_desc = {
-        let raw = client.resolve(&image).await.unwrap();
-        Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &subject, raw.bytes.len() as u64)
-    };
+    let subject_desc = subject_for_artifacts(&client, &image, &subject).await;
+    let empty = Digest::of(artifact::EMPTY_JSON);
 
     // Another tool's referrer (e.g. a signature), linked first.
-    let empty = Digest::of(artifact::EMPTY_JSON);
-    client
-        .push_blob(&image, &empty, Bytes::from_static(artifact::EMPTY_JSON))
-        .await
-        .unwrap();
     let sig = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST_MEDIA_TYPE,
@@ -193,15 +202,7 @@ async fn a_tag_listing_another_images_artifact_is_ignored() {
     let other = common::layer(&[common::File("other", 0o644, b"other".to_vec())]);
     let subject_b = common::push_image(&client, &b, &[other]).await;
     assert_ne!(subject_a, subject_b);
-    let b_desc = {
-        let raw = client.resolve(&b).await.unwrap();
-        Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &subject_b, raw.bytes.len() as u64)
-    };
-    let empty = Digest::of(artifact::EMPTY_JSON);
-    client
-        .push_blob(&b, &empty, Bytes::from_static(artifact::EMPTY_JSON))
-        .await
-        .unwrap();
+    let b_desc = subject_for_artifacts(&client, &b, &subject_b).await;
     let built = artifact::build(&b_desc, &[]).unwrap();
     let (for_b, _) = client
         .publish_referrer(&b, &subject_b, Bytes::from(built.bytes), ARTIFACT_TYPE)

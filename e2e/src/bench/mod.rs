@@ -374,6 +374,11 @@ pub async fn run(s: &Settings) -> Result<Results> {
     for (i, profile) in s.profiles.iter().enumerate() {
         eprintln!("bench: profile {}", profile.name());
         let net = Network::start(*profile, u8::try_from(i + 1).unwrap_or(255)).await?;
+        eprintln!(
+            "bench: {}: a small registry request takes {:.1} ms (median of 11, GET /v2/)",
+            profile.name(),
+            net.round_trip().await?.as_secs_f64() * 1000.0
+        );
         let mut pr = ProfileRuns {
             profile: profile.name(),
             cases: Vec::new(),

@@ -92,3 +92,36 @@ impl Network {
         })
     }
 }
+
+impl Network {
+    /// Median time of `GET /v2/` through the counting proxy, a new connection each (as the
+    /// proxy opens one upstream per request): what every small registry request costs on this
+    /// profile, printed so a run shows its link behaves as configured. Resets the counters.
+    pub async fn round_trip(&self) -> Result<Duration> {
+        let addr = self.registry.addr();
+        let mut times = tokio::task::spawn_blocking(move || -> Result<Vec<Duration>> {
+            use std::io::{Read, Write};
+            let mut times = Vec::new();
+            for _ in 0..11 {
+                let t = std::time::Instant::now();
+                let mut s = std::net::TcpStream::connect(addr).context("connect the registry")?;
+                s.set_nodelay(true)?;
+                s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\nConnection: close\r\n\r\n")?;
+                let mut answer = Vec::new();
+                s.read_to_end(&mut answer)?;
+                if !answer.starts_with(b"HTTP/1.1 200") {
+                    bail!(
+                        "GET /v2/ answered {:?}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(40)])
+                    );
+                }
+                times.push(t.elapsed());
+            }
+            Ok(times)
+        })
+        .await??;
+        self.registry.reset_counters();
+        times.sort();
+        Ok(times[times.len() / 2])
+    }
+}

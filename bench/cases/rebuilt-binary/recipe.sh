@@ -38,9 +38,4 @@ build() { # version -> path of the app layer tar (cached)
   echo "$tar"
 }
 
-app1=$(build v1)
-app2=$(build v2)
-printf '%s\n%s\n' "${BENCH_DEBIAN_V1_TAR:?}" "$app1" > "$out/v1.layers"
-printf '%s\n%s\n' "$BENCH_DEBIAN_V1_TAR" "$app2" > "$out/v2.layers"
-echo /app/VERSION > "$out/read"
-echo update > "$out/mode"
+update_case "$out" /app/VERSION

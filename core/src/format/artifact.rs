@@ -97,6 +97,14 @@ impl Descriptor {
     pub fn sha256(&self) -> Result<Digest, DigestError> {
         Digest::parse(&self.digest)
     }
+
+    /// The digest in annotation `key`; `what` names this blob in the error when it is absent.
+    fn annotated_digest(&self, what: &str, key: &str) -> Result<Digest, ArtifactError> {
+        let v = self.annotations.get(key).ok_or_else(|| {
+            ArtifactError::NotArtifact(format!("{what} {} lacks {key}", self.digest))
+        })?;
+        Ok(Digest::parse(v)?)
+    }
 }
 
 /// The OCI image manifest form of the artifact, with a fixed field order.
@@ -160,12 +168,7 @@ impl IndexDelta {
 
     /// (layer, delta) from an index delta descriptor.
     fn parse(d: &Descriptor) -> Result<(Digest, Self), ArtifactError> {
-        let get = |k: &str| -> Result<Digest, ArtifactError> {
-            let v = d.annotations.get(k).ok_or_else(|| {
-                ArtifactError::NotArtifact(format!("index delta {} lacks {k}", d.digest))
-            })?;
-            Ok(Digest::parse(v)?)
-        };
+        let get = |k: &str| d.annotated_digest("index delta", k);
         let layer = get(LAYER_DIGEST_ANNOTATION)?;
         Ok((
             layer,
@@ -325,16 +328,7 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
         match layer.media_type.as_str() {
             LAYER_INDEX_MEDIA_TYPE => {
                 layer.sha256()?;
-                let source = layer
-                    .annotations
-                    .get(LAYER_DIGEST_ANNOTATION)
-                    .ok_or_else(|| {
-                        not(format!(
-                            "index {} lacks {LAYER_DIGEST_ANNOTATION}",
-                            layer.digest
-                        ))
-                    })?;
-                let source = Digest::parse(source)?;
+                let source = layer.annotated_digest("index", LAYER_DIGEST_ANNOTATION)?;
                 if indexes.insert(source, layer).is_some() {
                     return Err(not(format!("layer {source} listed twice")));
                 }
@@ -348,16 +342,7 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
             }
             LAYER_SKETCH_MEDIA_TYPE => {
                 layer.sha256()?;
-                let source = layer
-                    .annotations
-                    .get(LAYER_DIGEST_ANNOTATION)
-                    .ok_or_else(|| {
-                        not(format!(
-                            "sketch {} lacks {LAYER_DIGEST_ANNOTATION}",
-                            layer.digest
-                        ))
-                    })?;
-                let source = Digest::parse(source)?;
+                let source = layer.annotated_digest("sketch", LAYER_DIGEST_ANNOTATION)?;
                 if sketches.insert(source, layer).is_some() {
                     return Err(not(format!("two sketches for layer {source}")));
                 }

@@ -482,4 +482,4 @@ fn prepare(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

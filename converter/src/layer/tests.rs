@@ -22,7 +22,8 @@ fn small_chunks() -> LayerOptions {
     }
 }
 
-pub(super) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+/// Deterministic incompressible bytes (xorshift), shared by the crate's tests.
+pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     seed |= 1;
     (0..len)
         .map(|_| {

@@ -263,15 +263,14 @@ pub async fn load_index(
     Ok(load_index_raw(client, repo, desc).await?.1)
 }
 
-/// Fetches a layer index blob: its raw (decompressed) protobuf bytes and the decoded index.
+/// Fetches (or takes embedded) a layer index blob: its raw (decompressed) protobuf bytes and the decoded index.
 pub async fn load_index_raw(
     client: &RegistryClient,
     repo: &Reference,
     desc: &Descriptor,
 ) -> Result<(Vec<u8>, LayerIndex), ConvertError> {
-    let digest = desc.sha256()?;
     let bytes = client
-        .read_blob(repo, &digest, MAX_INDEX_SIZE as u64)
+        .read_described(repo, desc, MAX_INDEX_SIZE as u64)
         .await?;
     let decoded = tokio::task::spawn_blocking(move || {
         let raw = index::decompress(&bytes)?;

@@ -335,6 +335,7 @@ async fn convert_manifest(
                             layer_digest: *d,
                             index_digest: k.index.sha256()?,
                             index_size: k.index.size,
+                            index_inline: k.index.embedded(),
                             packs: k.packs.clone(),
                             index_delta: None,
                             sketch: k
@@ -546,6 +547,7 @@ async fn convert_one(
 
     let index_digest = Digest::of(&encoded);
     let index_size = encoded.len() as u64;
+    let index_inline = (encoded.len() <= artifact::MAX_EMBEDDED).then(|| encoded.clone());
     let index_pushed = client
         .push_blob(image, &index_digest, Bytes::from(encoded))
         .await?;
@@ -585,6 +587,7 @@ async fn convert_one(
             layer_digest: input.digest,
             index_digest,
             index_size,
+            index_inline,
             packs,
             index_delta,
             sketch: Some(sketch),

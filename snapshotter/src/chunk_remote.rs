@@ -204,20 +204,19 @@ impl ChunkRemote {
         if let Some(ix) = self.cached_index(layer).await {
             return Ok(ix);
         }
-        if let Some(ix) = self.index_from_delta(image, artifact, layer).await {
-            return Ok(ix);
-        }
         let desc = artifact
             .indexes
             .get(layer)
             .ok_or(RemoteError::NoIndex(*layer))?;
-        let blob_digest = Digest::parse(&desc.digest).map_err(|e| RemoteError::Label {
-            label: "artifact index digest",
-            why: e.to_string(),
-        })?;
+        // A small index embedded in the artifact costs no request at all.
+        if desc.embedded().is_none()
+            && let Some(ix) = self.index_from_delta(image, artifact, layer).await
+        {
+            return Ok(ix);
+        }
         let blob = self
             .client
-            .read_blob(image, &blob_digest, MAX_INDEX_SIZE as u64)
+            .read_described(image, desc, MAX_INDEX_SIZE as u64)
             .await?;
         let (dir, want) = (self.index_dir.clone(), *layer);
         let ix = tokio::task::spawn_blocking(move || {

@@ -188,6 +188,37 @@ async fn referrers_tag_fallback_keeps_other_referrers() {
         listed,
         expected.iter().map(String::as_str).collect::<Vec<_>>()
     );
+
+    // Our entry embeds the artifact manifest (a node reading the tag needs no second request).
+    let entries: Vec<Descriptor> = serde_json::from_value(v["manifests"].clone()).unwrap();
+    let entry = entries
+        .iter()
+        .find(|d| d.digest == ours.to_string())
+        .unwrap();
+    assert_eq!(entry.embedded(), Some(built.bytes.clone()));
+
+    // An entry whose embedded data is wrong is not believed: the manifest is read by digest.
+    let mut index = v.clone();
+    for m in index["manifests"].as_array_mut().unwrap() {
+        if m["digest"] == ours.to_string() {
+            m["data"] = serde_json::Value::String("e30=".into()); // "{}"
+        }
+    }
+    client
+        .push_manifest(
+            &tag,
+            Bytes::from(serde_json::to_vec(&index).unwrap()),
+            OCI_INDEX_MEDIA_TYPE,
+        )
+        .await
+        .unwrap();
+    let (found_digest, _) = reg
+        .client()
+        .find_artifact(&image, &subject)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found_digest, ours);
 }
 
 /// A referrers tag listing an artifact made for another image is not trusted: the artifact
@@ -344,4 +375,46 @@ async fn refused_connections_are_retried_then_reported() {
         matches!(err, RegistryError::RetriesExhausted { attempts: 3, .. }),
         "{err:?}"
     );
+}
+
+/// `GET /v2/` requests in the registry's access log.
+fn probes(reg: &Registry) -> usize {
+    reg.log().matches("\"GET /v2/ HTTP/1.1\"").count()
+}
+
+/// On a registry that asks for no credentials, `oci-client` alone would send `GET /v2/` before
+/// every request; the client probes each host once (per credentials TTL) instead.
+#[tokio::test]
+async fn an_open_registry_is_probed_once_not_before_every_request() {
+    let reg = Registry::start();
+    let client = reg.client();
+    let image = reg.reference("probe/app", "v1");
+    let layer = common::layer(&[common::File("a", 0o644, common::noise(3, 50_000))]);
+    let manifest = common::push_image(&client, &image, std::slice::from_ref(&layer)).await;
+    let blob = Digest::of(&layer);
+    for _ in 0..3 {
+        assert_eq!(client.resolve(&image).await.unwrap().digest, manifest);
+        let by_digest = client.with_digest(&image, &manifest.to_string());
+        client.resolve(&by_digest).await.unwrap();
+        assert_eq!(
+            client.read_blob(&image, &blob, 1 << 20).await.unwrap(),
+            layer
+        );
+        let r = client.read_range(&image, &blob, 10, 100).await.unwrap();
+        assert_eq!(&r[..], &layer[10..110]);
+        assert!(
+            client
+                .find_artifact(&image, &manifest)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(client.list_tags(&image).await.unwrap(), ["v1"]);
+    }
+    assert_eq!(probes(&reg), 1, "registry log:\n{}", reg.log());
+    // Still found missing manifests and blobs through the probe-free path.
+    assert!(matches!(
+        client.resolve(&reg.reference("probe/app", "nope")).await,
+        Err(RegistryError::NotFound { .. })
+    ));
 }

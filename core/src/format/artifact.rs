@@ -25,6 +25,13 @@ pub const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json"
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 /// The empty config blob's bytes.
 pub const EMPTY_JSON: &[u8] = b"{}";
+/// Blobs up to this size are also embedded in their descriptor's `data` field (layer indexes in
+/// the artifact, the artifact manifest in the referrers tag index), saving a node one request
+/// each before it can fetch a chunk.
+pub const MAX_EMBEDDED: usize = 16 << 10;
+/// Artifact manifests up to this size are embedded in their referrers tag index entry (the tag
+/// is read first; the manifest may itself embed small indexes).
+pub const MAX_EMBEDDED_ARTIFACT: usize = 64 << 10;
 
 /// Errors from building or parsing an artifact manifest.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +105,32 @@ impl Descriptor {
         Digest::parse(&self.digest)
     }
 
+    /// Embeds `content` (what this descriptor references) in its `data` field (OCI image-spec
+    /// 1.1), so a reader need not fetch it.
+    pub fn embed(&mut self, content: &[u8]) {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(content);
+        self.extra
+            .insert("data".to_owned(), serde_json::Value::String(data));
+    }
+
+    /// The content embedded in `data`, when there is some and it has this descriptor's size and
+    /// digest (the spec asks readers to verify it). Anything else is `None`: the reader then
+    /// fetches the content by digest, so a wrong embedding costs a request, never correctness.
+    pub fn embedded(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        let data = self.extra.get("data")?.as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .ok()?;
+        let matches =
+            bytes.len() as u64 == self.size && self.sha256().is_ok_and(|d| d == Digest::of(&bytes));
+        if !matches {
+            tracing::debug!(digest = %self.digest, "ignoring embedded data that does not match its descriptor");
+        }
+        matches.then_some(bytes)
+    }
+
     /// The digest in annotation `key`; `what` names this blob in the error when it is absent.
     fn annotated_digest(&self, what: &str, key: &str) -> Result<Digest, ArtifactError> {
         let v = self.annotations.get(key).ok_or_else(|| {
@@ -130,6 +163,8 @@ pub struct LayerEntry {
     pub index_digest: Digest,
     /// Size of the layer index blob.
     pub index_size: u64,
+    /// The index blob itself, when small enough to embed (at most [`MAX_EMBEDDED`] bytes).
+    pub index_inline: Option<Vec<u8>>,
     /// The packs the index references (digest, size).
     pub packs: Vec<(Digest, u64)>,
     /// The index as a delta against an earlier layer's, for nodes that hold that one.
@@ -225,6 +260,13 @@ pub fn build(subject: &Descriptor, layers: &[LayerEntry]) -> Result<BuiltArtifac
             LAYER_DIGEST_ANNOTATION.to_owned(),
             layer.layer_digest.to_string(),
         );
+        if let Some(inline) = layer
+            .index_inline
+            .as_deref()
+            .filter(|b| b.len() <= MAX_EMBEDDED)
+        {
+            d.embed(inline);
+        }
         out_layers.push(d);
         if let Some(delta) = &layer.index_delta {
             out_layers.push(delta.descriptor(&layer.layer_digest));
@@ -389,6 +431,7 @@ mod tests {
                 index_digest: d(11),
                 index_size: 10,
                 packs: vec![(d(30), 300), (d(20), 200)],
+                index_inline: None,
                 index_delta: None,
                 sketch: None,
             },
@@ -397,10 +440,52 @@ mod tests {
                 index_digest: d(12),
                 index_size: 12,
                 packs: vec![(d(20), 200)],
+                index_inline: None,
                 index_delta: None,
                 sketch: None,
             },
         ]
+    }
+
+    #[test]
+    fn embedded_data_is_used_only_when_it_matches_the_descriptor() {
+        let content = b"layer index bytes".to_vec();
+        let mut desc = Descriptor::new(LAYER_INDEX_MEDIA_TYPE, &Digest::of(&content), 17);
+        assert_eq!(desc.embedded(), None, "nothing embedded");
+        desc.embed(&content);
+        assert_eq!(desc.embedded(), Some(content.clone()));
+        let json = serde_json::to_value(&desc).unwrap();
+        assert_eq!(json["data"], "bGF5ZXIgaW5kZXggYnl0ZXM=");
+
+        let mut other = desc.clone();
+        other.embed(b"other bytes, same len");
+        assert_eq!(other.embedded(), None, "digest mismatch");
+        let mut wrong_size = desc.clone();
+        wrong_size.size = 16;
+        assert_eq!(wrong_size.embedded(), None, "size mismatch");
+        let mut garbage = desc;
+        garbage
+            .extra
+            .insert("data".into(), serde_json::Value::String("%%%".into()));
+        assert_eq!(garbage.embedded(), None, "not base64");
+    }
+
+    #[test]
+    fn small_indexes_are_embedded_in_the_artifact() {
+        let small = vec![7u8; 100];
+        let big = vec![8u8; MAX_EMBEDDED + 1];
+        let mut layers = layers();
+        layers[0].index_digest = Digest::of(&small);
+        layers[0].index_size = small.len() as u64;
+        layers[0].index_inline = Some(small.clone());
+        layers[1].index_digest = Digest::of(&big);
+        layers[1].index_size = big.len() as u64;
+        layers[1].index_inline = Some(big);
+        let a = build(&subject(), &layers).unwrap();
+        let parsed = parse(&a.bytes, Some(&d(100))).unwrap();
+        assert_eq!(parsed.indexes[&d(1)].embedded(), Some(small));
+        assert_eq!(parsed.indexes[&d(2)].embedded(), None, "over MAX_EMBEDDED");
+        assert!(!parsed.indexes[&d(2)].extra.contains_key("data"));
     }
 
     #[test]

@@ -56,6 +56,20 @@ impl RegistryClient {
         Ok(bytes.to_vec())
     }
 
+    /// The blob `desc` references: its embedded `data` when that matches the descriptor, else
+    /// read from the registry under the `max` cap ([`read_blob`](Self::read_blob)).
+    pub async fn read_described(
+        &self,
+        image: &Reference,
+        desc: &crate::format::artifact::Descriptor,
+        max: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
+        match desc.embedded() {
+            Some(bytes) if bytes.len() as u64 <= max => Ok(bytes),
+            _ => self.read_blob(image, &desc.sha256()?, max).await,
+        }
+    }
+
     /// Reads `len` bytes at `offset` of the blob `digest` with an HTTP Range request. A 206
     /// answer must have exactly `len` bytes; a registry that ignores `Range` and answers 200 with
     /// the whole blob is sliced (reading no further than needed). Short data is an error.

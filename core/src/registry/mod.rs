@@ -15,6 +15,7 @@
 
 mod auth;
 mod blobs;
+mod direct;
 pub use blobs::{BlobStream, RepoRangeSource};
 pub mod referrers;
 mod retry;
@@ -238,6 +239,9 @@ struct Clients {
 pub(crate) struct ClientHandle {
     clients: Arc<Clients>,
     insecure: bool,
+    /// The host asks for no authentication: its credentials are not stored in `oci-client`,
+    /// and manifest GETs go through [`direct`].
+    open: bool,
 }
 
 impl std::ops::Deref for ClientHandle {
@@ -254,6 +258,7 @@ struct Inner {
     config: RegistryConfig,
     clients: std::sync::RwLock<Arc<Clients>>,
     auth: Mutex<HashMap<String, (std::time::Instant, RegistryAuth)>>,
+    direct: direct::Direct,
 }
 
 fn build_clients(config: &RegistryConfig) -> Result<Clients, RegistryError> {
@@ -310,11 +315,13 @@ impl RegistryClient {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let clients = build_clients(&config)?;
+        let direct = direct::Direct::new(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 clients: std::sync::RwLock::new(Arc::new(clients)),
                 auth: Mutex::new(HashMap::new()),
+                direct,
             }),
         })
     }
@@ -330,9 +337,9 @@ impl RegistryClient {
             .map_err(|_| RegistryError::InvalidReference(s.to_owned()))
     }
 
-    /// The `oci-client` for `image`'s host with its credentials registered. Credentials are
-    /// looked up again after `credentials_ttl`; when they changed, fresh clients replace the old ones
-    /// (operations in flight keep theirs).
+    /// The `oci-client` for `image`'s host with its credentials registered, unless the host asks
+    /// for none (see [`direct`]). Credentials are looked up again after `credentials_ttl`; when
+    /// they changed, fresh clients replace the old ones (operations in flight keep theirs).
     async fn prepare(
         &self,
         image: &Reference,
@@ -375,11 +382,20 @@ impl RegistryClient {
             .read()
             .map(|c| c.clone())
             .map_err(|_| RegistryError::Client("client lock poisoned".into()))?;
+        let config = &self.inner.config;
+        let open = self
+            .inner
+            .direct
+            .is_open(config, &host, config.credentials_ttl)
+            .await;
         let handle = ClientHandle {
-            insecure: self.inner.config.insecure_hosts.contains(&host),
+            insecure: config.insecure_hosts.contains(&host),
             clients,
+            open,
         };
-        handle.store_auth_if_needed(&host, &auth).await;
+        if !open {
+            handle.store_auth_if_needed(&host, &auth).await;
+        }
         Ok((handle, auth))
     }
 
@@ -398,17 +414,45 @@ impl RegistryClient {
         .await
     }
 
+    /// Passes `result` on; an authorization refusal from a host probed as open makes the next
+    /// request probe it again (it may have started asking for credentials).
+    fn forget_if_refused<T>(
+        &self,
+        image: &Reference,
+        result: Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        if let Err(RegistryError::Auth { .. }) = &result {
+            self.inner.direct.forget(image.resolve_registry());
+        }
+        result
+    }
+
     /// Fetches the manifest or index `image` names. When `image` is by digest the bytes are
     /// checked against it; otherwise `digest` is the sha256 of the bytes served.
     #[tracing::instrument(skip(self), fields(image = %image))]
     pub async fn resolve(&self, image: &Reference) -> Result<RawManifest, RegistryError> {
         let (client, auth) = self.prepare(image).await?;
         let what = image.whole();
-        let (bytes, _) = self
-            .retry("pull manifest", &what, || {
+        let bytes = if client.open {
+            let direct = &self.inner.direct;
+            let got = self
+                .retry("pull manifest", &what, || {
+                    direct.manifest(
+                        &self.inner.config,
+                        image,
+                        ACCEPTED_MANIFESTS,
+                        MAX_MANIFEST_SIZE,
+                    )
+                })
+                .await;
+            self.forget_if_refused(image, got)?
+        } else {
+            self.retry("pull manifest", &what, || {
                 client.pull_manifest_raw(image, &auth, ACCEPTED_MANIFESTS)
             })
-            .await?;
+            .await?
+            .0
+        };
         if bytes.len() > MAX_MANIFEST_SIZE {
             return Err(RegistryError::TooLarge {
                 what,
@@ -530,15 +574,25 @@ impl RegistryClient {
         let mut tags: Vec<String> = Vec::new();
         loop {
             let last = tags.last().cloned();
-            let page = self
-                .retry("list tags", &what, || {
+            let page = if client.open {
+                let direct = &self.inner.direct;
+                let got = self
+                    .retry("list tags", &what, || {
+                        direct.tags_page(&self.inner.config, image, 1000, last.as_deref())
+                    })
+                    .await;
+                self.forget_if_refused(image, got)?
+            } else {
+                self.retry("list tags", &what, || {
                     client.list_tags(image, &auth, Some(1000), last.as_deref())
                 })
-                .await?;
-            let n = page.tags.len();
+                .await?
+                .tags
+            };
+            let n = page.len();
             // Stop on a short page, or a registry that ignores `last` and repeats itself.
-            let repeated = page.tags.last() == tags.last();
-            tags.extend(page.tags);
+            let repeated = page.last() == tags.last();
+            tags.extend(page);
             if n < 1000 || repeated {
                 break;
             }

@@ -97,6 +97,11 @@ impl RegistryClient {
         let mut descriptor =
             Descriptor::new(OCI_MANIFEST_MEDIA_TYPE, &digest, manifest.len() as u64);
         descriptor.artifact_type = Some(artifact_type.to_owned());
+        if manifest.len() <= artifact::MAX_EMBEDDED_ARTIFACT {
+            // Only the tag index carries it (a registry builds its referrers API answer itself):
+            // a node reading the tag then needs no second request for the manifest.
+            descriptor.embed(&manifest);
+        }
         let by_digest = self.with_digest(image, &digest.to_string());
         self.push_manifest(&by_digest, manifest, OCI_MANIFEST_MEDIA_TYPE)
             .await?;
@@ -188,7 +193,8 @@ impl RegistryClient {
             .flatten()
     }
 
-    /// The first of `found` (by digest) that resolves and parses as an artifact for `subject`.
+    /// The first of `found` (by digest) that resolves and parses as an artifact for `subject`;
+    /// a manifest embedded in its descriptor (and matching its digest) is not fetched again.
     async fn first_artifact(
         &self,
         image: &Reference,
@@ -197,13 +203,16 @@ impl RegistryClient {
     ) -> Result<Option<(Digest, Artifact)>, RegistryError> {
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         for d in found {
-            let raw = match self.resolve(&self.with_digest(image, &d.digest)).await {
-                Ok(raw) => raw,
-                Err(RegistryError::NotFound { .. }) => continue,
-                Err(e) => return Err(e),
+            let (digest, bytes) = match d.embedded() {
+                Some(bytes) => (Digest::of(&bytes), Bytes::from(bytes)),
+                None => match self.resolve(&self.with_digest(image, &d.digest)).await {
+                    Ok(raw) => (raw.digest, raw.bytes),
+                    Err(RegistryError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
             };
-            match artifact::parse(&raw.bytes, Some(subject)) {
-                Ok(a) => return Ok(Some((raw.digest, a))),
+            match artifact::parse(&bytes, Some(subject)) {
+                Ok(a) => return Ok(Some((digest, a))),
                 Err(e) => {
                     tracing::warn!(artifact = %d.digest, error = %e, "ignoring unusable artifact");
                 }

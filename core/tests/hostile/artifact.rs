@@ -16,6 +16,7 @@ fn built(subject: &Digest) -> Vec<u8> {
         layer_digest: d(1),
         index_digest: d(2),
         index_size: 10,
+        index_inline: None,
         packs: vec![(d(3), 30)],
         index_delta: None,
         sketch: None,

@@ -109,6 +109,7 @@ pub fn check_artifact(data: &[u8]) {
             layer_digest: *layer,
             index_digest: desc.sha256().expect("parse checked index digests"),
             index_size: desc.size,
+            index_inline: None,
             packs: if i == 0 { packs.clone() } else { Vec::new() },
             index_delta: None,
             sketch: None,

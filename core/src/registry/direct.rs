@@ -1,0 +1,196 @@
+//! Requests to registries that ask for no authentication ("open" hosts), without `oci-client`'s
+//! per-request probe.
+//!
+//! `oci-client` caches bearer tokens but not the answer "this registry needs none": once a
+//! host's credentials are stored in it (which every manifest pull does), every later request is
+//! preceded by `GET /v2/`, doubling the round trips of a node's prepare on a plain distribution
+//! registry. Here each host is probed once (per credentials TTL): a `200` to `GET /v2/` without
+//! a `WWW-Authenticate` challenge marks it open. For open hosts the client never stores
+//! credentials in `oci-client` (so its blob and referrers requests go out without a probe) and
+//! the two calls that would store them, manifest GETs and tag listing, are made here. Any other
+//! answer, or a failed probe, keeps the host on `oci-client`'s own authentication path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use oci_client::errors::{OciDistributionError, OciEnvelope};
+
+use super::{Reference, RegistryConfig, RegistryError};
+
+/// Plain `reqwest` clients configured like the `oci-client` ones, and the probe results.
+pub(super) struct Direct {
+    secure: reqwest::Client,
+    insecure: reqwest::Client,
+    /// host → (when probed, open?).
+    probed: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl Direct {
+    pub(super) fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let build = |accept_invalid| {
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(accept_invalid)
+                .connect_timeout(config.connect_timeout)
+                .read_timeout(config.read_timeout)
+                .user_agent(concat!("chunksnap/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| RegistryError::Client(e.to_string()))
+        };
+        Ok(Self {
+            secure: build(false)?,
+            insecure: build(true)?,
+            probed: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn http(&self, config: &RegistryConfig, host: &str) -> &reqwest::Client {
+        if config.insecure_hosts.iter().any(|h| h == host) {
+            &self.insecure
+        } else {
+            &self.secure
+        }
+    }
+
+    /// Whether `host` asks for no authentication, probing it when the last answer is older
+    /// than `ttl`.
+    pub(super) async fn is_open(&self, config: &RegistryConfig, host: &str, ttl: Duration) -> bool {
+        let cached = self.probed.lock().ok().and_then(|m| m.get(host).copied());
+        if let Some((at, open)) = cached
+            && at.elapsed() < ttl
+        {
+            return open;
+        }
+        let url = format!("{}://{host}/v2/", scheme(config, host));
+        let open = match self.http(config, host).get(&url).send().await {
+            Ok(resp) => {
+                resp.status() == reqwest::StatusCode::OK
+                    && !resp
+                        .headers()
+                        .contains_key(reqwest::header::WWW_AUTHENTICATE)
+            }
+            Err(e) => {
+                tracing::debug!(host, error = %e, "registry probe failed");
+                false
+            }
+        };
+        tracing::debug!(host, open, "registry probed");
+        if let Ok(mut m) = self.probed.lock() {
+            m.insert(host.to_owned(), (Instant::now(), open));
+        }
+        open
+    }
+
+    /// Forgets what `host` answered (it refused a request), so the next request probes again.
+    pub(super) fn forget(&self, host: &str) {
+        if let Ok(mut m) = self.probed.lock() {
+            m.remove(host);
+        }
+    }
+
+    /// `GET` of the manifest `image` names, accepting `accept`, reading at most `max` bytes.
+    pub(super) async fn manifest(
+        &self,
+        config: &RegistryConfig,
+        image: &Reference,
+        accept: &[&str],
+        max: usize,
+    ) -> Result<Bytes, OciDistributionError> {
+        let host = image.resolve_registry();
+        let reference = image.digest().or(image.tag()).unwrap_or("latest");
+        let url = format!(
+            "{}://{host}/v2/{}/manifests/{reference}",
+            scheme(config, host),
+            image.repository()
+        );
+        let req = self
+            .http(config, host)
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accept.join(", "));
+        send(req, &url, max).await
+    }
+
+    /// One page of `image`'s repository tags: up to `n` after `last`.
+    pub(super) async fn tags_page(
+        &self,
+        config: &RegistryConfig,
+        image: &Reference,
+        n: usize,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, OciDistributionError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let host = image.resolve_registry();
+        let url = format!(
+            "{}://{host}/v2/{}/tags/list",
+            scheme(config, host),
+            image.repository()
+        );
+        let mut query = vec![("n", n.to_string())];
+        if let Some(last) = last {
+            query.push(("last", last.to_owned()));
+        }
+        let req = self.http(config, host).get(&url).query(&query);
+        let body = send(req, &url, super::MAX_MANIFEST_SIZE).await?;
+        if body.len() > super::MAX_MANIFEST_SIZE {
+            return Err(OciDistributionError::GenericError(Some(format!(
+                "tag list larger than {} bytes",
+                super::MAX_MANIFEST_SIZE
+            ))));
+        }
+        let list: TagList = serde_json::from_slice(&body)
+            .map_err(|e| OciDistributionError::GenericError(Some(format!("tag list: {e}"))))?;
+        Ok(list.tags.unwrap_or_default())
+    }
+}
+
+/// `http` or `https` for `host`, as the `oci-client` clients choose it.
+fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
+    if config.plain_http_all || config.plain_http_hosts.iter().any(|h| h == host) {
+        "http"
+    } else {
+        "https"
+    }
+}
+
+/// Sends `req` and reads a `200` body, stopping once it is longer than `max` bytes (the caller
+/// reports such a body as too large). Other answers become the errors `oci-client` gives for
+/// them, so the retry policy classifies both paths alike.
+async fn send(
+    req: reqwest::RequestBuilder,
+    url: &str,
+    max: usize,
+) -> Result<Bytes, OciDistributionError> {
+    let mut resp = req.send().await?;
+    let status = resp.status();
+    let mut body = BytesMut::new();
+    while body.len() <= max
+        && let Some(chunk) = resp.chunk().await?
+    {
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let err = |code: u16| OciDistributionError::ServerError {
+        code,
+        url: url.to_owned(),
+        message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+    };
+    match status {
+        reqwest::StatusCode::OK => Ok(body),
+        reqwest::StatusCode::UNAUTHORIZED => Err(OciDistributionError::UnauthorizedError {
+            url: url.to_owned(),
+        }),
+        s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(&body) {
+            Ok(envelope) => Err(OciDistributionError::RegistryError {
+                envelope,
+                url: url.to_owned(),
+            }),
+            Err(_) => Err(err(s.as_u16())),
+        },
+        s => Err(err(s.as_u16())),
+    }
+}

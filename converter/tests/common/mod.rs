@@ -24,21 +24,28 @@ pub struct Registry {
 impl Registry {
     /// Starts `docker-registry` and waits until `GET /v2/` answers.
     pub fn start() -> Registry {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// Starts a registry on `port` (e.g. that of one stopped before), with fresh storage.
+    pub fn start_on(port: u16) -> Registry {
+        Self::start_with(None, Some(port))
     }
 
     /// Starts a registry requiring HTTP basic auth for `user` with bcrypt hash `hash`.
     pub fn start_with_htpasswd(user: &str, hash: &str) -> Registry {
-        Self::start_with(Some(format!("{user}:{hash}\n")))
+        Self::start_with(Some(format!("{user}:{hash}\n")), None)
     }
 
-    fn start_with(htpasswd: Option<String>) -> Registry {
+    fn start_with(htpasswd: Option<String>, port: Option<u16>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port.unwrap_or_else(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.path().join("config.yml");
         let mut yaml = format!(

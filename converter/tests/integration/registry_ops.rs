@@ -418,3 +418,27 @@ async fn an_open_registry_is_probed_once_not_before_every_request() {
         Err(RegistryError::NotFound { .. })
     ));
 }
+
+/// A registry unreachable when first probed, then back: once it answers the probe as open, its
+/// requests go out without a probe each (the failed probe's path leaves nothing behind).
+#[tokio::test]
+async fn an_open_registry_back_from_an_outage_is_not_probed_per_request() {
+    let down = Registry::start();
+    let port = down.addr.port();
+    let client = down.client();
+    let image = down.reference("outage/app", "v1");
+    drop(down);
+    assert!(client.resolve(&image).await.is_err(), "registry is down");
+
+    let reg = Registry::start_on(port);
+    let layer = common::layer(&[common::File("a", 0o644, common::noise(4, 20_000))]);
+    common::push_image(&client, &image, std::slice::from_ref(&layer)).await;
+    let blob = Digest::of(&layer);
+    let before = probes(&reg);
+    for _ in 0..3 {
+        client.resolve(&image).await.unwrap();
+        client.read_blob(&image, &blob, 1 << 20).await.unwrap();
+        client.read_range(&image, &blob, 0, 10).await.unwrap();
+    }
+    assert_eq!(probes(&reg), before, "registry log:\n{}", reg.log());
+}

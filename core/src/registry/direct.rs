@@ -8,7 +8,9 @@
 //! a `WWW-Authenticate` challenge marks it open. For open hosts the client never stores
 //! credentials in `oci-client` (so its blob and referrers requests go out without a probe) and
 //! the two calls that would store them, manifest GETs and tag listing, are made here. Any other
-//! answer, or a failed probe, keeps the host on `oci-client`'s own authentication path.
+//! answer, or a failed probe, keeps the host on `oci-client`'s own authentication path (open
+//! hosts use separate `oci-client` clients, so a host's past on that path never brings the probe
+//! back).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -71,8 +73,10 @@ impl Direct {
                         .contains_key(reqwest::header::WWW_AUTHENTICATE)
             }
             Err(e) => {
+                // Not remembered: the next request probes again. Meanwhile the host is treated
+                // as one that may need credentials (at worst one probe per request, as before).
                 tracing::debug!(host, error = %e, "registry probe failed");
-                false
+                return false;
             }
         };
         tracing::debug!(host, open, "registry probed");

@@ -257,6 +257,10 @@ impl std::ops::Deref for ClientHandle {
 struct Inner {
     config: RegistryConfig,
     clients: std::sync::RwLock<Arc<Clients>>,
+    /// Clients for hosts probed as open: no credentials are ever stored in them, so a host
+    /// once served through `clients` (probed as challenging, or unreachable at the probe)
+    /// does not bring the per-request probe back when it is open again.
+    open_clients: Arc<Clients>,
     auth: Mutex<HashMap<String, (std::time::Instant, RegistryAuth)>>,
     direct: direct::Direct,
 }
@@ -315,11 +319,13 @@ impl RegistryClient {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let clients = build_clients(&config)?;
+        let open_clients = Arc::new(build_clients(&config)?);
         let direct = direct::Direct::new(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 clients: std::sync::RwLock::new(Arc::new(clients)),
+                open_clients,
                 auth: Mutex::new(HashMap::new()),
                 direct,
             }),
@@ -376,18 +382,21 @@ impl RegistryClient {
                 a
             }
         };
-        let clients = self
-            .inner
-            .clients
-            .read()
-            .map(|c| c.clone())
-            .map_err(|_| RegistryError::Client("client lock poisoned".into()))?;
         let config = &self.inner.config;
         let open = self
             .inner
             .direct
             .is_open(config, &host, config.credentials_ttl)
             .await;
+        let clients = if open {
+            self.inner.open_clients.clone()
+        } else {
+            self.inner
+                .clients
+                .read()
+                .map(|c| c.clone())
+                .map_err(|_| RegistryError::Client("client lock poisoned".into()))?
+        };
         let handle = ClientHandle {
             insecure: config.insecure_hosts.contains(&host),
             clients,

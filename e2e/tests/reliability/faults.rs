@@ -26,7 +26,7 @@ struct Row {
     corrupt: u64,
     mismatched: u64,
     injected: u64,
-    leftovers: usize,
+    leftovers: Vec<std::path::PathBuf>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -108,7 +108,7 @@ async fn registry_faults_recover_or_fall_back() -> Result<()> {
             }
         }
         row.corrupt = fsck_corrupt(&node.chunksnap)?;
-        row.leftovers = lasting_leftovers(node.chunksnap.root()).await.len();
+        row.leftovers = lasting_leftovers(node.chunksnap.root()).await;
         rows.push(row);
     }
     eprintln!(
@@ -134,7 +134,7 @@ async fn registry_faults_recover_or_fall_back() -> Result<()> {
             r.failed,
             r.corrupt,
             r.mismatched,
-            r.leftovers
+            r.leftovers.len()
         );
     }
     for r in &rows {
@@ -146,7 +146,12 @@ async fn registry_faults_recover_or_fall_back() -> Result<()> {
             "{}: layers differ from the oracle",
             r.mode
         );
-        ensure!(r.leftovers == 0, "{}: temp files or dirs left", r.mode);
+        ensure!(
+            r.leftovers.is_empty(),
+            "{}: temp files or dirs left: {:?}",
+            r.mode,
+            r.leftovers
+        );
         ensure!(
             r.remote + r.fallback == 2.0 * r.pulls as f64,
             "{}: {} remote + {} fallback prepares for {} two-layer pulls",

@@ -209,15 +209,17 @@ impl ChunkRemote {
             .get(layer)
             .ok_or(RemoteError::NoIndex(*layer))?;
         // A small index embedded in the artifact costs no request at all.
-        if desc.embedded().is_none()
-            && let Some(ix) = self.index_from_delta(image, artifact, layer).await
-        {
-            return Ok(ix);
-        }
-        let blob = self
-            .client
-            .read_described(image, desc, MAX_INDEX_SIZE as u64)
-            .await?;
+        let blob = match desc.embedded().filter(|b| b.len() <= MAX_INDEX_SIZE) {
+            Some(blob) => blob,
+            None => {
+                if let Some(ix) = self.index_from_delta(image, artifact, layer).await {
+                    return Ok(ix);
+                }
+                self.client
+                    .read_described(image, desc, MAX_INDEX_SIZE as u64)
+                    .await?
+            }
+        };
         let (dir, want) = (self.index_dir.clone(), *layer);
         let ix = tokio::task::spawn_blocking(move || {
             let ix = decode_for(&blob, &want, index::decode)?;

@@ -36,7 +36,7 @@ impl Direct {
                 .danger_accept_invalid_certs(accept_invalid)
                 .connect_timeout(config.connect_timeout)
                 .read_timeout(config.read_timeout)
-                .user_agent(concat!("chunksnap/", env!("CARGO_PKG_VERSION")))
+                .user_agent(super::USER_AGENT)
                 .build()
                 .map_err(|e| RegistryError::Client(e.to_string()))
         };

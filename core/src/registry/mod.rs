@@ -43,6 +43,8 @@ pub const DOCKER_LIST_MEDIA_TYPE: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Docker schema 2 image manifest media type.
 pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The `User-Agent` of every registry request.
+const USER_AGENT: &str = concat!("chunksnap/", env!("CARGO_PKG_VERSION"));
 /// Manifests larger than this are refused (the distribution spec suggests 4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
@@ -281,7 +283,7 @@ fn build_clients(config: &RegistryConfig) -> Result<Clients, RegistryError> {
             platform_resolver: None,
             connect_timeout: Some(config.connect_timeout),
             read_timeout: Some(config.read_timeout),
-            user_agent: concat!("chunksnap/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             ..Default::default()
         })
         .map_err(|e| RegistryError::Client(e.to_string()))

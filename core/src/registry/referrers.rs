@@ -204,7 +204,8 @@ impl RegistryClient {
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
         for d in found {
             let (digest, bytes) = match d.embedded() {
-                Some(bytes) => (Digest::of(&bytes), Bytes::from(bytes)),
+                // `embedded` checked the bytes against the digest.
+                Some(bytes) => (d.sha256()?, Bytes::from(bytes)),
                 None => match self.resolve(&self.with_digest(image, &d.digest)).await {
                     Ok(raw) => (raw.digest, raw.bytes),
                     Err(RegistryError::NotFound { .. }) => continue,

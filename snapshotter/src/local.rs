@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use chunksnap_proto::snapshots::Mount;
 
@@ -23,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::metadata::{Info, Kind, MetaStore, Record};
 use crate::mounts::{self, Layout};
 use crate::remote::{LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, SeedCandidate};
+
+/// A removal slower than this is logged as a warning.
+const SLOW_REMOVAL_MS: u64 = 5_000;
 
 /// What [`Local::cleanup`] removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -220,14 +224,32 @@ impl Local {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(Error::io("rename", &dir)(e)),
         };
+        let started = Instant::now();
         if let Err(e) = tx.commit() {
             if renamed {
                 let _ = fs::rename(&doomed, &dir);
             }
             return Err(e);
         }
+        let committed = Instant::now();
         if renamed && let Err(e) = fs::remove_dir_all(&doomed) {
             tracing::warn!(dir = %doomed.display(), cause = %e, "failed to delete removed snapshot; cleanup will retry");
+        }
+        let (commit_ms, delete_ms) = (
+            committed.duration_since(started).as_millis() as u64,
+            committed.elapsed().as_millis() as u64,
+        );
+        if commit_ms + delete_ms > SLOW_REMOVAL_MS {
+            // The commit's fsync waits for the disk's other writes: a loaded disk shows here.
+            tracing::warn!(
+                key,
+                id = record.id,
+                commit_ms,
+                delete_ms,
+                "slow snapshot removal"
+            );
+        } else {
+            tracing::debug!(key, id = record.id, kind = ?record.kind, renamed, commit_ms, delete_ms, "snapshot removed");
         }
         Ok(())
     }

@@ -47,6 +47,9 @@ pub const SEEDS_REJECTED_TOTAL: &str = "chunksnap_seeds_rejected";
 pub const PREPARE_SECONDS: &str = "chunksnap_prepare_seconds";
 /// `chunksnap_store_bytes`: bytes held by the chunk store.
 pub const STORE_BYTES: &str = "chunksnap_store_bytes";
+/// `chunksnap_removals_in_progress`: snapshot removals not finished yet (their directory,
+/// `snapshots/rm-<id>`, may still exist).
+pub const REMOVALS_IN_PROGRESS: &str = "chunksnap_removals_in_progress";
 
 /// The `outcome` label of [`PREPARES_TOTAL`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +83,7 @@ pub struct Metrics {
     pub seeds_rejected: Counter,
     pub prepare_seconds: Histogram,
     pub store_bytes: Gauge,
+    pub removals_in_progress: Gauge,
     registry: Arc<Registry>,
 }
 
@@ -106,6 +110,7 @@ impl Metrics {
         // 10 ms .. ~80 s.
         let prepare_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let store_bytes = Gauge::default();
+        let removals_in_progress = Gauge::default();
         r.register(
             PREPARES_TOTAL,
             "Remote-capable prepares by outcome",
@@ -166,6 +171,11 @@ impl Metrics {
             "Bytes held by the chunk store",
             store_bytes.clone(),
         );
+        r.register(
+            REMOVALS_IN_PROGRESS,
+            "Snapshot removals not finished yet (committing, or deleting the directory)",
+            removals_in_progress.clone(),
+        );
         // Every outcome is exported from the start (as 0), so rates work before the first event.
         for outcome in [Outcome::remote, Outcome::fallback, Outcome::error] {
             let _ = prepares.get_or_create(&OutcomeLabel { outcome });
@@ -183,6 +193,7 @@ impl Metrics {
             seeds_rejected,
             prepare_seconds,
             store_bytes,
+            removals_in_progress,
             registry: Arc::new(r),
         }
     }

@@ -63,6 +63,19 @@ impl Service {
         tokio::task::spawn_blocking(move || f(&local)).await?
     }
 
+    /// Removes `key`, counted in `removals_in_progress` on the blocking thread itself, so the
+    /// gauge stays right when containerd gives up waiting and the removal goes on.
+    async fn remove_snapshot(&self, key: String) -> Result<()> {
+        let gauge = self.metrics.removals_in_progress.clone();
+        self.run(move |l| {
+            gauge.inc();
+            let removed = l.remove(&key);
+            gauge.dec();
+            removed
+        })
+        .await
+    }
+
     async fn create(
         &self,
         key: String,
@@ -133,7 +146,7 @@ impl Service {
                         // Another pull may have committed the same target first: then ours
                         // is redundant and containerd must still hear AlreadyExists.
                         let k = key.clone();
-                        if let Err(re) = self.run(move |l| l.remove(&k)).await {
+                        if let Err(re) = self.remove_snapshot(k).await {
                             tracing::warn!(cause = %re, "failed to remove redundant snapshot");
                         }
                         if matches!(e, Error::AlreadyExists(_)) {
@@ -231,7 +244,7 @@ impl Snapshots for Service {
         request: Request<RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
-        self.run(move |l| l.remove(&key)).await?;
+        self.remove_snapshot(key).await?;
         Ok(Response::new(()))
     }
 

@@ -258,17 +258,49 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// [`leftovers`] that are still there after up to 60 s: a removal containerd's garbage
-/// collector started (`rm-*` while it is deleted) passes; a real leftover never goes. Deleting
-/// a layer directory can take many seconds on a loaded 2-core VM, hence the long window.
-pub async fn lasting_leftovers(root: &Path) -> Vec<PathBuf> {
-    for _ in 0..300 {
+/// [`leftovers`] that are still there once no removal is in progress and 60 s have passed: a
+/// removal containerd's garbage collector started (`rm-*` while its commit and delete run)
+/// passes; a real leftover never goes. A removal's commit waits for the disk (fsync), which on
+/// a loaded 2-core VM can take long, so the wait follows the daemon's
+/// `chunksnap_removals_in_progress` gauge (for at most 10 minutes) rather than a fixed window.
+pub async fn lasting_leftovers(chunksnap: &Chunksnap) -> Vec<PathBuf> {
+    let root = chunksnap.root();
+    let started = std::time::Instant::now();
+    let window = std::time::Duration::from_secs(60);
+    let limit = std::time::Duration::from_secs(600);
+    loop {
         if leftovers(root).is_empty() {
+            break;
+        }
+        let removing = chunksnap
+            .metric("chunksnap_removals_in_progress")
+            .await
+            .unwrap_or(0.0);
+        let waited = started.elapsed();
+        if waited >= limit || (waited >= window && removing == 0.0) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    leftovers(root)
+    let left = leftovers(root);
+    for path in &left {
+        describe_leftover(path);
+    }
+    left
+}
+
+/// Prints what a leftover holds (paths and ages), so a failure in CI says what was left.
+fn describe_leftover(path: &Path) {
+    eprintln!("leftover {}:", path.display());
+    for e in walkdir::WalkDir::new(path).into_iter().flatten().take(20) {
+        let age = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .map_or_else(|| "?".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
+        eprintln!("  {} (modified {age} ago)", e.path().display());
+    }
 }
 
 /// The oracle: containerd's own overlayfs snapshotter on the same registry.

@@ -67,7 +67,7 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
             Err(_) => first_failed += 1,
         }
         node.chunksnap.start().await?;
-        let left = lasting_leftovers(node.chunksnap.root()).await;
+        let left = lasting_leftovers(&node.chunksnap).await;
         ensure!(
             left.is_empty(),
             "round {round} (kill after {delay:?}): leftovers after restart: {left:?}"
@@ -128,7 +128,7 @@ async fn containerd_killed_during_pull_recovers() -> Result<()> {
             oracle_differences(&node.env.containerd, &oracle, &img).await? == 0,
             "round {round} (kill after {delay:?}): layers differ from the oracle"
         );
-        let left = lasting_leftovers(node.chunksnap.root()).await;
+        let left = lasting_leftovers(&node.chunksnap).await;
         ensure!(left.is_empty(), "round {round}: leftovers {left:?}");
         ensure!(
             fsck_corrupt(&node.chunksnap)? == 0,

@@ -90,7 +90,7 @@ async fn full_disk_falls_back_cleanly_then_succeeds() -> Result<()> {
         node.chunksnap.log_path().display()
     );
     eprintln!("log: {}", enospc.unwrap_or_default());
-    let left = lasting_leftovers(&root).await;
+    let left = lasting_leftovers(&node.chunksnap).await;
     ensure!(left.is_empty(), "leftovers on the full disk: {left:?}");
     ensure!(
         fsck_corrupt(&node.chunksnap)? == 0,
@@ -114,7 +114,7 @@ async fn full_disk_falls_back_cleanly_then_succeeds() -> Result<()> {
         oracle_differences(&node.env.containerd, &oracle, &img).await? == 0,
         "layers differ from the oracle"
     );
-    let left = lasting_leftovers(&root).await;
+    let left = lasting_leftovers(&node.chunksnap).await;
     ensure!(left.is_empty(), "leftovers after the second pull: {left:?}");
     ensure!(
         fsck_corrupt(&node.chunksnap)? == 0,

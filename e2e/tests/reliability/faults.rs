@@ -108,7 +108,7 @@ async fn registry_faults_recover_or_fall_back() -> Result<()> {
             }
         }
         row.corrupt = fsck_corrupt(&node.chunksnap)?;
-        row.leftovers = lasting_leftovers(node.chunksnap.root()).await;
+        row.leftovers = lasting_leftovers(&node.chunksnap).await;
         rows.push(row);
     }
     eprintln!(

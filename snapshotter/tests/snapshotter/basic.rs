@@ -126,6 +126,8 @@ async fn error_codes_match_containerd() {
     d.remove("v").await.unwrap();
     d.remove("a-c").await.unwrap();
     assert!(d.dirs().is_empty(), "{:?}", d.dirs());
+    // Failed removals (NotFound, FailedPrecondition) count too, and every one has finished.
+    assert_eq!(d.metrics.removals_in_progress.get(), 0);
     d.stop().await;
 }
 
@@ -297,6 +299,7 @@ async fn metrics_endpoint_serves_metrics_and_health() {
     let body = get("/metrics").await;
     assert!(body.contains("chunksnap_chunks_fetched_total 1"), "{body}");
     assert!(body.contains("chunksnap_prepare_seconds_bucket"));
+    assert!(body.contains("chunksnap_removals_in_progress 0"), "{body}");
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     shutdown.cancel();
     task.await.unwrap();

@@ -255,12 +255,23 @@ impl Cri {
     /// Runs `image` (`sleep infinity`, so it needs coreutils or busybox) in a fresh pod, reads
     /// `path` with `cat` through `exec_sync`, and removes the pod again.
     pub async fn run_and_read(&self, image: &str, path: &str) -> Result<Vec<u8>> {
+        Ok(self.run_and_read_timed(image, path).await?.0)
+    }
+
+    /// [`Cri::run_and_read`], also returning when the read finished: the pod's teardown after
+    /// it is no part of a time to a running container.
+    pub async fn run_and_read_timed(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<(Vec<u8>, std::time::Instant)> {
         let pod = self.run_pod_sandbox("read").await?;
         let result = async {
             let ctr = self
                 .start_container(&pod, "reader", image, &["sleep", "infinity"])
                 .await?;
             let out = self.exec_sync(&ctr, &["cat", path]).await?;
+            let read_at = std::time::Instant::now();
             if out.exit_code != 0 {
                 bail!(
                     "cat {path} in {image}: exit {}: {}",
@@ -268,13 +279,13 @@ impl Cri {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            Ok(out.stdout)
+            Ok((out.stdout, read_at))
         }
         .await;
         let cleanup = self.stop_and_remove_pod(&pod).await;
-        let data = result?;
+        let read = result?;
         cleanup?;
-        Ok(data)
+        Ok(read)
     }
 }
 

@@ -185,13 +185,21 @@ pub(crate) enum SeedReject {
     Read(std::io::Error),
 }
 
+/// Read size for hashing a seed file.
+const SEED_READ: usize = 256 << 10;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Opens seed file `rel` beneath `root` and checks it against `want`; the returned fd is ready
-/// for `linkat(AT_EMPTY_PATH)`, so what was checked is exactly what gets linked.
+/// for `linkat(AT_EMPTY_PATH)`, so what was checked is exactly what gets linked. Also returns
+/// its `(st_dev, st_ino)`.
 pub(crate) fn open_checked(
     root: BorrowedFd<'_>,
     rel: &[u8],
     want: &Entry,
-) -> Result<OwnedFd, SeedReject> {
+) -> Result<(OwnedFd, (u64, u64)), SeedReject> {
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
         .resolve(
@@ -210,20 +218,26 @@ pub(crate) fn open_checked(
         return Err(SeedReject::Changed);
     }
     let mut file = File::from(fd);
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(SeedReject::Read(e)),
+    let digest = READ_BUF.with_borrow_mut(|buf| {
+        // Zeroed once per thread: a fresh 256 KiB buffer per seed cost a memset each, and a
+        // layer links thousands of seeds.
+        if buf.is_empty() {
+            buf.resize(SEED_READ, 0);
         }
-    }
-    if hasher.finish().as_bytes().as_slice() != want.content_digest.as_slice() {
+        let mut hasher = Hasher::new();
+        loop {
+            match file.read(buf) {
+                Ok(0) => return Ok(hasher.finish()),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SeedReject::Read(e)),
+            }
+        }
+    })?;
+    if digest.as_bytes().as_slice() != want.content_digest.as_slice() {
         return Err(SeedReject::Content);
     }
-    Ok(OwnedFd::from(file))
+    Ok((OwnedFd::from(file), (st.st_dev, st.st_ino)))
 }
 
 fn same_attrs(st: &FileStat, want: &Entry) -> bool {

@@ -273,19 +273,15 @@ fn link_seed(
         stats.seeds_rejected += 1;
         return Ok(false);
     };
-    let fd = match seed::open_checked(root.as_fd(), &want.path, want) {
-        Ok(fd) => fd,
+    let (fd, inode) = match seed::open_checked(root.as_fd(), &want.path, want) {
+        Ok(checked) => checked,
         Err(why) => {
             tracing::warn!(seed = %lossy(&want.path), %why, "seed file not used");
             stats.seeds_rejected += 1;
             return Ok(false);
         }
     };
-    let inode = match nix::sys::stat::fstat(fd.as_fd()) {
-        Ok(st) => (st.st_dev, st.st_ino),
-        Err(_) => (0, 0),
-    };
-    if inode == (0, 0) || !lock(&shared.seeded).insert(inode) {
+    if !lock(&shared.seeded).insert(inode) {
         stats.seeds_rejected += 1;
         return Ok(false);
     }

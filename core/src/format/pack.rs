@@ -48,12 +48,27 @@ pub struct StoredChunk {
 /// chunks are verified by sha256), or keeps it raw when that is not larger.
 pub fn compress_chunk(data: &[u8], level: i32) -> Result<StoredChunk, PackError> {
     use zstd::zstd_safe::CParameter;
-    let mut c = zstd::bulk::Compressor::new(level).map_err(PackError::Compress)?;
-    c.set_parameter(CParameter::ContentSizeFlag(true))
+    // One compression context per thread and level: creating one per chunk (allocating and
+    // clearing its tables) cost as much as compressing a small chunk.
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let frame = CCTX
+        .with(|cell| -> std::io::Result<Vec<u8>> {
+            let mut slot = cell.borrow_mut();
+            let c = match slot.as_mut() {
+                Some((l, c)) if *l == level => c,
+                _ => {
+                    let mut c = zstd::bulk::Compressor::new(level)?;
+                    c.set_parameter(CParameter::ContentSizeFlag(true))?;
+                    c.set_parameter(CParameter::ChecksumFlag(false))?;
+                    &mut slot.insert((level, c)).1
+                }
+            };
+            c.compress(data)
+        })
         .map_err(PackError::Compress)?;
-    c.set_parameter(CParameter::ChecksumFlag(false))
-        .map_err(PackError::Compress)?;
-    let frame = c.compress(data).map_err(PackError::Compress)?;
     Ok(if frame.len() < data.len() {
         StoredChunk {
             data: frame,

@@ -167,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             mode: WhiteoutMode::Overlay,
             parents: &[],
             seeding: None,
+            cancel: None,
         },
     )?;
     println!(
@@ -204,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             mode: WhiteoutMode::Overlay,
             parents: &[],
             seeding: Some(&seeding),
+            cancel: None,
         };
         let (fetched, stats) = if overlapped {
             let inflight = Inflight::default();

@@ -36,6 +36,7 @@ use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use oci_client::Reference;
 
+use crate::claims::DirClaim;
 use crate::index_files;
 use crate::metrics::Metrics;
 use crate::remote::{
@@ -447,15 +448,20 @@ impl ChunkRemote {
             index: ix.clone(),
             runtime: tokio::runtime::Handle::current(),
             give_up: fetch_failed,
+            claim: req.claim.clone(),
         };
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
         let ix2 = ix.clone();
+        // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
+        // prepare cancels it and waits for that.
+        let claim = req.claim.clone();
         let assembled = tokio::task::spawn_blocking(move || {
             let opts = AssembleOptions {
                 mode: WhiteoutMode::Overlay,
                 parents: &parents,
                 seeding: Some(&seeding),
+                cancel: Some(claim.flag()),
             };
             assemble_layer_with(&ix2, &reader, &dest, &opts)
         })
@@ -543,12 +549,15 @@ struct FetchingReader {
     runtime: tokio::runtime::Handle,
     /// Set when the layer's fetch failed: the prepare falls back, so do not fetch chunk by chunk.
     give_up: Arc<AtomicBool>,
+    /// The prepare's claim: once cancelled, nothing more is fetched for it.
+    claim: DirClaim,
 }
 
 impl ChunkReader for FetchingReader {
     fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
         match self.remote.store.get(digest, size) {
-            Err(StoreError::Missing(_)) if !self.give_up.load(Ordering::Relaxed) => {}
+            Err(StoreError::Missing(_))
+                if !self.give_up.load(Ordering::Relaxed) && !self.claim.is_cancelled() => {}
             other => return other,
         }
         let needed: Vec<bool> = self

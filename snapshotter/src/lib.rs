@@ -21,6 +21,7 @@
 //! ```
 
 pub mod chunk_remote;
+pub mod claims;
 pub mod config;
 pub mod containerd_config;
 pub mod error;

@@ -12,6 +12,8 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
+pub use crate::claims::DirClaim;
+
 /// Label carrying the name the unpacked layer should be committed as (the chainID).
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
 /// CRI label: digest of the compressed layer blob.
@@ -50,6 +52,9 @@ pub struct RemoteRequest {
     /// Committed layers on this node that may hold identical files (best candidates first):
     /// those files are hardlinked instead of fetched and written.
     pub seeds: Vec<SeedCandidate>,
+    /// Held by every thread that writes into `fs_dir`; cancelled when the Prepare call is
+    /// abandoned or its snapshot removed. Writers must stop soon after that.
+    pub claim: DirClaim,
 }
 
 /// A committed layer directory and the layer (`cri.layer-digest`) it was built from.
@@ -79,6 +84,7 @@ impl RemoteRequest {
             fs_dir,
             parent_dirs: Vec::new(),
             seeds: Vec::new(),
+            claim: DirClaim::unregistered(),
         })
     }
 
@@ -112,7 +118,9 @@ pub type RemoteFuture<'a> = Pin<Box<dyn Future<Output = RemoteOutcome> + Send + 
 ///
 /// Boxed-future form so the service can hold an `Arc<dyn RemoteLayers>`.
 pub trait RemoteLayers: Send + Sync + 'static {
-    /// Fills `req.fs_dir` with the layer, or says why not. Must not write outside `fs_dir`.
+    /// Fills `req.fs_dir` with the layer, or says why not. Must not write outside `fs_dir`,
+    /// nor after the returned future completed; if the future is dropped first, writers must
+    /// stop soon after `req.claim` is cancelled and drop their clones of it.
     /// The service empties `fs_dir` after a fallback, so partial output is fine.
     fn prepare_remote(&self, req: RemoteRequest) -> RemoteFuture<'_>;
 }

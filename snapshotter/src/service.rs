@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chunksnap_proto::snapshots::snapshots_server::{Snapshots, SnapshotsServer};
 use chunksnap_proto::snapshots::{
@@ -15,8 +15,10 @@ use chunksnap_proto::snapshots::{
     RemoveSnapshotRequest, StatSnapshotRequest, StatSnapshotResponse, UpdateSnapshotRequest,
     UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use tonic::{Request, Response, Status};
 
+use crate::claims::Claims;
 use crate::error::{Error, Result};
 use crate::filter::FilterSet;
 use crate::local::Local;
@@ -30,12 +32,18 @@ const MAX_SEEDS: usize = 8;
 /// How many snapshots one List response message carries.
 const LIST_BATCH: usize = 100;
 
+/// How long a Remove waits for an abandoned prepare's writers to stop. They check for the
+/// cancellation per entry and per chunk, so only a chunk fetch already in flight delays them;
+/// past this, containerd hears FailedPrecondition and its garbage collector retries later.
+const ABANDONED_WRITER_WAIT: Duration = Duration::from_secs(120);
+
 /// The Snapshots service.
 #[derive(Clone)]
 pub struct Service {
     local: Arc<Local>,
     remote: Arc<dyn RemoteLayers>,
     metrics: Metrics,
+    claims: Arc<Claims>,
 }
 
 impl Service {
@@ -45,6 +53,7 @@ impl Service {
             local,
             remote,
             metrics,
+            claims: Arc::default(),
         }
     }
 
@@ -63,15 +72,18 @@ impl Service {
         tokio::task::spawn_blocking(move || f(&local)).await?
     }
 
-    /// Removes `key`, counted in `removals_in_progress` on the blocking thread itself, so the
-    /// gauge stays right when containerd gives up waiting and the removal goes on.
+    /// Removes `key` once no abandoned prepare writes into it any more, counted in
+    /// `removals_in_progress` on the blocking thread itself, so the gauge stays right when
+    /// containerd gives up waiting and the removal goes on.
     async fn remove_snapshot(&self, key: String) -> Result<()> {
         let gauge = self.metrics.removals_in_progress.clone();
+        let claims = Arc::clone(&self.claims);
         self.run(move |l| {
-            gauge.inc();
-            let removed = l.remove(&key);
-            gauge.dec();
-            removed
+            let _counted = Counted::new(gauge);
+            claims
+                .cancel_and_wait(&key, ABANDONED_WRITER_WAIT)
+                .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+            l.remove(&key)
         })
         .await
     }
@@ -113,12 +125,17 @@ impl Service {
         let (record, mounts) = self
             .run(move |l| l.create(&k, &p, Kind::Active, lb))
             .await?;
+        // From here on the directory has writers: a Remove (containerd's collector, once this
+        // call is abandoned) waits for them, and dropping this call cancels them.
+        let claim = self.claims.claim(&key);
+        let cancel_on_drop = claim.cancel_on_drop();
         let fs_dir = self.local.layout().fs(record.id);
         let k = key.clone();
         let parent_dirs = self.run(move |l| l.parent_dirs(&k)).await?;
         let outcome = match RemoteRequest::from_labels(&key, &parent, &labels, fs_dir) {
             Some(mut req) => {
                 req.parent_dirs = parent_dirs;
+                req.claim = claim.clone();
                 let (layer, image) = (req.layer_digest.clone(), req.image_ref.clone());
                 req.seeds = self
                     .run(move |l| l.seed_candidates(&layer, &image, MAX_SEEDS))
@@ -132,6 +149,9 @@ impl Service {
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             RemoteOutcome::Assembled { size, inodes } => {
+                // The writers are done; the Remove below must not wait for this call itself.
+                self.claims.release(&key);
+                drop((cancel_on_drop, claim));
                 let (k, t) = (key.clone(), target.clone());
                 let committed = self
                     .run(move |l| l.commit_with_usage(&t, &k, labels, (size, inodes)))
@@ -162,7 +182,14 @@ impl Service {
             RemoteOutcome::Fallback(reason) => {
                 tracing::info!(%reason, "remote prepare fell back to a normal pull");
                 let k = key.clone();
-                if let Err(e) = self.run(move |l| l.reset_fs(&k)).await {
+                let emptying = claim.clone();
+                let reset = self.run(move |l| {
+                    let _writing = emptying;
+                    l.reset_fs(&k)
+                });
+                let reset = reset.await;
+                self.claims.release(&key);
+                if let Err(e) = reset {
                     self.metrics.prepare(Outcome::error);
                     return Err(e);
                 }
@@ -170,6 +197,22 @@ impl Service {
                 Ok(mounts)
             }
         }
+    }
+}
+
+/// Counts one removal in a gauge while alive, so a panicking removal is uncounted too.
+struct Counted(Gauge);
+
+impl Counted {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -36,6 +36,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use nix::errno::Errno;
@@ -136,6 +137,9 @@ pub enum AssembleError {
     /// A writer thread panicked.
     #[error("a writer thread panicked")]
     WorkerPanicked,
+    /// [`AssembleOptions::cancel`] was set: the output is incomplete.
+    #[error("assembly cancelled")]
+    Cancelled,
     /// Opening the destination or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -203,6 +207,13 @@ pub struct AssembleOptions<'a> {
     pub parents: &'a [PathBuf],
     /// Files to link from earlier layers instead of writing (Overlay mode only).
     pub seeding: Option<&'a Seeding>,
+    /// Set by another thread to stop early (checked per entry and per file job); the call
+    /// then returns [`AssembleError::Cancelled`] once no thread writes into `dest` any more.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+fn cancelled(cancel: Option<&AtomicBool>) -> bool {
+    cancel.is_some_and(|c| c.load(Ordering::Relaxed))
 }
 
 /// Writes the filesystem of the layer described by `index` into `dest` (an existing directory).
@@ -217,6 +228,7 @@ pub fn assemble_layer(
         mode,
         parents: &[],
         seeding: None,
+        cancel: None,
     };
     assemble_layer_with(index, chunks, dest, &opts)
 }
@@ -257,7 +269,12 @@ pub fn assemble_layer_with(
     };
     let needed = seeding.map(|s| s.needed_chunks(index));
     let (tx, rx) = content::prefetch_channel();
-    let shared = writer::Shared::new(seeding.map(|s| (s, seeds)), &index.chunks, chunks);
+    let shared = writer::Shared::new(
+        seeding.map(|s| (s, seeds)),
+        &index.chunks,
+        chunks,
+        opts.cancel,
+    );
     // The walk, the read-ahead and the workers share the CPUs; one worker per CPU keeps them
     // busy while the walk waits on syscalls.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -274,6 +291,7 @@ pub fn assemble_layer_with(
             mode: opts.mode,
             seeding,
             pool,
+            cancel: opts.cancel,
         };
         // The pool (and with it the queue's sender) is dropped when the walk returns, so the
         // workers stop, also on error.
@@ -296,6 +314,7 @@ struct Context<'s, 'a> {
     mode: WhiteoutMode,
     seeding: Option<&'a Seeding>,
     pool: writer::Pool<'s, 'a>,
+    cancel: Option<&'a AtomicBool>,
 }
 
 /// The walk of [`assemble_layer_with`]: every entry in order, then directory mtimes.
@@ -306,6 +325,7 @@ fn assemble_entries<'s, 'a>(
     ahead: std::sync::mpsc::Receiver<content::Prefetched>,
 ) -> Result<AssembleStats, AssembleError> {
     let mode = ctx.mode;
+    let cancel = ctx.cancel;
     let mut a = Assembler {
         root: ctx.root,
         parents: ctx.parents,
@@ -324,6 +344,9 @@ fn assemble_entries<'s, 'a>(
         dirs: Vec::new(),
     };
     for (i, entry) in index.entries.iter().enumerate() {
+        if cancelled(cancel) {
+            return Err(AssembleError::Cancelled);
+        }
         a.entry(i, entry)?;
     }
     a.pool.drain()?;

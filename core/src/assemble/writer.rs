@@ -14,6 +14,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -62,6 +63,7 @@ pub(crate) struct Shared<'a> {
     inflight: Mutex<usize>,
     drained: Condvar,
     failed: Mutex<Option<AssembleError>>,
+    cancel: Option<&'a AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,6 +75,7 @@ impl<'a> Shared<'a> {
         seeding: Option<(&'a Seeding, Vec<Option<OwnedFd>>)>,
         chunks: &'a [Chunk],
         reader: &'a dyn ChunkReader,
+        cancel: Option<&'a AtomicBool>,
     ) -> Self {
         Self {
             seeding,
@@ -82,6 +85,7 @@ impl<'a> Shared<'a> {
             inflight: Mutex::new(0),
             drained: Condvar::new(),
             failed: Mutex::new(None),
+            cancel,
         }
     }
 
@@ -174,11 +178,17 @@ pub(crate) fn worker(rx: &Mutex<Receiver<Job<'_>>>, shared: &Shared<'_>) -> Asse
         let Ok(job) = job else {
             return stats;
         };
-        // After a failure the rest is only drained: the assembly is failing anyway.
-        if lock(&shared.failed).is_none()
-            && let Err(e) = run(shared, job, &mut stats)
-        {
-            shared.fail(e);
+        // After a failure the rest is only drained: the assembly is failing anyway. A
+        // cancellation fails it, so a job skipped here can never go unnoticed.
+        if lock(&shared.failed).is_none() {
+            let ran = if super::cancelled(shared.cancel) {
+                Err(AssembleError::Cancelled)
+            } else {
+                run(shared, job, &mut stats)
+            };
+            if let Err(e) = ran {
+                shared.fail(e);
+            }
         }
         done(shared);
     }

@@ -6,7 +6,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use chunksnap_core::assemble::{AssembleError, WhiteoutMode, assemble_layer};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chunksnap_core::assemble::{
+    AssembleError, AssembleOptions, ChunkReader, WhiteoutMode, assemble_layer, assemble_layer_with,
+};
+use chunksnap_core::digest::Digest;
+use chunksnap_core::store::StoreError;
 use chunksnap_proto::index::EntryType;
 
 use crate::{LayerBuilder, MTIME, MemReader, noise, xattr};
@@ -429,9 +435,78 @@ fn missing_chunk_is_an_error() {
     );
 }
 
+/// Sets `cancel` once `after` chunks have been read, like a prepare abandoned mid-layer.
+struct CancellingReader<'a> {
+    inner: MemReader,
+    reads: std::sync::atomic::AtomicUsize,
+    after: usize,
+    cancel: &'a AtomicBool,
+}
+
+impl ChunkReader for CancellingReader<'_> {
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        if self.reads.fetch_add(1, Ordering::SeqCst) + 1 >= self.after {
+            self.cancel.store(true, Ordering::SeqCst);
+        }
+        self.inner.read_chunk(digest, size)
+    }
+}
+
+fn entries_below(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            1 + if e.file_type().unwrap().is_dir() {
+                entries_below(&e.path())
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn cancelled_assembly_stops_and_says_so() {
+    let mut b = LayerBuilder::default();
+    for i in 0..400 {
+        b.file(&format!("d{}/f{i}", i % 7), 0o644, &noise(i, 3000));
+    }
+    // Small chunks: many reads, so the cancel lands mid-layer.
+    let built = b.build(2048, 8192);
+    for after in [0, 1, 40] {
+        let cancel = AtomicBool::new(after == 0);
+        let reader = CancellingReader {
+            inner: MemReader(built.chunks.clone()),
+            reads: Default::default(),
+            after: after.max(1),
+            cancel: &cancel,
+        };
+        let dest = tempfile::tempdir().unwrap();
+        let opts = AssembleOptions {
+            mode: WhiteoutMode::Overlay,
+            parents: &[],
+            seeding: None,
+            cancel: Some(&cancel),
+        };
+        let r = assemble_layer_with(&built.index, &reader, dest.path(), &opts);
+        assert!(matches!(r, Err(AssembleError::Cancelled)), "{after}: {r:?}");
+        // Once the call returned, nothing writes into the directory any more.
+        let count = || entries_below(dest.path());
+        let settled = count();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(count(), settled, "{after}: writes went on after the return");
+        if after == 0 {
+            assert_eq!(
+                settled, 0,
+                "nothing is written when cancelled before the start"
+            );
+        }
+    }
+}
+
 #[test]
 fn implied_parents_copy_lower_layer_dirs() {
-    use chunksnap_core::assemble::{AssembleOptions, assemble_layer_with};
     let lower = tempfile::tempdir().unwrap();
     let mut l = LayerBuilder::default();
     let usr = l.dir("usr", 0o750);
@@ -451,6 +526,7 @@ fn implied_parents_copy_lower_layer_dirs() {
         mode: WhiteoutMode::Overlay,
         parents: &parents,
         seeding: None,
+        cancel: None,
     };
     assemble_layer_with(&built.index, &MemReader(built.chunks), dest.path(), &opts).unwrap();
     let md = fs::metadata(dest.path().join("usr")).unwrap();

@@ -89,6 +89,7 @@ fn seeded(s: &Setup, chunks: HashMap<Digest, Vec<u8>>, dest: &Path) -> (Seeding,
         mode: WhiteoutMode::Overlay,
         parents: &[],
         seeding: Some(&seeding),
+        cancel: None,
     };
     let stats = assemble_layer_with(&s.v2.index, &MemReader(chunks), dest, &opts).unwrap();
     (seeding, stats)
@@ -287,6 +288,7 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
         mode: WhiteoutMode::Overlay,
         parents: &[],
         seeding: Some(&seeding),
+        cancel: None,
     };
     let dest = tempfile::tempdir().unwrap();
     let stats = assemble_layer_with(

@@ -1,8 +1,10 @@
 //! Remote prepare with fake `RemoteLayers`, replaying containerd 1.6's unpack handshake.
 
 use std::fs;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chunksnap::remote::{RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest};
 use chunksnap_proto::snapshots::Kind;
@@ -224,5 +226,75 @@ async fn concurrent_pulls_of_one_layer_both_see_already_exists() {
     // One committed target, no leftover extraction snapshots or directories.
     assert_eq!(d.list(&[]).await.unwrap().0, ["sha256:c1"]);
     assert_eq!(d.dirs().len(), 1, "{:?}", d.dirs());
+    d.stop().await;
+}
+
+/// Writes a file every few milliseconds through a directory fd (as the assembler does, so a
+/// rename of the directory does not stop it) until the request's claim is cancelled.
+#[derive(Default)]
+struct Endless {
+    writing: Arc<AtomicBool>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl RemoteLayers for Endless {
+    fn prepare_remote(&self, req: RemoteRequest) -> RemoteFuture<'_> {
+        let (writing, stopped) = (self.writing.clone(), self.stopped.clone());
+        Box::pin(async move {
+            let dir = fs::File::open(&req.fs_dir).unwrap();
+            let claim = req.claim.clone();
+            tokio::task::spawn_blocking(move || {
+                // Bounded, so a failing test still ends (the runtime waits for this thread).
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut i = 0;
+                while !claim.is_cancelled() && Instant::now() < deadline {
+                    let path = format!("/proc/self/fd/{}/f{i}", dir.as_raw_fd());
+                    fs::write(path, b"x").unwrap();
+                    writing.store(true, Ordering::SeqCst);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                stopped.store(claim.is_cancelled(), Ordering::SeqCst);
+            })
+            .await
+            .unwrap();
+            RemoteOutcome::Fallback("cancelled".into())
+        })
+    }
+}
+
+async fn wait_for(what: &str, flag: &AtomicBool) {
+    let started = Instant::now();
+    while !flag.load(Ordering::SeqCst) {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// containerd killed mid-pull: the Prepare call is dropped while its writers run on. They
+/// must stop, and containerd's collector removing the orphan must leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_prepare_stops_writing_and_its_removal_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Endless::default());
+    let mut d = Daemon::start_with(tmp.path(), fake.clone()).await;
+    let mut client = d.client.clone();
+    let labels = crate::harness::labels_map(&cri_labels("sha256:c1", "sha256:l1"));
+    let call = tokio::spawn(async move {
+        client
+            .prepare(chunksnap_proto::snapshots::PrepareSnapshotRequest {
+                snapshotter: "chunksnap".into(),
+                key: "k8s.io/1/extract".into(),
+                parent: String::new(),
+                labels,
+            })
+            .await
+    });
+    wait_for("the prepare never started writing", &fake.writing).await;
+    call.abort();
+    wait_for("dropping the call did not cancel its writer", &fake.stopped).await;
+    d.remove("k8s.io/1/extract").await.unwrap();
+    assert_eq!(d.dirs(), Vec::<String>::new());
+    assert!(d.list(&[]).await.unwrap().0.is_empty());
     d.stop().await;
 }

@@ -269,8 +269,11 @@ pub async fn lasting_leftovers(chunksnap: &Chunksnap) -> Vec<PathBuf> {
     let window = std::time::Duration::from_secs(60);
     let limit = std::time::Duration::from_secs(600);
     loop {
-        if leftovers(root).is_empty() {
-            break;
+        // One look decides: containerd's collector may start a removal (`rm-*`) at any moment,
+        // so an empty look followed by a second one could report a removal just begun.
+        let left = leftovers(root);
+        if left.is_empty() {
+            return left;
         }
         let removing = chunksnap
             .metric("chunksnap_removals_in_progress")
@@ -278,15 +281,13 @@ pub async fn lasting_leftovers(chunksnap: &Chunksnap) -> Vec<PathBuf> {
             .unwrap_or(0.0);
         let waited = started.elapsed();
         if waited >= limit || (waited >= window && removing == 0.0) {
-            break;
+            for path in &left {
+                describe_leftover(path);
+            }
+            return left;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let left = leftovers(root);
-    for path in &left {
-        describe_leftover(path);
-    }
-    left
 }
 
 /// Prints what a leftover holds (paths and ages), so a failure in CI says what was left.

@@ -455,13 +455,12 @@ impl ChunkRemote {
         let ix2 = ix.clone();
         // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
         // prepare cancels it and waits for that.
-        let claim = req.claim.clone();
         let assembled = tokio::task::spawn_blocking(move || {
             let opts = AssembleOptions {
                 mode: WhiteoutMode::Overlay,
                 parents: &parents,
                 seeding: Some(&seeding),
-                cancel: Some(claim.flag()),
+                cancel: Some(reader.claim.flag()),
             };
             assemble_layer_with(&ix2, &reader, &dest, &opts)
         })

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-pub use crate::claims::DirClaim;
+use crate::claims::DirClaim;
 
 /// Label carrying the name the unpacked layer should be committed as (the chainID).
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";

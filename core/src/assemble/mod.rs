@@ -36,7 +36,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use nix::errno::Errno;
@@ -212,10 +212,6 @@ pub struct AssembleOptions<'a> {
     pub cancel: Option<&'a AtomicBool>,
 }
 
-fn cancelled(cancel: Option<&AtomicBool>) -> bool {
-    cancel.is_some_and(|c| c.load(Ordering::Relaxed))
-}
-
 /// Writes the filesystem of the layer described by `index` into `dest` (an existing directory).
 /// Blocking; run it on a blocking thread.
 pub fn assemble_layer(
@@ -291,7 +287,6 @@ pub fn assemble_layer_with(
             mode: opts.mode,
             seeding,
             pool,
-            cancel: opts.cancel,
         };
         // The pool (and with it the queue's sender) is dropped when the walk returns, so the
         // workers stop, also on error.
@@ -314,7 +309,6 @@ struct Context<'s, 'a> {
     mode: WhiteoutMode,
     seeding: Option<&'a Seeding>,
     pool: writer::Pool<'s, 'a>,
-    cancel: Option<&'a AtomicBool>,
 }
 
 /// The walk of [`assemble_layer_with`]: every entry in order, then directory mtimes.
@@ -325,7 +319,6 @@ fn assemble_entries<'s, 'a>(
     ahead: std::sync::mpsc::Receiver<content::Prefetched>,
 ) -> Result<AssembleStats, AssembleError> {
     let mode = ctx.mode;
-    let cancel = ctx.cancel;
     let mut a = Assembler {
         root: ctx.root,
         parents: ctx.parents,
@@ -344,7 +337,7 @@ fn assemble_entries<'s, 'a>(
         dirs: Vec::new(),
     };
     for (i, entry) in index.entries.iter().enumerate() {
-        if cancelled(cancel) {
+        if a.pool.cancelled() {
             return Err(AssembleError::Cancelled);
         }
         a.entry(i, entry)?;

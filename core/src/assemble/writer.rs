@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -89,6 +89,11 @@ impl<'a> Shared<'a> {
         }
     }
 
+    /// Whether [`super::AssembleOptions::cancel`] was set (the walk asks through the pool).
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
     fn fail(&self, e: AssembleError) {
         lock(&self.failed).get_or_insert(e);
     }
@@ -118,6 +123,11 @@ pub(crate) fn queue<'s, 'a>(
 }
 
 impl<'a> Pool<'_, 'a> {
+    /// Whether the assembly was cancelled (checked by the walk before each entry).
+    pub(crate) fn cancelled(&self) -> bool {
+        self.shared.cancelled()
+    }
+
     /// Whether jobs go to workers (else the caller may as well stream big files itself).
     pub(crate) fn parallel(&self) -> bool {
         self.tx.is_some()
@@ -181,7 +191,7 @@ pub(crate) fn worker(rx: &Mutex<Receiver<Job<'_>>>, shared: &Shared<'_>) -> Asse
         // After a failure the rest is only drained: the assembly is failing anyway. A
         // cancellation fails it, so a job skipped here can never go unnoticed.
         if lock(&shared.failed).is_none() {
-            let ran = if super::cancelled(shared.cancel) {
+            let ran = if shared.cancelled() {
                 Err(AssembleError::Cancelled)
             } else {
                 run(shared, job, &mut stats)

@@ -198,6 +198,7 @@ fn main() -> anyhow::Result<()> {
             &Inflight::default(),
         ))?;
         let t = Instant::now();
+        let cpu0 = cpu_seconds();
         let seeding = Seeding::plan(&i2, seeds());
         let needed = seeding.needed_chunks(&i2);
         let planned = t.elapsed().as_secs_f64();
@@ -248,13 +249,14 @@ fn main() -> anyhow::Result<()> {
             (f, a)
         };
         println!(
-            "v2 {}: plan {planned:.3}s, total {:.3}s; {} chunks fetched ({} from deltas), {} files written, {} seeded",
+            "v2 {}: plan {planned:.3}s, total {:.3}s, cpu {:.2}s; {} chunks fetched ({} from deltas), {} files written, {} seeded",
             if overlapped {
                 "overlapped"
             } else {
                 "sequential"
             },
             t.elapsed().as_secs_f64(),
+            cpu_seconds() - cpu0,
             fetched.chunks_fetched,
             fetched.chunks_from_deltas,
             stats.files,
@@ -298,4 +300,18 @@ impl ChunkReader for WaitingReader {
             .map_err(|_| StoreError::Missing(*digest))?;
         self.store.get(digest, size)
     }
+}
+
+/// CPU time of the whole process so far (user + system, every thread): against the wall
+/// time it shows how well the phase kept the CPUs busy.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0 // USER_HZ
 }

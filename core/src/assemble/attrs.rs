@@ -15,7 +15,9 @@ use super::{AssembleError, Entry, lossy};
 
 /// chown, then xattrs, then chmod (containerd's order: chown clears setuid/setgid, and
 /// `security.capability` must be set after it). With `name`, acts on `name` in `fd` without
-/// following it; without, on `fd` itself.
+/// following it; without, on `fd` itself, and then skips a chown or chmod that would change
+/// nothing (each is a journaled inode update; most files are created with their owner and
+/// mode already right). The end state is the same: a skipped chown cleared nothing.
 pub(crate) fn owner_xattrs_mode(
     fd: BorrowedFd<'_>,
     name: Option<&[u8]>,
@@ -26,7 +28,14 @@ pub(crate) fn owner_xattrs_mode(
     let uid = u32::try_from(e.uid).map_err(|_| bad_id(path))?;
     let gid = u32::try_from(e.gid).map_err(|_| bad_id(path))?;
     let owner = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    let now = match name {
+        Some(_) => None,
+        None => Some(nix::sys::stat::fstat(fd).map_err(sys("stat", path))?),
+    };
+    let owner_ok = now.is_some_and(|st| st.st_uid == uid && st.st_gid == gid);
+    let mode_ok = owner_ok && now.is_some_and(|st| st.st_mode & 0o7777 == e.mode & 0o7777);
     match name {
+        _ if owner_ok => Ok(()),
         Some(n) => nix::unistd::fchownat(
             fd,
             OsStr::from_bytes(n),
@@ -51,7 +60,7 @@ pub(crate) fn owner_xattrs_mode(
             Err(err) => return Err(sys("setxattr", path)(err)),
         }
     }
-    if chmod {
+    if chmod && !mode_ok {
         let mode = Mode::from_bits_truncate(e.mode & 0o7777);
         match name {
             Some(n) => nix::sys::stat::fchmodat(

@@ -171,7 +171,7 @@ impl<'a> Stream<'a> {
 const FLUSH_AT: usize = 1 << 20;
 
 /// Writes a file's contents sequentially, leaving aligned all-zero blocks as holes. Input is
-/// buffered so blocks are judged whole whatever the chunk boundaries.
+/// buffered so blocks are judged whole whatever the chunk boundaries. The file must be empty.
 pub(crate) struct SparseWriter<'f> {
     file: &'f File,
     /// File offset of `buf[0]`; always a multiple of `HOLE_BLOCK`.
@@ -179,6 +179,8 @@ pub(crate) struct SparseWriter<'f> {
     buf: Vec<u8>,
     /// Bytes skipped as holes.
     hole_bytes: u64,
+    /// The file's length so far (the end of the last write).
+    len: u64,
 }
 
 impl<'f> SparseWriter<'f> {
@@ -188,7 +190,15 @@ impl<'f> SparseWriter<'f> {
             pos: 0,
             buf: Vec::new(),
             hole_bytes: 0,
+            len: 0,
         }
+    }
+
+    fn write_at(&mut self, from: usize, to: usize) -> std::io::Result<()> {
+        let at = self.pos + from as u64;
+        self.file.write_all_at(&self.buf[from..to], at)?;
+        self.len = at + (to - from) as u64;
+        Ok(())
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -210,8 +220,7 @@ impl<'f> SparseWriter<'f> {
             let zero = is_zero(&self.buf[at..end]);
             match (zero, run_start) {
                 (true, Some(s)) => {
-                    self.file
-                        .write_all_at(&self.buf[s..at], self.pos + s as u64)?;
+                    self.write_at(s, at)?;
                     run_start = None;
                 }
                 (false, None) => run_start = Some(at),
@@ -223,8 +232,7 @@ impl<'f> SparseWriter<'f> {
             at = end;
         }
         if let Some(s) = run_start {
-            self.file
-                .write_all_at(&self.buf[s..upto], self.pos + s as u64)?;
+            self.write_at(s, upto)?;
         }
         self.buf.drain(..upto);
         self.pos += upto as u64;
@@ -235,7 +243,10 @@ impl<'f> SparseWriter<'f> {
     /// Returns the bytes left as holes.
     pub(crate) fn finish(mut self) -> std::io::Result<u64> {
         self.flush(true)?;
-        self.file.set_len(self.pos)?;
+        // Only a trailing hole needs the length set (a truncate is a journaled inode update).
+        if self.len != self.pos {
+            self.file.set_len(self.pos)?;
+        }
         Ok(self.hole_bytes)
     }
 }

@@ -36,6 +36,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use chunksnap_proto::index::{EntryType, LayerIndex};
@@ -276,6 +277,13 @@ pub fn assemble_layer_with(
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let workers = if workers > 1 { workers } else { 0 };
     let (pool, jobs) = writer::queue(&shared, workers);
+    // Into an empty directory in Overlay mode, only paths this layer created can exist, so
+    // the walk need not look before creating (a look waits on the directory lock a worker's
+    // link holds).
+    let fresh = opts.mode == WhiteoutMode::Overlay
+        && fsops::list_dir(root.as_fd())
+            .map_err(sys("list", b"."))?
+            .is_empty();
     std::thread::scope(|scope| {
         scope.spawn(|| content::prefetch(&index.chunks, needed.as_deref(), chunks, tx));
         let handles: Vec<_> = (0..workers)
@@ -287,6 +295,7 @@ pub fn assemble_layer_with(
             mode: opts.mode,
             seeding,
             pool,
+            fresh,
         };
         // The pool (and with it the queue's sender) is dropped when the walk returns, so the
         // workers stop, also on error.
@@ -309,6 +318,7 @@ struct Context<'s, 'a> {
     mode: WhiteoutMode,
     seeding: Option<&'a Seeding>,
     pool: writer::Pool<'s, 'a>,
+    fresh: bool,
 }
 
 /// The walk of [`assemble_layer_with`]: every entry in order, then directory mtimes.
@@ -334,6 +344,7 @@ fn assemble_entries<'s, 'a>(
         stream: content::Stream::new(&index.chunks, chunks).with_prefetch(ahead),
         stats: AssembleStats::default(),
         unpacked: HashSet::new(),
+        fresh: ctx.fresh,
         dirs: Vec::new(),
     };
     for (i, entry) in index.entries.iter().enumerate() {
@@ -342,12 +353,18 @@ fn assemble_entries<'s, 'a>(
         }
         a.entry(i, entry)?;
     }
-    a.pool.drain()?;
-    // Directory mtimes last: creating their children changed them.
+    a.pool.drain(&mut a.stats)?;
+    // Directory mtimes last: creating their children changed them. Like containerd, set on
+    // whatever the path holds by now (a later entry may have replaced the directory), without
+    // following a symlink.
     for (path, ts) in std::mem::take(&mut a.dirs) {
-        let fd =
-            fsops::open_dir(a.root, &path, a.how).map_err(|e| escape_or_sys(e, "open", &path))?;
-        nix::sys::stat::futimens(fd.as_fd(), &ts, &ts).map_err(sys("utimens", &path))?;
+        let Some(p) = split_path(&path)? else {
+            continue;
+        };
+        let parent = p.parent.join(&b'/');
+        let fd = fsops::open_dir(a.root, &parent, a.how)
+            .map_err(|e| escape_or_sys(e, "open", &parent))?;
+        attrs::set_mtime_at(fd.as_fd(), p.name, &path, ts)?;
     }
     Ok(a.stats)
 }
@@ -357,16 +374,20 @@ struct Assembler<'s, 'a> {
     parents: Vec<OwnedFd>,
     seeding: Option<&'a Seeding>,
     pool: writer::Pool<'s, 'a>,
-    /// The previous entry's parent directory (path, fd), reused by the next entry in it.
-    last_parent: Option<(Vec<u8>, OwnedFd)>,
+    /// The previous entry's parent directory (path, fd), reused by the next entry in it and
+    /// shared with the seed jobs queued for it.
+    last_parent: Option<(Vec<u8>, Arc<OwnedFd>)>,
     /// Whether the current entry removed anything (then the cached parent is dropped).
     removed: bool,
     how: Resolve,
     mode: WhiteoutMode,
     stream: content::Stream<'a>,
     stats: AssembleStats,
-    /// Paths this layer created (Apply mode's opaque whiteouts keep these).
+    /// Paths this layer created, implied parents and whiteout devices included (Apply mode's
+    /// opaque whiteouts keep these; a path in here may also have a job still pending).
     unpacked: HashSet<Vec<u8>>,
+    /// `dest` was empty and whiteouts are devices: a path not in `unpacked` does not exist.
+    fresh: bool,
     /// Directories whose mtime is set at the end.
     dirs: Vec<(Vec<u8>, TimeSpec)>,
 }
@@ -383,10 +404,20 @@ impl<'a> Assembler<'_, 'a> {
         let key = p.parent.join(&b'/');
         let parent = match self.last_parent.take() {
             Some((k, fd)) if k == key => fd,
-            _ => fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?,
+            _ => {
+                let fd = fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?;
+                // Parents it may have created.
+                for n in 1..=p.parent.len() {
+                    let prefix = p.parent[..n].join(&b'/');
+                    if !self.unpacked.contains(&prefix) {
+                        self.unpacked.insert(prefix);
+                    }
+                }
+                Arc::new(fd)
+            }
         };
         self.removed = false;
-        self.entry_in(i, parent.as_fd(), &p, e)?;
+        self.entry_in(i, &parent, &p, e)?;
         if !self.removed {
             self.last_parent = Some((key, parent));
         }
@@ -396,10 +427,11 @@ impl<'a> Assembler<'_, 'a> {
     fn entry_in(
         &mut self,
         i: usize,
-        dir: BorrowedFd<'_>,
+        parent: &Arc<OwnedFd>,
         p: &EntryPath<'_>,
         e: &'a Entry,
     ) -> Result<(), AssembleError> {
+        let dir = parent.as_fd();
         if p.name.starts_with(WHITEOUT_PREFIX) {
             self.stats.whiteouts += 1;
             return self.whiteout(dir, p, e);
@@ -407,8 +439,15 @@ impl<'a> Assembler<'_, 'a> {
         let ty = EntryType::try_from(e.r#type).map_err(|_| AssembleError::BadIndex {
             reason: format!("{}: unknown entry type {}", lossy(p.full), e.r#type),
         })?;
+        let rel = join(&p.parent, p.name);
+        let ours = self.unpacked.contains(&rel);
+        if ours {
+            // A job for the earlier entry at this path may still be pending.
+            self.pool.drain(&mut self.stats)?;
+        }
         // Replace whatever is there, unless both are directories (then merge metadata).
-        if let Some(st) = fsops::lstat_at(dir, p.name).map_err(sys("lstat", p.full))?
+        if (ours || !self.fresh)
+            && let Some(st) = fsops::lstat_at(dir, p.name).map_err(sys("lstat", p.full))?
             && !(fsops::is_dir(&st) && ty == EntryType::Dir)
         {
             self.removed = true;
@@ -417,16 +456,17 @@ impl<'a> Assembler<'_, 'a> {
         let mtime = TimeSpec::new(e.mtime_sec, i64::from(e.mtime_nsec));
         let name = OsStr::from_bytes(p.name);
         match ty {
-            EntryType::File => self.file(i, dir, p, e)?,
+            EntryType::File => self.file(i, parent, p, e)?,
             EntryType::Dir => {
-                match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)) {
+                // With its own permission bits (the umask may clear some): usually no chmod.
+                let perm = Mode::from_bits_truncate(e.mode & 0o777);
+                match nix::sys::stat::mkdirat(dir, name, perm) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(err) => return Err(sys("mkdir", p.full)(err)),
                 }
                 let fd = fsops::open_child_dir(dir, p.name).map_err(sys("open", p.full))?;
                 attrs::owner_xattrs_mode(fd.as_fd(), None, p.full, e, true)?;
-                let rel = join(&p.parent, p.name);
-                self.dirs.push((rel, mtime));
+                self.dirs.push((rel.clone(), mtime));
                 self.stats.dirs += 1;
             }
             EntryType::Symlink => {
@@ -455,27 +495,29 @@ impl<'a> Assembler<'_, 'a> {
                 self.stats.specials += 1;
             }
         }
-        self.unpacked.insert(join(&p.parent, p.name));
+        if !ours {
+            self.unpacked.insert(rel);
+        }
         Ok(())
     }
 
     fn file(
         &mut self,
         i: usize,
-        dir: BorrowedFd<'_>,
+        parent: &Arc<OwnedFd>,
         p: &EntryPath<'_>,
         e: &'a Entry,
     ) -> Result<(), AssembleError> {
         if self.seeding.is_some_and(|s| s.source(i).is_some()) {
-            let dir = dir.try_clone_to_owned().map_err(writer::io_err(p.full))?;
             let job = writer::Job::Seed {
-                dir,
+                dir: parent.clone(),
                 index: i,
                 entry: e,
             };
             return self.pool.submit(job, &mut self.stats);
         }
-        let file = writer::create_file(dir, p.name, p.full)?;
+        let dir = parent.as_fd();
+        let file = writer::create_file(dir, p.name, e)?;
         let io_err = writer::io_err(p.full);
         if self.pool.parallel() && e.size <= writer::OFFLOAD_MAX {
             let mut content = Vec::with_capacity(e.size as usize);
@@ -504,7 +546,7 @@ impl<'a> Assembler<'_, 'a> {
     ) -> Result<(), AssembleError> {
         // The target may be a file a worker is still writing (or linking), and this entry's
         // attributes must land after that file's own.
-        self.pool.drain()?;
+        self.pool.drain(&mut self.stats)?;
         let missing = || AssembleError::MissingHardlinkTarget {
             path: lossy(p.full),
             target: lossy(&e.link_target),
@@ -567,6 +609,7 @@ impl<'a> Assembler<'_, 'a> {
                     0,
                 )
                 .map_err(sys("mknod whiteout", p.full))?;
+                self.unpacked.insert(join(&p.parent, target));
                 let uid = u32::try_from(e.uid).map_err(|_| attrs::bad_id(p.full))?;
                 let gid = u32::try_from(e.gid).map_err(|_| attrs::bad_id(p.full))?;
                 nix::unistd::fchownat(

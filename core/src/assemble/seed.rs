@@ -200,19 +200,28 @@ pub(crate) fn open_checked(
     rel: &[u8],
     want: &Entry,
 ) -> Result<(OwnedFd, (u64, u64)), SeedReject> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(
+    // O_NOATIME: linking a seed changes its ctime, so under `relatime` every read of it would
+    // otherwise also write its atime (an inode update in the journal per seeded file).
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open = |flags: OFlag| {
+        let how = OpenHow::new().flags(flags).resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-    let fd = loop {
-        match openat2(root, std::ffi::OsStr::from_bytes(rel), how) {
-            Err(Errno::EAGAIN) => continue,
-            r => break r.map_err(SeedReject::Open)?,
+        loop {
+            match openat2(root, std::ffi::OsStr::from_bytes(rel), how) {
+                Err(Errno::EAGAIN) => continue,
+                r => return r,
+            }
         }
     };
+    let fd = match open(flags | OFlag::O_NOATIME) {
+        // Only the file's owner (or CAP_FOWNER) may ask for O_NOATIME.
+        Err(Errno::EPERM) => open(flags),
+        r => r,
+    }
+    .map_err(SeedReject::Open)?;
     let st = nix::sys::stat::fstat(fd.as_fd()).map_err(SeedReject::Open)?;
     if !same_attrs(&st, want) {
         return Err(SeedReject::Changed);
@@ -225,10 +234,23 @@ pub(crate) fn open_checked(
             buf.resize(SEED_READ, 0);
         }
         let mut hasher = Hasher::new();
+        let mut left = want.size;
         loop {
-            match file.read(buf) {
+            // Asking for one byte more than is left ends a small file in one read: getting
+            // exactly what is left is its end (a regular file returns short only at its end),
+            // and getting more means it grew since the fstat.
+            let ask =
+                usize::try_from(left.saturating_add(1)).map_or(buf.len(), |n| n.min(buf.len()));
+            match file.read(&mut buf[..ask]) {
                 Ok(0) => return Ok(hasher.finish()),
-                Ok(n) => hasher.update(&buf[..n]),
+                Ok(n) if n as u64 > left => return Err(SeedReject::Changed),
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    left -= n as u64;
+                    if left == 0 && n < ask {
+                        return Ok(hasher.finish());
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(SeedReject::Read(e)),
             }

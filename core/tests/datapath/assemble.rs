@@ -633,3 +633,45 @@ fn holes_never_change_contents() {
         }
     }
 }
+
+/// A layer may name a path more than once (tar appends); the last entry wins, as containerd's
+/// applier has it, also while earlier files are still being written by the worker pool and
+/// whatever mode the umask would give a new file.
+#[test]
+fn a_path_named_twice_is_replaced_in_overlay_mode() {
+    let mut b = LayerBuilder::default();
+    b.file("a", 0o666, b"one");
+    // Enough other files that the pool still holds the first `a` when the second comes.
+    for i in 0..200 {
+        b.file(&format!("many/{i}"), 0o644, &noise(i, 300));
+    }
+    b.file("a", 0o640, b"two");
+    b.file("d/x", 0o644, b"x"); // implies d
+    b.dir("d", 0o700);
+    b.file("f", 0o644, b"f");
+    b.dir("f", 0o750);
+    b.file("f/y", 0o644, b"y");
+    b.dir("g", 0o755).mtime_sec = MTIME - 7;
+    b.file("g/z", 0o644, b"z");
+    b.file("g", 0o600, b"now a file");
+    b.file("wide", 0o666, b"w");
+    b.file("special", 0o4711, b"s");
+    let dest = tempfile::tempdir().unwrap();
+    assemble(&b, dest.path(), WhiteoutMode::Overlay).unwrap();
+    let root = dest.path();
+    let mode = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().mode();
+    assert_eq!(fs::read(root.join("a")).unwrap(), b"two");
+    assert_eq!(mode("a"), 0o100640);
+    assert_eq!(mode("d"), 0o40700);
+    assert_eq!(fs::read(root.join("d/x")).unwrap(), b"x");
+    assert_eq!(mode("f"), 0o40750);
+    assert_eq!(fs::read(root.join("f/y")).unwrap(), b"y");
+    assert_eq!(fs::read(root.join("g")).unwrap(), b"now a file");
+    assert_eq!(mode("g"), 0o100600);
+    // containerd sets a directory entry's times at the end on whatever holds its path then.
+    let g = fs::symlink_metadata(root.join("g")).unwrap();
+    assert_eq!(g.mtime(), MTIME - 7);
+    assert_eq!(mode("wide"), 0o100666, "not narrowed by the umask");
+    assert_eq!(mode("special"), 0o104711);
+    assert_eq!(fs::read_dir(root.join("many")).unwrap().count(), 200);
+}

@@ -305,3 +305,41 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
         "identical files must not become hardlinks of each other"
     );
 }
+
+/// A seeded file whose path the layer names again later (a tar append) ends as the later
+/// entry, even though its link was still queued for a worker when the walk got there.
+#[test]
+fn a_seeded_path_named_again_ends_as_the_later_entry() {
+    let s = setup();
+    let mut b = v2();
+    b.file("etc/same", 0o600, b"appended later");
+    let v2 = b.build(4096, 1 << 20);
+    let seeding = Seeding::plan(
+        &v2.index,
+        vec![Seed {
+            index: s.seed_index.clone(),
+            dir: s.seed_dir.path().to_owned(),
+        }],
+    );
+    assert_eq!(
+        seeding.files(),
+        1,
+        "the first etc/same is planned from the seed"
+    );
+    let opts = AssembleOptions {
+        mode: WhiteoutMode::Overlay,
+        parents: &[],
+        seeding: Some(&seeding),
+        cancel: None,
+    };
+    let dest = tempfile::tempdir().unwrap();
+    assemble_layer_with(&v2.index, &MemReader(v2.chunks.clone()), dest.path(), &opts).unwrap();
+    let same = dest.path().join("etc/same");
+    assert_eq!(fs::read(&same).unwrap(), b"appended later");
+    assert_eq!(fs::metadata(&same).unwrap().mode() & 0o7777, 0o600);
+    // The seed itself is untouched.
+    assert_eq!(
+        fs::read(s.seed_dir.path().join("etc/same")).unwrap(),
+        noise(1, 70_000)
+    );
+}

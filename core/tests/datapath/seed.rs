@@ -85,14 +85,19 @@ fn seeded(s: &Setup, chunks: HashMap<Digest, Vec<u8>>, dest: &Path) -> (Seeding,
             dir: s.seed_dir.path().to_owned(),
         }],
     );
-    let opts = AssembleOptions {
-        mode: WhiteoutMode::Overlay,
-        parents: &[],
-        seeding: Some(&seeding),
-        cancel: None,
-    };
+    let opts = overlay_seeded(&seeding);
     let stats = assemble_layer_with(&s.v2.index, &MemReader(chunks), dest, &opts).unwrap();
     (seeding, stats)
+}
+
+/// Overlay mode with `seeding` and nothing else.
+fn overlay_seeded(seeding: &Seeding) -> AssembleOptions<'_> {
+    AssembleOptions {
+        mode: WhiteoutMode::Overlay,
+        parents: &[],
+        seeding: Some(seeding),
+        cancel: None,
+    }
 }
 
 fn ino(p: &Path) -> u64 {
@@ -284,12 +289,7 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
         ],
     );
     assert_eq!(seeding.files(), 2, "planned from two seed entries");
-    let opts = AssembleOptions {
-        mode: WhiteoutMode::Overlay,
-        parents: &[],
-        seeding: Some(&seeding),
-        cancel: None,
-    };
+    let opts = overlay_seeded(&seeding);
     let dest = tempfile::tempdir().unwrap();
     let stats = assemble_layer_with(
         &s.v2.index,
@@ -326,12 +326,7 @@ fn a_seeded_path_named_again_ends_as_the_later_entry() {
         1,
         "the first etc/same is planned from the seed"
     );
-    let opts = AssembleOptions {
-        mode: WhiteoutMode::Overlay,
-        parents: &[],
-        seeding: Some(&seeding),
-        cancel: None,
-    };
+    let opts = overlay_seeded(&seeding);
     let dest = tempfile::tempdir().unwrap();
     assemble_layer_with(&v2.index, &MemReader(v2.chunks.clone()), dest.path(), &opts).unwrap();
     let same = dest.path().join("etc/same");

@@ -68,12 +68,14 @@ pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &[u8], how: Resolve) -> Result
 }
 
 /// Opens (creating missing directories 0755 as containerd does) the directory made of
-/// `components` beneath `root`.
+/// `components` beneath `root`; the relative path of each directory it creates goes to
+/// `created`.
 pub(crate) fn open_or_create_dir(
     root: BorrowedFd<'_>,
     components: &[&[u8]],
     how: Resolve,
     parents: &[OwnedFd],
+    created: &mut impl FnMut(Vec<u8>),
 ) -> Result<OwnedFd, AssembleError> {
     let full = components.join(&b'/');
     match open_dir(root, &full, how) {
@@ -100,6 +102,7 @@ pub(crate) fn open_or_create_dir(
                             .map_err(sys("chmod", &prefix))?;
                         copy_from_parents(fd.as_fd(), &prefix, parents)
                             .map_err(sys("copy parent dir info", &prefix))?;
+                        created(prefix.clone());
                     }
                     Err(Errno::EEXIST) => {}
                     Err(e) => return Err(sys("mkdir", &prefix)(e)),

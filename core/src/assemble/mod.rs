@@ -405,14 +405,16 @@ impl<'a> Assembler<'_, 'a> {
         let parent = match self.last_parent.take() {
             Some((k, fd)) if k == key => fd,
             _ => {
-                let fd = fsops::open_or_create_dir(self.root, &p.parent, self.how, &self.parents)?;
-                // Parents it may have created.
-                for n in 1..=p.parent.len() {
-                    let prefix = p.parent[..n].join(&b'/');
-                    if !self.unpacked.contains(&prefix) {
-                        self.unpacked.insert(prefix);
-                    }
-                }
+                let unpacked = &mut self.unpacked;
+                let fd = fsops::open_or_create_dir(
+                    self.root,
+                    &p.parent,
+                    self.how,
+                    &self.parents,
+                    &mut |implied| {
+                        unpacked.insert(implied);
+                    },
+                )?;
                 Arc::new(fd)
             }
         };

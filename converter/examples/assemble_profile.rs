@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
 use chunksnap_core::assemble::{WhiteoutMode, assemble_layer};
-use chunksnap_core::digest::Digest;
 use chunksnap_core::store::ChunkStore;
-use chunksnap_proto::index::Compression;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::Compression;
 
 struct Keep(HashMap<Digest, Vec<u8>>);
 
@@ -25,7 +25,7 @@ impl PackSink for Keep {
 }
 
 struct Outcome {
-    index: chunksnap_proto::index::LayerIndex,
+    index: chunksnap_format::pb::LayerIndex,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let store = ChunkStore::open(&work.join("store"), None)?;
     // A second invocation on the same WORKDIR only assembles (for profiling).
     let index = match std::fs::read(&saved) {
-        Ok(b) => chunksnap_core::format::index::decode(&b)?,
+        Ok(b) => chunksnap_format::index::decode(&b)?,
         Err(_) => {
             let mut sink = Keep(HashMap::new());
             let out = convert_layer(
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                     stored,
                 )?;
             }
-            std::fs::write(&saved, chunksnap_core::format::index::encode(&out.index))?;
+            std::fs::write(&saved, chunksnap_format::index::encode(&out.index))?;
             out.index
         }
     };

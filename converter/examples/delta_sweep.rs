@@ -12,11 +12,11 @@ use chunkconv::delta::sketch::{Sketch, sketch};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
 use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};
-use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::index::encode as encode_index;
 use chunksnap_core::store::StoreError;
 use chunksnap_core::tarscan::scan_tar;
+use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::encode as encode_index;
 
 /// Every chunk's bytes, by digest.
 struct Chunks(HashMap<Digest, Vec<u8>>);
@@ -102,10 +102,10 @@ fn main() -> anyhow::Result<()> {
         .map(|c| new_pack.contains(&c.pack) && first.insert(c.digest.clone()))
         .collect();
     let (raw1, raw2) = (
-        chunksnap_core::format::index::encode_raw(&i1),
-        chunksnap_core::format::index::encode_raw(&i2),
+        chunksnap_format::index::encode_raw(&i1),
+        chunksnap_format::index::encode_raw(&i2),
     );
-    let index_delta = chunksnap_core::format::delta::compress_index_delta(&raw1, &raw2)
+    let index_delta = chunksnap_format::delta::compress_index_delta(&raw1, &raw2)
         .transpose()?
         .map_or(0, |d| d.len());
     println!("index delta against v1's index: {index_delta} B");
@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         missing.len(),
         encode_index(&i2).len()
     );
-    let sketches_of = |ix: &chunksnap_proto::index::LayerIndex| -> Vec<Sketch> {
+    let sketches_of = |ix: &chunksnap_format::pb::LayerIndex| -> Vec<Sketch> {
         ix.chunks
             .iter()
             .map(|c| match Digest::from_slice(&c.digest) {

@@ -8,9 +8,9 @@ mod common;
 use std::collections::HashSet;
 
 use chunkconv::layer::{ChunkCatalog, EmptyCatalog, LayerOptions, convert_layer};
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, estimate};
-use chunksnap_proto::index::LayerIndex;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::LayerIndex;
 
 fn convert(path: &str, catalog: &dyn ChunkCatalog) -> anyhow::Result<LayerIndex> {
     let (data, input) = common::read_layer(path)?;

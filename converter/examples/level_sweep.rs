@@ -9,7 +9,7 @@ use anyhow::Context;
 use std::time::Instant;
 
 use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
-use chunksnap_core::digest::Digest;
+use chunksnap_format::digest::Digest;
 
 /// Counts pack bytes without keeping them.
 struct Count(u64);

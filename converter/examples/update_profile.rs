@@ -19,10 +19,10 @@ use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_
 use chunksnap_core::assemble::{
     AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
 };
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fetch_needed};
 use chunksnap_core::store::{ChunkStore, StoreError};
-use chunksnap_proto::index::LayerIndex;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::LayerIndex;
 
 /// Packs by digest, kept in memory: the "registry".
 #[derive(Default)]
@@ -71,12 +71,8 @@ fn plain_chunks(
         let p = &packs.0[&ix.packs[c.pack as usize].digest];
         let stored =
             &p[c.pack_offset as usize..(c.pack_offset + u64::from(c.stored_size)) as usize];
-        let data = chunksnap_core::format::pack::decompress_chunk(
-            stored,
-            c.compression(),
-            c.size.into(),
-            &d,
-        )?;
+        let data =
+            chunksnap_format::pack::decompress_chunk(stored, c.compression(), c.size.into(), &d)?;
         into.insert(d, data);
     }
     Ok(())

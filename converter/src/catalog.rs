@@ -10,11 +10,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{Artifact, Descriptor};
-use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{Reference, RegistryClient};
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::artifact::{Artifact, Descriptor};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::{self, MAX_INDEX_SIZE};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 
 use crate::ConvertError;
 use crate::layer::{ChunkCatalog, ExistingChunk};

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{self, ARTIFACT_TYPE, Descriptor, IndexDelta, LayerEntry};
-use chunksnap_core::format::index::{self, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE};
 use chunksnap_core::registry::referrers::Link;
 use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RegistryError};
+use chunksnap_format::artifact::{self, ARTIFACT_TYPE, Descriptor, IndexDelta, LayerEntry};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::{self, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -445,7 +445,7 @@ struct LayerResult {
     report: LayerReport,
     entry: LayerEntry,
     /// The new index, to extend the catalog (None when reused).
-    index: Option<chunksnap_proto::index::LayerIndex>,
+    index: Option<chunksnap_format::pb::LayerIndex>,
 }
 
 /// Streams one layer through `layer::convert_layer` on a blocking thread while a task uploads

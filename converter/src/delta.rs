@@ -25,13 +25,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chunksnap_core::assemble::ChunkReader;
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, Inflight, fetch_needed};
-use chunksnap_core::format::delta::{compress_delta, compress_index_delta};
-use chunksnap_core::format::pack::{PackBuilder, PackError};
 use chunksnap_core::registry::{Reference as RegRef, RegistryClient, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
-use chunksnap_proto::index::{BaseChunk, Delta, LayerIndex, Pack};
+use chunksnap_format::delta::{compress_delta, compress_index_delta};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::{PackBuilder, PackError};
+use chunksnap_format::pb::{BaseChunk, Delta, LayerIndex, Pack};
 use serde::Serialize;
 
 pub use plan::{PlanOptions, Sketches, Try, plan};
@@ -58,8 +58,8 @@ impl Default for DeltaOptions {
         Self {
             enabled: true,
             plan: PlanOptions::default(),
-            level: chunksnap_core::format::pack::DEFAULT_CHUNK_LEVEL,
-            pack_size: chunksnap_core::format::pack::DEFAULT_PACK_SIZE,
+            level: chunksnap_format::pack::DEFAULT_CHUNK_LEVEL,
+            pack_size: chunksnap_format::pack::DEFAULT_PACK_SIZE,
             threads: 0,
         }
     }
@@ -287,7 +287,7 @@ pub fn encode(
     chunks: &dyn ChunkReader,
     opts: &DeltaOptions,
 ) -> Result<Vec<(Picked, Vec<u8>)>, DeltaError> {
-    let chunk = |i: usize, c: &chunksnap_proto::index::Chunk| -> Result<Vec<u8>, DeltaError> {
+    let chunk = |i: usize, c: &chunksnap_format::pb::Chunk| -> Result<Vec<u8>, DeltaError> {
         let d = Digest::from_slice(&c.digest).map_err(|_| DeltaError::BadDigest(i))?;
         Ok(chunks.read_chunk(&d, c.size)?)
     };
@@ -392,6 +392,6 @@ pub fn attach(
         });
         out.push((p.digest, p.data));
     }
-    chunksnap_core::format::index::validate(index)?;
+    chunksnap_format::index::validate(index)?;
     Ok(out)
 }

@@ -11,10 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chunksnap_core::assemble::{AssembleError, AssembleStats, WhiteoutMode, assemble_layer};
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchError, FetchOptions, FetchStats, Inflight, fetch_missing};
 use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_format::digest::Digest;
 use serde::Serialize;
 
 use crate::ConvertError;

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use chunksnap_core::digest::Digest;
 use chunksnap_core::registry::{Reference, RegistryClient};
+use chunksnap_format::digest::Digest;
 use serde::Serialize;
 
 use crate::ConvertError;

@@ -16,12 +16,12 @@ mod stream;
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
-use chunksnap_core::digest::{Digest, Sha256Reader};
-use chunksnap_core::format::index::{self, FORMAT_VERSION, FormatError};
-use chunksnap_core::format::pack::{self, PackBuilder, PackError, StoredChunk};
 use chunksnap_core::tarscan::{TarError, TarScan, scan_tar};
-use chunksnap_proto::index::{Chunk, Compression, LayerIndex, Pack, Source};
+use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_format::digest::{Digest, Sha256Reader};
+use chunksnap_format::index::{self, FORMAT_VERSION, FormatError};
+use chunksnap_format::pack::{self, PackBuilder, PackError, StoredChunk};
+use chunksnap_format::pb::{Chunk, Compression, LayerIndex, Pack, Source};
 
 use crate::delta::sketch::{Sketch, sketch};
 

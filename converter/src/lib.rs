@@ -19,10 +19,10 @@ pub mod layer;
 pub mod parallel;
 pub mod progress;
 
-use chunksnap_core::digest::DigestError;
-use chunksnap_core::format::FormatError;
-use chunksnap_core::format::artifact::ArtifactError;
 use chunksnap_core::registry::RegistryError;
+use chunksnap_format::FormatError;
+use chunksnap_format::artifact::ArtifactError;
+use chunksnap_format::digest::DigestError;
 
 /// Errors from converting or inspecting an image.
 #[derive(Debug, thiserror::Error)]

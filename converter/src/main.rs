@@ -8,8 +8,8 @@ use chunkconv::delta::DeltaOptions;
 use chunkconv::inspect::{InspectManifest, inspect};
 use chunkconv::layer::LayerOptions;
 use chunkconv::progress::{Progress, short};
-use chunksnap_core::chunker::ChunkerParams;
 use chunksnap_core::registry::{Reference, RegistryClient, RegistryConfig};
+use chunksnap_format::chunker::ChunkerParams;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]

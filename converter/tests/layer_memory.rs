@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chunkconv::layer::{
     EmptyCatalog, LayerInput, LayerOptions, PackSink, SinkError, convert_layer,
 };
-use chunksnap_core::digest::{Digest, Hasher};
+use chunksnap_format::digest::{Digest, Hasher};
 
 struct Counting;
 

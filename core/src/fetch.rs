@@ -11,7 +11,7 @@
 //! it once: the first claims it, the others wait for it; if the first fails, a waiter claims
 //! and fetches it itself.
 //!
-//! Deltas: a chunk with a [`Delta`](chunksnap_proto::index::Delta) whose base chunks are all
+//! Deltas: a chunk with a [`Delta`](chunksnap_format::pb::Delta) whose base chunks are all
 //! in the store is fetched as its delta frame (usually a small fraction of the chunk) and
 //! decoded against those bases, read and verified from the store. The bases are pinned for the
 //! fetch; a delta that cannot be used after all (a base gone or corrupt, a frame that does not
@@ -22,12 +22,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use chunksnap_proto::index::{Compression, LayerIndex};
+use chunksnap_format::pb::{Compression, LayerIndex};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::digest::Digest;
 use crate::store::{ChunkStore, StoreError};
+use chunksnap_format::digest::Digest;
 
 mod verify;
 
@@ -537,7 +537,7 @@ fn use_deltas(
         let bases = bases
             .iter()
             .map(|b| Ok((Digest::from_slice(&b.digest)?, b.size)))
-            .collect::<Result<Vec<_>, crate::digest::DigestError>>()
+            .collect::<Result<Vec<_>, chunksnap_format::digest::DigestError>>()
             .map_err(|e| FetchError::BadIndex(format!("chunk {i}: delta base: {e}")))?;
         if bases.is_empty() || !bases.iter().all(|(b, _)| store.contains(b)) {
             continue;
@@ -627,7 +627,7 @@ async fn fetch_request(
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use chunksnap_proto::index::{Chunk, Pack};
+    use chunksnap_format::pb::{Chunk, Pack};
 
     use super::*;
 

@@ -1,9 +1,7 @@
-//! chunksnap-core: everything both the converter and the node share, with no daemon or CLI
-//! dependencies.
+//! chunksnap-core: everything both the converter and the node share beyond the format itself,
+//! with no daemon or CLI dependencies. The on-registry format (digests, chunker, index, packs,
+//! deltas, artifact) lives in the `chunksnap-format` crate.
 //!
-//! - [`digest`]: sha256 digests of chunks and blobs.
-//! - [`format`]: the layer index (protobuf + zstd), packs of compressed chunks, the image artifact.
-//! - [`chunker`]: FastCDC 2020 over a byte stream.
 //! - [`tarscan`]: a layer tar → index entries + the content stream.
 //! - [`registry`]: OCI registry access (auth, retries, Range reads, referrers + tag fallback).
 //! - [`store`]: the node-wide chunk store (verified chunks by digest, LRU budget).
@@ -11,10 +9,7 @@
 //! - [`assemble`]: writing a layer's filesystem from its index and the store.
 
 pub mod assemble;
-pub mod chunker;
-pub mod digest;
 pub mod fetch;
-pub mod format;
 pub mod registry;
 pub mod store;
 pub mod tarscan;

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use chunksnap_proto::index::Compression;
+use chunksnap_format::pb::Compression;
 
-use crate::digest::Digest;
-use crate::format::pack::{PackError, decompress_chunk};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::{PackError, decompress_chunk};
 
 /// How stale a chunk file's mtime (its persisted recency) may get before a read refreshes it.
 const RECENCY_GRAIN: std::time::Duration = std::time::Duration::from_secs(600);

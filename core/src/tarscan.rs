@@ -16,10 +16,10 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, Read, Write};
 
-use chunksnap_proto::index::{Entry, EntryType, Xattr};
+use chunksnap_format::pb::{Entry, EntryType, Xattr};
 use tar::{Archive, EntryType as TarType};
 
-use crate::digest::Sha256Writer;
+use chunksnap_format::digest::Sha256Writer;
 
 /// What a tar scan produced.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -3,11 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::index::{FORMAT_VERSION, decode, encode};
-use chunksnap_core::format::pack::{PackBuilder, compress_chunk, decompress_chunk};
-use chunksnap_proto::index::{Chunk, Compression, Entry, EntryType, LayerIndex, Pack, Source};
+use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::{FORMAT_VERSION, decode, encode};
+use chunksnap_format::pack::{PackBuilder, compress_chunk, decompress_chunk};
+use chunksnap_format::pb::{Chunk, Compression, Entry, EntryType, LayerIndex, Pack, Source};
 use proptest::prelude::*;
 
 const SMALL: ChunkerParams = ChunkerParams {

@@ -24,9 +24,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use chunksnap_core::assemble::ChunkReader;
-use chunksnap_core::digest::Digest;
 use chunksnap_core::store::StoreError;
-use chunksnap_proto::index::{Entry, EntryType};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::{Entry, EntryType};
 
 /// A temp dir holding `dest/` (where a layer is written) and `sentinel/` (must never change).
 pub struct Sandbox {

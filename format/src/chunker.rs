@@ -3,8 +3,9 @@
 
 use std::io::Read;
 
-use chunksnap_proto::index::Chunker;
 use fastcdc::v2020::{self, Normalization, StreamCDC};
+
+use crate::pb::Chunker;
 
 /// The algorithm name recorded in the index.
 pub const ALGORITHM: &str = "fastcdc-2020";

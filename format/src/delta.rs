@@ -14,7 +14,7 @@
 //! is a fraction of the index blob.
 
 use crate::digest::Digest;
-use crate::format::pack::{PackError, check_frame};
+use crate::pack::{PackError, check_frame};
 
 /// Largest total size of a delta's base chunks: bounds what a node holds in memory per decode
 /// (base + one chunk) and what a converter reads per delta.

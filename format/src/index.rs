@@ -11,12 +11,12 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use chunksnap_proto::index::{Chunk, Compression, Delta, Entry, EntryType, LayerIndex};
 use prost::Message;
 
 use crate::chunker::{ChunkerError, ChunkerParams};
+use crate::delta::MAX_DELTA_BASE;
 use crate::digest::Digest;
-use crate::format::delta::MAX_DELTA_BASE;
+use crate::pb::{Chunk, Compression, Delta, Entry, EntryType, LayerIndex};
 
 /// Media type of a layer index blob.
 pub const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index.v1+zstd";
@@ -27,7 +27,7 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.chunksnap.image.index.v1";
 /// Annotation on an index descriptor naming the source layer digest.
 pub const LAYER_DIGEST_ANNOTATION: &str = "io.chunksnap.layer.digest";
 /// Media type of an index delta blob: a layer's raw index as a zstd frame against the raw index
-/// of an earlier layer (see `format::delta`).
+/// of an earlier layer (see [`crate::delta`]).
 pub const INDEX_DELTA_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index-delta.v1+zstd";
 /// Media type of a layer's chunk sketches (read by converters only, see chunkconv's
 /// `delta::sketch`).

@@ -1,9 +1,8 @@
-//! Unit tests for `format::index`: encode/decode and one test per validation rule.
+//! Unit tests for `index`: encode/decode and one test per validation rule.
 
 use super::*;
-use chunksnap_proto::index::{Chunker, Pack, Source, Xattr};
-
 use crate::chunker::ChunkerParams;
+use crate::pb::{Chunker, Pack, Source, Xattr};
 
 fn entry(path: &str, kind: EntryType) -> Entry {
     Entry {
@@ -353,11 +352,11 @@ fn with_delta() -> LayerIndex {
         size: 40,
     });
     i.delta_bases = vec![
-        chunksnap_proto::index::BaseChunk {
+        crate::pb::BaseChunk {
             digest: vec![7; 32],
             size: 1000,
         },
-        chunksnap_proto::index::BaseChunk {
+        crate::pb::BaseChunk {
             digest: vec![8; 32],
             size: 2000,
         },

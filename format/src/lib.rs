@@ -1,11 +1,28 @@
-//! The chunksnap v1 on-registry format: layer indexes ([`index`]), packs of compressed chunks
-//! ([`pack`]), delta frames against earlier chunks ([`delta`]) and the image artifact manifest
-//! tying them to an image ([`artifact`]).
+//! chunksnap-format: the chunksnap v1 on-registry format, with no I/O beyond `Read`/`Write` and
+//! no daemon dependencies (no async runtime, registry client or syscalls). The converter writes
+//! it, the node and the fuzz targets read it.
+//!
+//! - [`digest`]: sha256 digests of chunks and blobs.
+//! - [`chunker`]: FastCDC 2020 over a byte stream.
+//! - [`pb`]: the generated layer index types (`chunksnap.v1`, `proto/chunksnap/v1/index.proto`).
+//! - [`index`]: encoding, decoding and validating layer indexes (protobuf + zstd).
+//! - [`pack`]: packs of compressed chunks.
+//! - [`delta`]: delta frames against earlier chunks.
+//! - [`artifact`]: the image artifact manifest tying indexes and packs to an image.
+//!
+//! Output of this crate is pinned by `tests/golden.rs`: registries already hold its bytes.
 
 pub mod artifact;
+pub mod chunker;
 pub mod delta;
+pub mod digest;
 pub mod index;
 pub mod pack;
+
+/// Generated protobuf types of the layer index, format v1 (`chunksnap.v1`).
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/chunksnap.v1.rs"));
+}
 
 pub use index::FormatError;
 pub use pack::PackError;

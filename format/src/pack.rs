@@ -2,9 +2,8 @@
 //! chunk, or the raw bytes when zstd does not save any). Nodes read single chunks out of a pack
 //! with Range requests, so every frame stands alone and carries its content size.
 
-use chunksnap_proto::index::Compression;
-
 use crate::digest::Digest;
+use crate::pb::Compression;
 
 /// Default target pack size.
 pub const DEFAULT_PACK_SIZE: u64 = 16 << 20;

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use chunksnap_core::assemble::{
     AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
 };
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_needed};
-use chunksnap_core::format::artifact::Artifact;
-use chunksnap_core::format::delta::decompress_index_delta;
-use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::artifact::Artifact;
+use chunksnap_format::delta::decompress_index_delta;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::{self, MAX_INDEX_SIZE};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 use oci_client::Reference;
 
 use crate::claims::DirClaim;
@@ -63,7 +63,7 @@ pub enum RemoteError {
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
     #[error("layer index: {0}")]
-    Index(#[from] chunksnap_core::format::index::FormatError),
+    Index(#[from] chunksnap_format::index::FormatError),
     #[error("index describes layer {found}, expected {expected}")]
     WrongLayer { expected: Digest, found: String },
     #[error("fetch: {0}")]

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::index::MAX_INDEX_SIZE;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::MAX_INDEX_SIZE;
 
 /// The stored blob of `layer`'s index, marked as recently used.
 pub fn load(dir: &Path, layer: &Digest) -> Option<Vec<u8>> {

@@ -7,11 +7,11 @@
 use std::collections::HashMap;
 
 use chunkconv::layer::{ChunkCatalog, ExistingChunk, PackSink, SinkError};
-use chunksnap_proto::index::LayerIndex;
+use chunksnap_format::pb::LayerIndex;
 
 use anyhow::Context;
 use chunkconv::layer::LayerInput;
-use chunksnap_core::digest::Digest;
+use chunksnap_format::digest::Digest;
 
 /// The bytes of the tar at `path` and its [`LayerInput`].
 pub fn read_layer(path: &str) -> anyhow::Result<(Vec<u8>, LayerInput)> {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 
 use super::sketch::{K, Sketch};
 
@@ -73,7 +73,7 @@ fn anchors(
     ref_starts: &[u64],
 ) -> Vec<(u64, u64)> {
     let is_file =
-        |e: &&chunksnap_proto::index::Entry| e.r#type == EntryType::File as i32 && e.size > 0;
+        |e: &&chunksnap_format::pb::Entry| e.r#type == EntryType::File as i32 && e.size > 0;
     let ref_files: HashMap<&[u8], u64> = reference
         .entries
         .iter()
@@ -256,7 +256,7 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
-    use chunksnap_proto::index::{Chunk, Entry};
+    use chunksnap_format::pb::{Chunk, Entry};
 
     use super::*;
 

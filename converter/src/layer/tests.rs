@@ -4,8 +4,8 @@ use super::*;
 use std::io::Write;
 use std::sync::Mutex;
 
-use chunksnap_core::format::index::{decode, encode};
-use chunksnap_proto::index::EntryType;
+use chunksnap_format::index::{decode, encode};
+use chunksnap_format::pb::EntryType;
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 

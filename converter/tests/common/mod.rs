@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chunksnap_core::digest::Digest;
 use chunksnap_core::registry::{Reference, RegistryClient, RegistryConfig};
+use chunksnap_format::digest::Digest;
 
 /// A running registry, killed (by its pid) on drop.
 pub struct Registry {

@@ -1,12 +1,12 @@
 //! RegistryClient against distribution 2.8: push/pull, Range reads, tags, referrers fallback.
 
 use bytes::Bytes;
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{
-    self, ARTIFACT_TYPE, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
-};
 use chunksnap_core::registry::referrers::{Link, referrers_tag};
 use chunksnap_core::registry::{Reference, RegistryClient, RegistryError};
+use chunksnap_format::artifact::{
+    self, ARTIFACT_TYPE, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
+};
+use chunksnap_format::digest::Digest;
 
 use crate::common::{self, Registry};
 

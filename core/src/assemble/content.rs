@@ -4,10 +4,10 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use chunksnap_proto::index::Chunk;
+use chunksnap_format::pb::Chunk;
 
 use super::{AssembleError, ChunkReader};
-use crate::digest::Digest;
+use chunksnap_format::digest::Digest;
 
 /// Block size for hole detection: aligned all-zero blocks of this size are not written.
 pub const HOLE_BLOCK: usize = 4096;

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{Mode, SFlag};
@@ -50,8 +50,8 @@ pub use content::HOLE_BLOCK;
 use fsops::{Resolve, escape_or_sys, sys};
 pub use seed::{Seed, Seeding};
 
-use crate::digest::Digest;
 use crate::store::StoreError;
+use chunksnap_format::digest::Digest;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
@@ -392,7 +392,7 @@ struct Assembler<'s, 'a> {
     dirs: Vec<(Vec<u8>, TimeSpec)>,
 }
 
-type Entry = chunksnap_proto::index::Entry;
+type Entry = chunksnap_format::pb::Entry;
 
 impl<'a> Assembler<'_, 'a> {
     fn entry(&mut self, i: usize, e: &'a Entry) -> Result<(), AssembleError> {

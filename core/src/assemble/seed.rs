@@ -23,12 +23,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chunksnap_proto::index::{Entry, EntryType, LayerIndex};
+use chunksnap_format::pb::{Entry, EntryType, LayerIndex};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, SFlag};
 
-use crate::digest::Hasher;
+use chunksnap_format::digest::Hasher;
 
 /// An earlier layer's directory on this node and the index it was built from.
 #[derive(Debug, Clone)]

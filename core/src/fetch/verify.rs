@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chunksnap_proto::index::Compression;
+use chunksnap_format::pb::Compression;
 
 use super::{How, Request, Want};
-use crate::digest::Digest;
-use crate::format::delta::decompress_delta;
-use crate::format::pack::{StoredChunk, decompress_chunk};
 use crate::store::{ChunkStore, StoreError};
+use chunksnap_format::delta::decompress_delta;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::{StoredChunk, decompress_chunk};
 
 /// Decoded base chunks kept per worker before the cache starts over.
 const BASE_CACHE_BYTES: usize = 8 << 20;

@@ -7,7 +7,7 @@ use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 
 use super::{Reference, RegistryClient, RegistryError};
-use crate::digest::Digest;
+use chunksnap_format::digest::Digest;
 
 /// A blob's bytes as they arrive. `oci-client` checks the digest once the stream ends and fails
 /// the last read on a mismatch.
@@ -61,7 +61,7 @@ impl RegistryClient {
     pub async fn read_described(
         &self,
         image: &Reference,
-        desc: &crate::format::artifact::Descriptor,
+        desc: &chunksnap_format::artifact::Descriptor,
         max: u64,
     ) -> Result<Vec<u8>, RegistryError> {
         match desc.embedded() {

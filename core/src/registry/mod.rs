@@ -35,8 +35,8 @@ use oci_client::secrets::RegistryAuth;
 pub use auth::default_docker_config;
 pub use oci_client::Reference;
 
-use crate::digest::{Digest, DigestError};
-use crate::format::artifact::OCI_INDEX_MEDIA_TYPE;
+use chunksnap_format::artifact::OCI_INDEX_MEDIA_TYPE;
+use chunksnap_format::digest::{Digest, DigestError};
 
 /// Docker schema 2 manifest list media type.
 pub const DOCKER_LIST_MEDIA_TYPE: &str =
@@ -50,7 +50,7 @@ pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
 /// Media types we accept when resolving a reference.
 const ACCEPTED_MANIFESTS: &[&str] = &[
-    crate::format::artifact::OCI_MANIFEST_MEDIA_TYPE,
+    chunksnap_format::artifact::OCI_MANIFEST_MEDIA_TYPE,
     OCI_INDEX_MEDIA_TYPE,
     DOCKER_MANIFEST_MEDIA_TYPE,
     DOCKER_LIST_MEDIA_TYPE,
@@ -625,7 +625,7 @@ fn media_type_of(bytes: &[u8]) -> Result<String, String> {
     Ok(match (p.media_type, p.manifests) {
         (Some(m), _) => m,
         (None, Some(_)) => OCI_INDEX_MEDIA_TYPE.to_owned(),
-        (None, None) => crate::format::artifact::OCI_MANIFEST_MEDIA_TYPE.to_owned(),
+        (None, None) => chunksnap_format::artifact::OCI_MANIFEST_MEDIA_TYPE.to_owned(),
     })
 }
 

@@ -23,10 +23,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{Reference, RegistryClient, RegistryError};
-use crate::digest::Digest;
-use crate::format::artifact::{
+use chunksnap_format::artifact::{
     self, ARTIFACT_TYPE, Artifact, Descriptor, OCI_INDEX_MEDIA_TYPE, OCI_MANIFEST_MEDIA_TYPE,
 };
+use chunksnap_format::digest::Digest;
 
 /// The image index stored under a referrers tag, with unknown fields kept.
 #[derive(Debug, Serialize, Deserialize)]

@@ -300,17 +300,17 @@ fn later_entries_win_like_extraction() {
 
 #[test]
 fn scanned_entries_pass_index_validation() {
-    use crate::chunker::ChunkerParams;
-    use chunksnap_proto::index::{LayerIndex, Source};
+    use chunksnap_format::chunker::ChunkerParams;
+    use chunksnap_format::pb::{LayerIndex, Source};
     let mut b = Builder::new(Vec::new());
     add(&mut b, TarType::Directory, "./", b"");
     add(&mut b, TarType::Regular, "a", b"");
     add_link(&mut b, TarType::Link, "b", "a");
     add(&mut b, TarType::Regular, "a", b"");
     let (s, _) = scan(&b.into_inner().unwrap());
-    let d = crate::digest::Digest::of(b"").to_string();
+    let d = chunksnap_format::digest::Digest::of(b"").to_string();
     let index = LayerIndex {
-        version: crate::format::index::FORMAT_VERSION,
+        version: chunksnap_format::index::FORMAT_VERSION,
         source: Some(Source {
             digest: d.clone(),
             diff_id: d,
@@ -321,5 +321,5 @@ fn scanned_entries_pass_index_validation() {
         entries: s.entries,
         ..Default::default()
     };
-    crate::format::index::validate(&index).unwrap();
+    chunksnap_format::index::validate(&index).unwrap();
 }

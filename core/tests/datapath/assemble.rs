@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chunksnap_core::assemble::{
     AssembleError, AssembleOptions, ChunkReader, WhiteoutMode, assemble_layer, assemble_layer_with,
 };
-use chunksnap_core::digest::Digest;
 use chunksnap_core::store::StoreError;
-use chunksnap_proto::index::EntryType;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::EntryType;
 
 use crate::{LayerBuilder, MTIME, MemReader, noise, xattr};
 
@@ -89,7 +89,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
             desc += &format!(
                 " nlink={} sha={}",
                 md.nlink(),
-                chunksnap_core::digest::Digest::of(&fs::read(&path).unwrap())
+                chunksnap_format::digest::Digest::of(&fs::read(&path).unwrap())
             );
         } else if ft.is_symlink() {
             desc += &format!(" -> {:?}", fs::read_link(&path).unwrap());

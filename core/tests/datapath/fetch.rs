@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{
     FetchError, FetchOptions, FetchStats, Inflight, RangeSource, fetch_missing,
 };
-use chunksnap_core::format::delta::compress_delta;
 use chunksnap_core::store::{ChunkStore, StoreError};
-use chunksnap_proto::index::{BaseChunk, Delta, Pack};
+use chunksnap_format::delta::compress_delta;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::{BaseChunk, Delta, Pack};
 
 use crate::{Built, LayerBuilder, noise};
 
@@ -181,7 +181,7 @@ fn store_with_every_other(built: &Built) -> (tempfile::TempDir, Arc<ChunkStore>)
             let d = Digest::from_slice(&c.digest).unwrap();
             let data = &built.chunks[&d];
             store
-                .insert_verified(&d, c.size, chunksnap_proto::index::Compression::None, data)
+                .insert_verified(&d, c.size, chunksnap_format::pb::Compression::None, data)
                 .unwrap();
         }
     }

@@ -11,10 +11,10 @@ use std::io::Write;
 
 use bytes::Bytes;
 use chunksnap_core::assemble::ChunkReader;
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::pack::compress_chunk;
 use chunksnap_core::store::StoreError;
-use chunksnap_proto::index::{Chunk, Entry, EntryType, LayerIndex, Pack, Xattr};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::compress_chunk;
+use chunksnap_format::pb::{Chunk, Entry, EntryType, LayerIndex, Pack, Xattr};
 
 pub const MTIME: i64 = 1_600_000_000;
 

@@ -11,7 +11,7 @@ use chunksnap_core::assemble::{
     AssembleOptions, AssembleStats, Seed, Seeding, WhiteoutMode, assemble_layer,
     assemble_layer_with,
 };
-use chunksnap_core::digest::Digest;
+use chunksnap_format::digest::Digest;
 
 use crate::assemble::snapshot;
 use crate::{Built, LayerBuilder, MemReader, noise};
@@ -56,7 +56,7 @@ fn tree(root: &Path) -> Vec<(String, String)> {
 
 struct Setup {
     seed_dir: tempfile::TempDir,
-    seed_index: Arc<chunksnap_proto::index::LayerIndex>,
+    seed_index: Arc<chunksnap_format::pb::LayerIndex>,
     v2: Built,
 }
 

@@ -1,10 +1,10 @@
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::pack::compress_chunk;
 use chunksnap_core::store::{ChunkStore, StoreError, TEMP_PREFIX};
-use chunksnap_proto::index::Compression;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::compress_chunk;
+use chunksnap_format::pb::Compression;
 
 fn put(store: &ChunkStore, data: &[u8]) -> (Digest, u64) {
     let d = Digest::of(data);

@@ -1,10 +1,10 @@
 //! Hostile artifact manifests: another image's artifact, wrong types, bad digests, and JSON
 //! built to exhaust the parser.
 
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{
+use chunksnap_format::artifact::{
     self, ArtifactError, Descriptor, LayerEntry, OCI_MANIFEST_MEDIA_TYPE,
 };
+use chunksnap_format::digest::Digest;
 
 fn d(n: u8) -> Digest {
     Digest::of(&[n])

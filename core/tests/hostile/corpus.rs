@@ -8,10 +8,10 @@
 use std::fs;
 use std::path::PathBuf;
 
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::artifact::{self, Descriptor, LayerEntry, OCI_MANIFEST_MEDIA_TYPE};
-use chunksnap_core::format::index::encode;
-use chunksnap_proto::index::{EntryType, Xattr};
+use chunksnap_format::artifact::{self, Descriptor, LayerEntry, OCI_MANIFEST_MEDIA_TYPE};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::encode;
+use chunksnap_format::pb::{EntryType, Xattr};
 use prost::Message;
 
 use crate::harness::{check_artifact, check_index, check_tar};
@@ -208,7 +208,7 @@ fn seeds_exercise_the_interesting_paths() {
     // The seeds are only useful if they get past the first checks.
     for (name, layer) in layers() {
         let index = layer.build().index;
-        chunksnap_core::format::index::validate(&index).unwrap_or_else(|e| panic!("{name}: {e}"));
+        chunksnap_format::index::validate(&index).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for (name, tar) in tars() {
         let mut content = Vec::new();

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chunksnap_core::digest::Digest;
 use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fetch_missing};
-use chunksnap_core::format::PackError;
-use chunksnap_core::format::pack::{compress_chunk, decompress_chunk};
 use chunksnap_core::store::{ChunkStore, StoreError};
-use chunksnap_proto::index::{Compression, LayerIndex};
+use chunksnap_format::PackError;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pack::{compress_chunk, decompress_chunk};
+use chunksnap_format::pb::{Compression, LayerIndex};
 
 use crate::Layer;
 use crate::harness::BuiltLayer;
@@ -161,7 +161,7 @@ async fn an_inflating_chunk_in_a_pack_never_enters_the_store() {
     // Point chunk 0 at a new pack holding a frame that lies about its size.
     let frame = lying_frame(4 << 20, index.chunks[0].size);
     let pack_digest = Digest::of(&frame).to_string();
-    index.packs.push(chunksnap_proto::index::Pack {
+    index.packs.push(chunksnap_format::pb::Pack {
         digest: pack_digest.clone(),
         size: frame.len() as u64,
     });

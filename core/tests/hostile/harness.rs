@@ -1,6 +1,6 @@
 //! The checks the fuzz targets run, shared with `cargo test` so the seed corpora under
 //! `fuzz/corpus/` are regression tests on stable too. The fuzz crate includes this file with
-//! `#[path]`; it depends only on chunksnap-core, chunksnap-proto, prost and tempfile.
+//! `#[path]`; it depends only on chunksnap-core, chunksnap-format, prost and tempfile.
 //!
 //! Every function takes arbitrary bytes and panics only when an invariant is broken (a panic is
 //! what the fuzzer reports); rejecting the input with an error is always fine.
@@ -9,15 +9,15 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use chunksnap_core::assemble::{ChunkReader, WhiteoutMode, assemble_layer};
-use chunksnap_core::chunker::{ChunkerError, ChunkerParams, chunk_stream};
-use chunksnap_core::digest::Digest;
-use chunksnap_core::format::FormatError;
-use chunksnap_core::format::artifact::{self, ArtifactError, LayerEntry};
-use chunksnap_core::format::index::{FORMAT_VERSION, decode, is_safe_path, validate};
-use chunksnap_core::format::pack::{PackBuilder, compress_chunk};
 use chunksnap_core::store::StoreError;
 use chunksnap_core::tarscan::scan_tar;
-use chunksnap_proto::index::{Chunk, EntryType, LayerIndex, Pack, Source};
+use chunksnap_format::FormatError;
+use chunksnap_format::artifact::{self, ArtifactError, LayerEntry};
+use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_format::digest::Digest;
+use chunksnap_format::index::{FORMAT_VERSION, decode, is_safe_path, validate};
+use chunksnap_format::pack::{PackBuilder, compress_chunk};
+use chunksnap_format::pb::{Chunk, EntryType, LayerIndex, Pack, Source};
 use prost::Message;
 
 /// Small chunker parameters so that tiny inputs still make several chunks.
@@ -133,7 +133,7 @@ pub fn check_artifact(data: &[u8]) {
 #[allow(unexpected_cfgs)]
 fn round_trip(index: &LayerIndex) {
     #[cfg(not(fuzzing))]
-    let back = decode(&chunksnap_core::format::index::encode(index))
+    let back = decode(&chunksnap_format::index::encode(index))
         .expect("a valid index decodes after encoding");
     #[cfg(fuzzing)]
     let back = {
@@ -194,7 +194,7 @@ pub fn assert_only(dir: &Path, names: &[&str]) {
 /// Builds a valid index for `entries` and their content stream the way the converter does
 /// (FastCDC with [`SMALL`] parameters, zstd frames, small packs). Returns only the index; see
 /// [`build_layer`] for the packs and chunks too.
-pub fn build_index(entries: &[chunksnap_proto::index::Entry], content: &[u8]) -> LayerIndex {
+pub fn build_index(entries: &[chunksnap_format::pb::Entry], content: &[u8]) -> LayerIndex {
     build_layer(entries, content).index
 }
 
@@ -206,7 +206,7 @@ pub struct BuiltLayer {
 }
 
 /// See [`build_index`].
-pub fn build_layer(entries: &[chunksnap_proto::index::Entry], content: &[u8]) -> BuiltLayer {
+pub fn build_layer(entries: &[chunksnap_format::pb::Entry], content: &[u8]) -> BuiltLayer {
     let mut builder = PackBuilder::with_target_unchecked(4096);
     let mut finished = Vec::new();
     let mut chunks = Vec::new();

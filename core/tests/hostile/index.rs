@@ -4,9 +4,9 @@
 use std::io::Write;
 
 use chunksnap_core::assemble::{AssembleError, WhiteoutMode, assemble_layer};
-use chunksnap_core::format::FormatError;
-use chunksnap_core::format::index::{MAX_INDEX_SIZE, decode, encode, validate};
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::FormatError;
+use chunksnap_format::index::{MAX_INDEX_SIZE, decode, encode, validate};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 use prost::Message;
 
 use crate::{Layer, MemReader, Sandbox};

@@ -11,9 +11,9 @@
 use std::time::{Duration, Instant};
 
 use chunksnap_core::assemble::{AssembleError, WhiteoutMode, assemble_layer};
-use chunksnap_core::format::index::{decode, encode, validate};
 use chunksnap_core::tarscan::scan_tar;
-use chunksnap_proto::index::{EntryType, LayerIndex};
+use chunksnap_format::index::{decode, encode, validate};
+use chunksnap_format::pb::{EntryType, LayerIndex};
 
 use crate::harness::build_layer;
 use crate::{Layer, MemReader, Sandbox, entry};

@@ -2,10 +2,10 @@
 //! `assemble_layer`. Names are written into raw headers, since `tar::Builder` refuses `..`.
 
 use chunksnap_core::assemble::{AssembleError, WhiteoutMode, assemble_layer};
-use chunksnap_core::format::FormatError;
-use chunksnap_core::format::index::{decode, encode, validate};
 use chunksnap_core::tarscan::{TarError, TarScan, scan_tar};
-use chunksnap_proto::index::EntryType;
+use chunksnap_format::FormatError;
+use chunksnap_format::index::{decode, encode, validate};
+use chunksnap_format::pb::EntryType;
 
 use crate::harness::{BuiltLayer, build_layer};
 use crate::{MemReader, Sandbox};

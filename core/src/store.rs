@@ -449,12 +449,6 @@ impl ChunkStore {
     }
 }
 
-impl crate::assemble::ChunkReader for ChunkStore {
-    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
-        self.get(digest, size)
-    }
-}
-
 /// Whether the process that writes temp file `name` (`.tmp-<hex>-<pid>-<seq>`) still runs.
 /// Unparsable names count as alive: only the age rule removes them.
 fn temp_owner_alive(name: &str) -> bool {

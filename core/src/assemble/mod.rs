@@ -50,7 +50,7 @@ pub use content::HOLE_BLOCK;
 use fsops::{Resolve, escape_or_sys, sys};
 pub use seed::{Seed, Seeding};
 
-use crate::store::StoreError;
+use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -60,6 +60,13 @@ const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 pub trait ChunkReader: Sync {
     /// The bytes of the chunk with `digest` (`size` bytes long).
     fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError>;
+}
+
+// Implemented here, not in `store`, so the dependency points one way: assemble -> store.
+impl ChunkReader for ChunkStore {
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        self.get(digest, size)
+    }
 }
 
 /// How whiteout entries are materialised.

@@ -10,7 +10,8 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use chunksnap::{local::Local, metrics::Metrics, remote::NoRemote, server, service::Service};
+//! use chunksnap::snapshots::{local::Local, service::Service};
+//! use chunksnap::{metrics::Metrics, remote::NoRemote, server};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let local = Local::open("/var/lib/chunksnap".as_ref())?;
 //! let service = Service::new(Arc::new(local), Arc::new(NoRemote), Metrics::new());
@@ -20,18 +21,11 @@
 //! # Ok(()) }
 //! ```
 
-pub mod chunk_remote;
-pub mod claims;
 pub mod config;
-pub mod containerd_config;
 pub mod error;
-pub mod filter;
-pub mod index_files;
-pub mod k8s_secrets;
-pub mod local;
-pub mod metadata;
+pub mod install;
+pub mod kube;
 pub mod metrics;
-pub mod mounts;
 pub mod remote;
 pub mod server;
-pub mod service;
+pub mod snapshots;

@@ -8,12 +8,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
+use chunksnap::remote::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::config::Config;
-use chunksnap::local::Local;
+use chunksnap::snapshots::local::Local;
 use chunksnap::metrics::{self, Metrics};
 use chunksnap::server;
-use chunksnap::service::Service;
+use chunksnap::snapshots::service::Service;
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_core::store::ChunkStore;
 use tokio::signal::unix::{SignalKind, signal};

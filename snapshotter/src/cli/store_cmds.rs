@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chunksnap::chunk_remote::ChunkRemote;
+use chunksnap::remote::chunk_remote::ChunkRemote;
 use chunksnap::config::Config;
 use chunksnap::metrics::Metrics;
 use chunksnap_core::registry::RegistryClient;

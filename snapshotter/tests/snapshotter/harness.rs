@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chunksnap::local::Local;
+use chunksnap::snapshots::local::Local;
 use chunksnap::metrics::Metrics;
 use chunksnap::remote::{NoRemote, RemoteLayers};
 use chunksnap::server::{bind_socket, serve};
-use chunksnap::service::Service;
+use chunksnap::snapshots::service::Service;
 use chunksnap_proto::snapshots::snapshots_client::SnapshotsClient;
 use chunksnap_proto::snapshots::*;
 use nix::mount::{MntFlags, MsFlags};

@@ -7,12 +7,15 @@
 //! (containerd then skips the layer download); [`RemoteOutcome::Fallback`] makes it empty the
 //! directory and answer a normal Prepare, so containerd pulls the layer itself.
 
+pub mod chunk_remote;
+pub mod index_files;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use crate::claims::DirClaim;
+use crate::snapshots::claims::DirClaim;
 
 /// Label carrying the name the unpacked layer should be committed as (the chainID).
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";

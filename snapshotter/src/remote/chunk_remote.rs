@@ -36,8 +36,8 @@ use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use oci_client::Reference;
 
-use crate::claims::DirClaim;
-use crate::index_files;
+use crate::snapshots::claims::DirClaim;
+use crate::remote::index_files;
 use crate::metrics::Metrics;
 use crate::remote::{
     LABEL_CRI_IMAGE_LAYERS, RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest, SeedCandidate,

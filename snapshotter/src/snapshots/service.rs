@@ -18,11 +18,11 @@ use chunksnap_proto::snapshots::{
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::{Request, Response, Status};
 
-use crate::claims::Claims;
+use crate::snapshots::claims::Claims;
 use crate::error::{Error, Result};
-use crate::filter::FilterSet;
-use crate::local::Local;
-use crate::metadata::{Info, Kind};
+use crate::snapshots::filter::FilterSet;
+use crate::snapshots::local::Local;
+use crate::snapshots::metadata::{Info, Kind};
 use crate::metrics::{Metrics, Outcome};
 use crate::remote::{LABEL_TARGET_REF, RemoteLayers, RemoteOutcome, RemoteRequest};
 

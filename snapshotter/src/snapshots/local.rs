@@ -21,8 +21,8 @@ use std::time::Instant;
 use chunksnap_proto::snapshots::Mount;
 
 use crate::error::{Error, Result};
-use crate::metadata::{Info, Kind, MetaStore, Record};
-use crate::mounts::{self, Layout};
+use crate::snapshots::metadata::{Info, Kind, MetaStore, Record};
+use crate::snapshots::mounts::{self, Layout};
 use crate::remote::{LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, SeedCandidate};
 
 /// A removal slower than this is logged as a warning.
@@ -259,7 +259,7 @@ impl Local {
         self.meta.get(key)
     }
 
-    /// Updates labels (see [`crate::metadata::WriteTxn::update_labels`]).
+    /// Updates labels (see [`crate::snapshots::metadata::WriteTxn::update_labels`]).
     pub fn update(
         &self,
         key: &str,

@@ -1,0 +1,13 @@
+//! containerd's Snapshots service: the snapshot bookkeeping and the gRPC face of it.
+//!
+//! - [`local::Local`]: the metadata DB ([`metadata`]) plus the `snapshots/<id>` directories,
+//!   crash-safe; mount lists in [`mounts`];
+//! - [`claims`]: directories a remote prepare is still writing, so Remove waits for them;
+//! - [`service::Service`]: the gRPC service (List filters in [`filter`]).
+
+pub mod claims;
+pub mod filter;
+pub mod local;
+pub mod metadata;
+pub mod mounts;
+pub mod service;

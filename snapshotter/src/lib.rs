@@ -25,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod install;
 pub mod kube;
+pub mod labels;
 pub mod metrics;
 pub mod remote;
 pub mod server;

@@ -24,7 +24,8 @@ use crate::snapshots::filter::FilterSet;
 use crate::snapshots::local::Local;
 use crate::snapshots::metadata::{Info, Kind};
 use crate::metrics::{Metrics, Outcome};
-use crate::remote::{LABEL_TARGET_REF, RemoteLayers, RemoteOutcome, RemoteRequest};
+use crate::labels::LABEL_TARGET_REF;
+use crate::remote::{RemoteLayers, RemoteOutcome, RemoteRequest};
 
 /// Earlier layers a remote Prepare may link identical files from.
 const MAX_SEEDS: usize = 8;

@@ -3,7 +3,9 @@
 //! - [`local::Local`]: the metadata DB ([`metadata`]) plus the `snapshots/<id>` directories,
 //!   crash-safe; mount lists in [`mounts`];
 //! - [`claims`]: directories a remote prepare is still writing, so Remove waits for them;
-//! - [`service::Service`]: the gRPC service (List filters in [`filter`]).
+//! - [`snapshotter::Snapshotter`]: the operations (Prepare, Commit, Remove, …) over those,
+//!   with remote prepare through [`crate::remote::RemoteLayers`]; List filters in [`filter`];
+//! - [`service::Service`]: the gRPC service, pass-throughs to the snapshotter.
 
 pub mod claims;
 pub mod filter;
@@ -11,3 +13,4 @@ pub mod local;
 pub mod metadata;
 pub mod mounts;
 pub mod service;
+pub mod snapshotter;

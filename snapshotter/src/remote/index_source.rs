@@ -120,6 +120,7 @@ impl IndexSource {
         found.ok_or(RemoteError::NoArtifact)
     }
 
+    /// The index of `layer` from the cheapest source that has it (see the module docs).
     pub(super) async fn layer_index(
         &self,
         image: &Reference,

@@ -42,6 +42,8 @@ impl ChunkRemote {
         seeds
     }
 
+    /// Fills `req.fs_dir` with the layer: the [`RemoteLayers`](crate::remote::RemoteLayers)
+    /// call of [`super::chunk_remote::ChunkRemoteLayers`].
     pub(super) async fn prepare_layer(
         self: &Arc<Self>,
         req: &RemoteRequest,

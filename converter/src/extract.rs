@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use chunksnap_core::assemble::{AssembleError, AssembleStats, WhiteoutMode, assemble_layer};
 use chunksnap_core::fetch::{FetchError, FetchOptions, FetchStats, Inflight, fetch_missing};
-use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RepoRangeSource};
+use chunksnap_core::registry::{
+    Platform, PlatformManifest, Reference, RegistryClient, RepoRangeSource, choose_platform,
+};
 use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 use serde::Serialize;
@@ -29,7 +31,7 @@ pub enum ExtractError {
     /// The image (or one of its layers) has no chunksnap artifact / index.
     #[error("{0}: no chunksnap artifact; run `chunkconv convert` first")]
     NotConverted(String),
-    /// An index has several platforms and none was chosen (or the chosen one is absent).
+    /// No manifest suits the wanted platform (or `--platform` is not `os/arch[/variant]`).
     #[error("{image}: choose a platform with --platform (available: {available})")]
     Platform { image: String, available: String },
     /// The chunk store failed.
@@ -58,8 +60,8 @@ pub enum ExtractError {
 /// Extract options.
 #[derive(Debug, Clone, Default)]
 pub struct ExtractOptions {
-    /// `os/arch[/variant]` to extract from a multi-platform image (default: the host's, when the
-    /// image has several).
+    /// `os/arch[/variant]` to extract from a multi-platform image (default: the host's); chosen
+    /// by [`choose_platform`], as the node does.
     pub platform: Option<String>,
     /// Range request shaping.
     pub fetch: FetchOptions,
@@ -105,39 +107,29 @@ pub struct ExtractSummary {
     pub layers: Vec<ExtractLayer>,
 }
 
-/// The host platform in OCI terms.
-fn host_platform() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    };
-    format!("linux/{arch}")
-}
-
+/// The manifest for `wanted` (default: the host's platform), by the rule of
+/// [`choose_platform`], the node's too.
 fn choose(
     image: &Reference,
-    mut manifests: Vec<PlatformManifest>,
+    manifests: Vec<PlatformManifest>,
     wanted: Option<&str>,
 ) -> Result<PlatformManifest, ExtractError> {
-    if manifests.len() == 1 && wanted.is_none() {
-        return Ok(manifests.remove(0));
+    let want = match wanted {
+        Some(w) => Platform::parse(w),
+        None => Some(Platform::host()),
+    };
+    if let Some(pm) = want.and_then(|w| choose_platform(&manifests, &w)) {
+        return Ok(pm.clone());
     }
-    let host = host_platform();
-    let want = wanted.unwrap_or(&host);
     let available = manifests
         .iter()
         .map(|m| m.platform.clone().unwrap_or_else(|| "?".into()))
         .collect::<Vec<_>>()
         .join(", ");
-    manifests
-        .into_iter()
-        .find(|m| m.platform.as_deref() == Some(want))
-        .ok_or_else(|| ExtractError::Platform {
-            image: image.whole(),
-            available,
-        })
+    Err(ExtractError::Platform {
+        image: image.whole(),
+        available,
+    })
 }
 
 /// Extracts `image` into `dest` (created if missing), using the chunk store at `store_dir` (kept)

@@ -89,7 +89,7 @@ enum Command {
         /// Chunk store directory to use (and keep).
         #[arg(long, value_name = "DIR")]
         store: Option<std::path::PathBuf>,
-        /// Platform (`os/arch[/variant]`) of a multi-platform image.
+        /// Platform (`os/arch[/variant]`) of a multi-platform image (default: this host's).
         #[arg(long)]
         platform: Option<String>,
         /// Print a JSON summary on stdout.

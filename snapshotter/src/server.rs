@@ -12,7 +12,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Service;
+use crate::snapshots::service::Service;
 
 /// Errors of setting up or running the gRPC server.
 #[derive(Debug, thiserror::Error)]

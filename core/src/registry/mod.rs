@@ -1,7 +1,8 @@
 //! OCI registry access for the converter and the node: one cheap-to-clone [`RegistryClient`]
 //! over `oci-client` that adds docker `config.json` credentials, per-host plain-HTTP/insecure
 //! settings, timeouts, retries with backoff, digest verification, size caps, Range reads and the
-//! referrers API with its tag-schema fallback ([`referrers`]).
+//! referrers API with its tag-schema fallback ([`referrers`]); and the one rule choosing a
+//! platform's manifest ([`choose_platform`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), chunksnap_core::registry::RegistryError> {
@@ -17,6 +18,8 @@ mod auth;
 mod blobs;
 mod direct;
 pub use blobs::{BlobStream, RepoRangeSource};
+mod platform;
+pub use platform::{Platform, choose_platform};
 pub mod referrers;
 mod retry;
 

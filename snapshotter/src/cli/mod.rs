@@ -76,11 +76,11 @@ struct ContainerdConfigArgs {
     #[arg(long)]
     dry_run: bool,
     /// containerd config file to edit.
-    #[arg(long, value_name = "PATH", default_value = chunksnap::containerd_config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, value_name = "PATH", default_value = chunksnap::install::containerd_config::DEFAULT_CONFIG_PATH)]
     containerd_config: PathBuf,
     /// Schema version for a new file (2: containerd 1.6/1.7, 3: 2.x) [default: from `containerd --version`].
     #[arg(long, value_name = "2|3")]
-    config_version: Option<chunksnap::containerd_config::ConfigVersion>,
+    config_version: Option<chunksnap::install::containerd_config::ConfigVersion>,
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +150,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         }),
         Command::ContainerdConfig(args) => {
-            use chunksnap::containerd_config as cc;
+            use chunksnap::install::containerd_config as cc;
             let outcome = cc::run(&cc::Options {
                 config_path: args.containerd_config,
                 target: cc::Target {
@@ -183,7 +183,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
 
 /// Runs the pull-secret watcher until SIGTERM/SIGINT.
 fn pull_secrets(args: PullSecretsArgs) -> anyhow::Result<()> {
-    use chunksnap::k8s_secrets::{SyncOptions, run_with_default_client};
+    use chunksnap::kube::k8s_secrets::{SyncOptions, run_with_default_client};
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

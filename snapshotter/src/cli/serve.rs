@@ -8,12 +8,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chunksnap::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::config::Config;
-use chunksnap::local::Local;
 use chunksnap::metrics::{self, Metrics};
+use chunksnap::remote::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::server;
-use chunksnap::service::Service;
+use chunksnap::snapshots::local::Local;
+use chunksnap::snapshots::service::Service;
+use chunksnap::snapshots::snapshotter::Snapshotter;
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_core::store::ChunkStore;
 use tokio::signal::unix::{SignalKind, signal};
@@ -67,11 +68,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         node,
     );
-    let service = Service::new(
+    let snapshotter = Snapshotter::new(
         Arc::new(local),
         Arc::new(ChunkRemoteLayers(remote)),
         metrics.clone(),
     );
+    let service = Service::new(snapshotter);
     let listener = server::bind_socket(&config.address)
         .with_context(|| format!("binding {}", config.address.display()))?;
     let http = metrics::bind(config.metrics_address)

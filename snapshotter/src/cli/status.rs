@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use chunksnap::config::Config;
-use chunksnap::local::{Local, disk_usage};
+use chunksnap::snapshots::local::{Local, disk_usage};
 use chunksnap_proto::snapshots::snapshots_client::SnapshotsClient;
 use chunksnap_proto::snapshots::{Kind, ListSnapshotsRequest};
 use tonic::transport::Endpoint;

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use chunksnap::chunk_remote::ChunkRemote;
 use chunksnap::config::Config;
 use chunksnap::metrics::Metrics;
+use chunksnap::remote::chunk_remote::ChunkRemote;
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_core::store::ChunkStore;
 

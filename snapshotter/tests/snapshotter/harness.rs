@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chunksnap::local::Local;
 use chunksnap::metrics::Metrics;
 use chunksnap::remote::{NoRemote, RemoteLayers};
 use chunksnap::server::{bind_socket, serve};
-use chunksnap::service::Service;
+use chunksnap::snapshots::local::Local;
+use chunksnap::snapshots::service::Service;
+use chunksnap::snapshots::snapshotter::Snapshotter;
 use chunksnap_proto::snapshots::snapshots_client::SnapshotsClient;
 use chunksnap_proto::snapshots::*;
 use nix::mount::{MntFlags, MsFlags};
@@ -39,7 +40,7 @@ impl Daemon {
             .unwrap()
             .unwrap();
         let metrics = Metrics::new();
-        let service = Service::new(Arc::new(local), remote, metrics.clone());
+        let service = Service::new(Snapshotter::new(Arc::new(local), remote, metrics.clone()));
         let listener = bind_socket(&sock).unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();

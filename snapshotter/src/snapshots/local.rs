@@ -21,9 +21,10 @@ use std::time::Instant;
 use chunksnap_proto::snapshots::Mount;
 
 use crate::error::{Error, Result};
-use crate::metadata::{Info, Kind, MetaStore, Record};
-use crate::mounts::{self, Layout};
-use crate::remote::{LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, SeedCandidate};
+use crate::labels::{LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST};
+use crate::remote::SeedCandidate;
+use crate::snapshots::metadata::{Info, Kind, MetaStore, Record};
+use crate::snapshots::mounts::{self, Layout};
 
 /// A removal slower than this is logged as a warning.
 const SLOW_REMOVAL_MS: u64 = 5_000;
@@ -259,7 +260,7 @@ impl Local {
         self.meta.get(key)
     }
 
-    /// Updates labels (see [`crate::metadata::WriteTxn::update_labels`]).
+    /// Updates labels (see [`crate::snapshots::metadata::WriteTxn::update_labels`]).
     pub fn update(
         &self,
         key: &str,

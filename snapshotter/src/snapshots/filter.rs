@@ -11,7 +11,7 @@
 use regex::Regex;
 
 use crate::error::{Error, Result};
-use crate::metadata::Info;
+use crate::snapshots::metadata::Info;
 
 /// Any of these filters matches (empty = everything matches).
 #[derive(Debug, Default)]
@@ -245,7 +245,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::metadata::{Kind, Record};
+    use crate::snapshots::metadata::{Kind, Record};
 
     fn info(name: &str, parent: &str, labels: &[(&str, &str)]) -> Info {
         Info {

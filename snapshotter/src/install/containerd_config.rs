@@ -16,7 +16,7 @@
 //! ```
 //!
 //! ```
-//! use chunksnap::containerd_config::{edit, ConfigVersion, Target};
+//! use chunksnap::install::containerd_config::{edit, ConfigVersion, Target};
 //! let out = edit("version = 2\n", &Target::default(), ConfigVersion::V2).unwrap();
 //! assert!(out.changed);
 //! let again = edit(&out.text, &Target::default(), ConfigVersion::V2).unwrap();

@@ -6,7 +6,7 @@
 //! Secret values never reach a log line or a `Debug` string.
 //!
 //! ```
-//! use chunksnap::k8s_secrets::PullSecrets;
+//! use chunksnap::kube::k8s_secrets::PullSecrets;
 //! let secrets = PullSecrets::default();
 //! assert!(secrets.credentials_for("registry.example.com").is_none());
 //! ```

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use chunksnap_proto::snapshots::Mount;
 
-use crate::metadata::Kind;
+use crate::snapshots::metadata::Kind;
 
 /// Paths of snapshot directories under a state root.
 #[derive(Debug, Clone)]

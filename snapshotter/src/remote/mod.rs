@@ -1,29 +1,34 @@
-//! The seam between the Snapshots service and remote layer assembly.
+//! Remote layers: the seam between the snapshots and remote layer assembly (this module),
+//! and its implementation over the node chunk store (the submodules).
 //!
 //! On a CRI unpack Prepare (labels `containerd.io/snapshot.ref` + `cri.layer-digest`,
-//! `cri.manifest-digest`, `cri.image-ref`) the service creates an active snapshot with an
+//! `cri.manifest-digest`, `cri.image-ref`) the snapshotter creates an active snapshot with an
 //! empty `fs` directory and asks a [`RemoteLayers`] to fill it. [`RemoteOutcome::Assembled`]
-//! makes the service commit the snapshot under the target name and answer `AlreadyExists`
+//! makes it commit the snapshot under the target name and answer `AlreadyExists`
 //! (containerd then skips the layer download); [`RemoteOutcome::Fallback`] makes it empty the
 //! directory and answer a normal Prepare, so containerd pulls the layer itself.
+//!
+//! The implementation, [`chunk_remote::ChunkRemote`]:
+//! - [`index_source`]: where the artifact and the layer index come from (caches, index
+//!   files on disk ([`index_files`]), index deltas, the registry);
+//! - [`prepare`]: preparing one layer (seeds, fetch, assembly);
+//! - [`prefetch`]: the image's other layers in the background, and `chunksnap prefetch`.
+
+pub mod chunk_remote;
+pub mod index_files;
+pub mod index_source;
+pub mod prefetch;
+pub mod prepare;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
-use crate::claims::DirClaim;
-
-/// Label carrying the name the unpacked layer should be committed as (the chainID).
-pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
-/// CRI label: digest of the compressed layer blob.
-pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-/// CRI label: digest of the image manifest.
-pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
-/// CRI label: the image reference being pulled.
-pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
-/// CRI label: comma-separated digests of the image's layers (informational here).
-pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+use crate::labels::{
+    LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST, LABEL_CRI_MANIFEST_DIGEST, LABEL_TARGET_REF,
+};
+use crate::snapshots::claims::DirClaim;
 
 /// One layer to assemble.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,3 @@
+//! Kubernetes integration: registry pull secrets read from the cluster.
+
+pub mod k8s_secrets;

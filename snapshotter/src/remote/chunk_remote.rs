@@ -1,0 +1,174 @@
+//! [`ChunkRemote`], the [`RemoteLayers`] of the daemon: fills a snapshot's `fs` directory from
+//! the node chunk store.
+//!
+//! For one CRI layer Prepare it finds the image's chunksnap artifact and the layer index
+//! ([`super::index_source`]), fetches the chunks the store lacks from the registry's packs and
+//! assembles the layer in overlay form, linking files from layers already on the node
+//! ([`super::prepare`]); it starts fetching the image's other layers in the background
+//! ([`super::prefetch`]). Any failure is turned into [`RemoteOutcome::Fallback`], so
+//! containerd pulls the layer itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_needed};
+use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
+use chunksnap_core::store::ChunkStore;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::LayerIndex;
+use oci_client::Reference;
+
+use super::index_source::IndexSource;
+use crate::metrics::Metrics;
+use crate::remote::{RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest};
+
+/// Why a remote prepare could not assemble the layer (logged, then falls back).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("bad label {label}: {why}")]
+    Label { label: &'static str, why: String },
+    #[error("no chunksnap artifact for this image")]
+    NoArtifact,
+    #[error("the artifact has no index for layer {0}")]
+    NoIndex(Digest),
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("layer index: {0}")]
+    Index(#[from] chunksnap_format::index::FormatError),
+    #[error("index describes layer {found}, expected {expected}")]
+    WrongLayer { expected: Digest, found: String },
+    #[error("fetch: {0}")]
+    Fetch(#[from] chunksnap_core::fetch::FetchError),
+    #[error("assemble: {0}")]
+    Assemble(#[from] chunksnap_core::assemble::AssembleError),
+    #[error("the image has no manifest for platform {0}")]
+    NoPlatform(String),
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// [`RemoteLayers`] backed by a registry client, a chunk store and the assembler.
+pub struct ChunkRemote {
+    pub(super) client: RegistryClient,
+    pub(super) store: Arc<ChunkStore>,
+    pub(super) inflight: Inflight,
+    pub(super) fetch: FetchOptions,
+    pub(super) metrics: Metrics,
+    /// Artifacts and layer indexes.
+    pub(super) source: IndexSource,
+    /// Layers whose chunks are being fetched in the background.
+    pub(super) prefetching: Mutex<HashSet<Digest>>,
+}
+
+/// Node-specific settings of [`ChunkRemote`].
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// Registry host -> mirror hosts, tried in order before the host itself.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Directory for layer indexes (seeding needs the index of a layer already on the node).
+    pub index_dir: Option<PathBuf>,
+}
+
+impl ChunkRemote {
+    /// A remote path over `store`, fetching with `client`.
+    pub fn new(
+        client: RegistryClient,
+        store: Arc<ChunkStore>,
+        fetch: FetchOptions,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Self::with_options(client, store, fetch, metrics, NodeOptions::default())
+    }
+
+    /// Like [`ChunkRemote::new`], with mirrors and an index directory.
+    pub fn with_options(
+        client: RegistryClient,
+        store: Arc<ChunkStore>,
+        fetch: FetchOptions,
+        metrics: Metrics,
+        node: NodeOptions,
+    ) -> Arc<Self> {
+        metrics.store_bytes.set(store.stats().bytes as i64);
+        Arc::new(Self {
+            source: IndexSource::new(
+                client.clone(),
+                metrics.clone(),
+                node.mirrors,
+                node.index_dir,
+            ),
+            client,
+            store,
+            inflight: Inflight::with_request_limit(fetch.parallelism),
+            fetch,
+            metrics,
+            prefetching: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The node store.
+    pub fn store(&self) -> &Arc<ChunkStore> {
+        &self.store
+    }
+
+    /// Fetches the chunks of `ix` the store lacks (of those `needed`, or all), counted in the
+    /// metrics.
+    pub(super) async fn fetch_chunks(
+        &self,
+        image: &Reference,
+        ix: &LayerIndex,
+        needed: Option<&[bool]>,
+    ) -> Result<FetchStats, RemoteError> {
+        let source = RepoRangeSource {
+            client: self.client.clone(),
+            repo: image.clone(),
+        };
+        let stats = fetch_needed(
+            ix,
+            needed,
+            &self.store,
+            &source,
+            &self.fetch,
+            &self.inflight,
+        )
+        .await?;
+        self.metrics.chunks_fetched.inc_by(stats.chunks_fetched);
+        self.metrics.bytes_fetched.inc_by(stats.bytes_fetched);
+        self.metrics.chunks_reused.inc_by(stats.chunks_reused);
+        self.metrics.delta_chunks.inc_by(stats.chunks_from_deltas);
+        self.metrics.delta_fallbacks.inc_by(stats.delta_fallbacks);
+        Ok(stats)
+    }
+}
+
+pub(super) fn chunk_digests(ix: &LayerIndex) -> Vec<Digest> {
+    ix.chunks
+        .iter()
+        .filter_map(|c| Digest::from_slice(&c.digest).ok())
+        .collect()
+}
+
+pub(super) fn parse_label(label: &'static str, value: &str) -> Result<Digest, RemoteError> {
+    Digest::parse(value).map_err(|e| RemoteError::Label {
+        label,
+        why: e.to_string(),
+    })
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Newtype so the service can hold the remote path as `Arc<dyn RemoteLayers>`.
+pub struct ChunkRemoteLayers(pub Arc<ChunkRemote>);
+
+impl RemoteLayers for ChunkRemoteLayers {
+    fn prepare_remote(&self, req: RemoteRequest) -> RemoteFuture<'_> {
+        Box::pin(async move {
+            match self.0.prepare_layer(&req).await {
+                Ok(outcome) => outcome,
+                Err(e) => RemoteOutcome::Fallback(e.to_string()),
+            }
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! Preparing one layer: the index, the seeds, the fetch of the chunks the store lacks, and
+//! the assembly into the snapshot's `fs` directory in overlay form.
+//!
+//! Files identical to ones in layers already on the node (the request's seed candidates, whose
+//! indexes are kept on disk) are hardlinked from there, and only the chunks of the other files
+//! are fetched; should a seed file fail its check, its chunks are fetched on demand while
+//! assembling. Fetching and assembling overlap.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chunksnap_core::assemble::{
+    AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
+};
+use chunksnap_core::registry::RegistryClient;
+use chunksnap_core::store::StoreError;
+use chunksnap_format::digest::Digest;
+use chunksnap_format::pb::{EntryType, LayerIndex};
+use oci_client::Reference;
+
+use super::chunk_remote::{ChunkRemote, RemoteError, chunk_digests, parse_label};
+use crate::remote::{RemoteOutcome, RemoteRequest, SeedCandidate};
+use crate::snapshots::claims::DirClaim;
+
+impl ChunkRemote {
+    /// The seed candidates whose index is on the node, as seeds.
+    async fn seeds(&self, candidates: &[SeedCandidate]) -> Vec<Seed> {
+        let mut seeds = Vec::new();
+        for c in candidates {
+            let Ok(layer) = Digest::parse(&c.layer_digest) else {
+                continue;
+            };
+            if let Some(index) = self.source.cached_index(&layer).await {
+                seeds.push(Seed {
+                    index,
+                    dir: c.fs_dir.clone(),
+                });
+            }
+        }
+        seeds
+    }
+
+    /// Fills `req.fs_dir` with the layer: the [`RemoteLayers`](crate::remote::RemoteLayers)
+    /// call of [`super::chunk_remote::ChunkRemoteLayers`].
+    pub(super) async fn prepare_layer(
+        self: &Arc<Self>,
+        req: &RemoteRequest,
+    ) -> Result<RemoteOutcome, RemoteError> {
+        let t0 = Instant::now();
+        let image = RegistryClient::parse_reference(&req.image_ref)?;
+        let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
+        let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
+        let (image, artifact) = self.source.artifact(&image, &manifest).await?;
+        self.prefetch_siblings(&image, &artifact, req);
+        let artifact_ms = t0.elapsed().as_millis() as u64;
+        let ix = self.source.layer_index(&image, &artifact, &layer).await?;
+        let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
+        let seeds = self.seeds(&req.seeds).await;
+        let ix2 = ix.clone();
+        let (seeding, needed) = tokio::task::spawn_blocking(move || {
+            let seeding = Seeding::plan(&ix2, seeds);
+            let needed = seeding.needed_chunks(&ix2);
+            (seeding, needed)
+        })
+        .await?;
+        let pin = self.store.pin(chunk_digests(&ix));
+        let started = Instant::now();
+        let plan_ms = t0.elapsed().as_millis() as u64 - artifact_ms - index_ms;
+        // Fetching and assembling overlap: the assembler writes what is local (and links seeds)
+        // while the missing chunks arrive; a chunk it reaches first is waited for (or fetched)
+        // by the reader.
+        let fetch_failed = Arc::new(AtomicBool::new(false));
+        let fetch = {
+            let (this, image, ix, failed) = (
+                self.clone(),
+                image.clone(),
+                ix.clone(),
+                fetch_failed.clone(),
+            );
+            tokio::spawn(async move {
+                let result = this.fetch_chunks(&image, &ix, Some(&needed)).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                (result, started.elapsed())
+            })
+        };
+        let reader = FetchingReader {
+            remote: self.clone(),
+            image: image.clone(),
+            index: ix.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            give_up: fetch_failed,
+            claim: req.claim.clone(),
+        };
+        let dest = req.fs_dir.clone();
+        let parents: Vec<PathBuf> = req.parent_dirs.clone();
+        let ix2 = ix.clone();
+        // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
+        // prepare cancels it and waits for that.
+        let assembled = tokio::task::spawn_blocking(move || {
+            let opts = AssembleOptions {
+                mode: WhiteoutMode::Overlay,
+                parents: &parents,
+                seeding: Some(&seeding),
+                cancel: Some(reader.claim.flag()),
+            };
+            assemble_layer_with(&ix2, &reader, &dest, &opts)
+        })
+        .await;
+        let assemble_ms = started.elapsed().as_millis() as u64;
+        // The fetch's own error is the cause when both failed.
+        let (stats, fetched_in) = fetch.await?;
+        let stats = stats?;
+        let assembled = assembled??;
+        drop(pin);
+        self.after_prepare();
+        self.metrics.seeded_files.inc_by(assembled.seeded_files);
+        self.metrics.seeded_bytes.inc_by(assembled.seeded_bytes);
+        self.metrics.seeds_rejected.inc_by(assembled.seeds_rejected);
+        tracing::info!(
+            layer = %layer,
+            chunks_fetched = stats.chunks_fetched,
+            bytes_fetched = stats.bytes_fetched,
+            chunks_reused = stats.chunks_reused,
+            chunks_from_deltas = stats.chunks_from_deltas,
+            requests = stats.requests,
+            files = assembled.files,
+            seeded_files = assembled.seeded_files,
+            seeded_bytes = assembled.seeded_bytes,
+            seeds_rejected = assembled.seeds_rejected,
+            artifact_ms,
+            index_ms,
+            plan_ms,
+            fetch_ms = fetched_in.as_millis() as u64,
+            assemble_ms,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "layer assembled from chunks"
+        );
+        Ok(RemoteOutcome::Assembled {
+            size: (assembled.bytes_written + entry_overhead(&ix)) as i64,
+            inodes: ix.entries.len() as i64,
+        })
+    }
+
+    /// Keeps the store within its budget and the gauge current (eviction never touches pinned
+    /// chunks of in-flight prepares).
+    fn after_prepare(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.store.evict_to_budget() {
+                tracing::warn!(cause = %e, "chunk store eviction failed");
+            }
+            this.metrics
+                .store_bytes
+                .set(this.store.stats().bytes as i64);
+        });
+    }
+}
+
+/// The store as the assembler's chunk source; a chunk it lacks (a seed file that failed its
+/// check, or an eviction race) is fetched from the registry there and then. Used on blocking
+/// threads only.
+struct FetchingReader {
+    remote: Arc<ChunkRemote>,
+    image: Reference,
+    index: Arc<LayerIndex>,
+    runtime: tokio::runtime::Handle,
+    /// Set when the layer's fetch failed: the prepare falls back, so do not fetch chunk by chunk.
+    give_up: Arc<AtomicBool>,
+    /// The prepare's claim: once cancelled, nothing more is fetched for it.
+    claim: DirClaim,
+}
+
+impl ChunkReader for FetchingReader {
+    fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        match self.remote.store.get(digest, size) {
+            Err(StoreError::Missing(_))
+                if !self.give_up.load(Ordering::Relaxed) && !self.claim.is_cancelled() => {}
+            other => return other,
+        }
+        let needed: Vec<bool> = self
+            .index
+            .chunks
+            .iter()
+            .map(|c| c.digest.as_slice() == digest.as_bytes().as_slice())
+            .collect();
+        let _pin = self.remote.store.pin([*digest]);
+        let fetched = self.runtime.block_on(self.remote.fetch_chunks(
+            &self.image,
+            &self.index,
+            Some(&needed),
+        ));
+        if let Err(e) = fetched {
+            tracing::warn!(%digest, cause = %e, "fetching a chunk while assembling failed");
+            return Err(StoreError::Missing(*digest));
+        }
+        self.remote.store.get(digest, size)
+    }
+}
+
+/// Disk blocks a layer's non-file entries take, roughly (directories, links), for Usage.
+fn entry_overhead(ix: &LayerIndex) -> u64 {
+    ix.entries
+        .iter()
+        .filter(|e| e.r#type == EntryType::Dir as i32)
+        .count() as u64
+        * 4096
+}

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chunkconv::delta::sketch::{Sketch, sketch};
+use chunkconv::sketch::{Sketch, sketch};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
 use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};

@@ -23,7 +23,7 @@ use chunksnap_core::format::pack::{self, PackBuilder, PackError, StoredChunk};
 use chunksnap_core::tarscan::{TarError, TarScan, scan_tar};
 use chunksnap_proto::index::{Chunk, Compression, LayerIndex, Pack, Source};
 
-use crate::delta::sketch::{Sketch, sketch};
+use crate::sketch::{Sketch, sketch};
 
 pub use stream::is_layer_media_type;
 

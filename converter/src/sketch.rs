@@ -1,11 +1,12 @@
 //! Chunk sketches: finding the chunk of an earlier layer most like a new chunk, wherever it is.
 //!
-//! Position (anchors, see `plan`) finds the old bytes of content that stayed in place. Content
-//! that moved, such as a file rewritten to new blocks inside a filesystem image or a directory
-//! renamed by a version bump, is found by resemblance instead: a chunk's sketch is the [`K`]
-//! smallest hashes of its content-defined ~64-byte windows (a bottom-k sample), so two chunks
-//! that share most of their bytes share most of their sketch. Sketches of every chunk are
-//! stored per layer in a sketch blob of the artifact, read only by converters (never by nodes).
+//! Position (anchors, see `delta::plan`) finds the old bytes of content that stayed in place.
+//! Content that moved, such as a file rewritten to new blocks inside a filesystem image or a
+//! directory renamed by a version bump, is found by resemblance instead: a chunk's sketch is the
+//! [`K`] smallest hashes of its content-defined ~64-byte windows (a bottom-k sample), so two
+//! chunks that share most of their bytes share most of their sketch. [`crate::layer`] computes
+//! every chunk's sketch; they are stored per layer in a sketch blob of the artifact, read only by
+//! converters ([`crate::delta`]), never by nodes.
 //!
 //! Blob format (`application/vnd.chunksnap.layer.sketch.v1`): the magic `CSK1`, then for each
 //! chunk of the layer index, in order, [`K`] little-endian `u32` (`u32::MAX`: no feature).

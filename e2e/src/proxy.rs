@@ -87,7 +87,9 @@ impl CountingProxy {
         let log = Arc::new(Log::default());
         let thread_log = log.clone();
         let relay = Relay::start("e2e-proxy", move |listener| {
-            serve_http1(listener, move |req| forward(req, upstream, thread_log.clone()))
+            serve_http1(listener, move |req| {
+                forward(req, upstream, thread_log.clone())
+            })
         })?;
         Ok(Self { relay, log })
     }

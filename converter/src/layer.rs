@@ -482,4 +482,4 @@ fn prepare(
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -90,7 +90,7 @@ pub fn decode(blob: &[u8], chunks: usize) -> Option<Vec<Sketch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::tests::noise;
+    use chunksnap_testkit::noise;
 
     fn shared(a: &Sketch, b: &Sketch) -> usize {
         a.iter()
@@ -100,12 +100,12 @@ mod tests {
 
     #[test]
     fn similar_chunks_share_their_sketch_and_others_do_not() {
-        let a = noise(32 << 10, 1);
+        let a = noise(1, 32 << 10);
         let mut b = a.clone();
         b[1000] ^= 1;
         b[20_000] ^= 1;
         b.splice(9000..9000, *b"a few inserted bytes");
-        let (sa, sb, sc) = (sketch(&a), sketch(&b), sketch(&noise(32 << 10, 2)));
+        let (sa, sb, sc) = (sketch(&a), sketch(&b), sketch(&noise(2, 32 << 10)));
         assert!(shared(&sa, &sb) >= 3, "{sa:?} {sb:?}");
         assert_eq!(shared(&sa, &sc), 0);
         assert_eq!(sketch(&[]), [u32::MAX; K]);
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn blobs_round_trip_and_must_match_the_chunk_count() {
-        let s = vec![sketch(&noise(5000, 3)), [u32::MAX; K]];
+        let s = vec![sketch(&noise(3, 5000)), [u32::MAX; K]];
         let blob = encode(&s);
         assert_eq!(decode(&blob, 2), Some(s));
         assert_eq!(decode(&blob, 3), None);

@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Result;
+use chunksnap_testkit::Rng;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -70,7 +71,7 @@ pub struct FaultPlan {
 
 #[derive(Debug, Default)]
 struct Shared {
-    plan: Mutex<Option<(FaultPlan, u64)>>,
+    plan: Mutex<Option<(FaultPlan, Rng)>>,
     selected: AtomicU64,
     injected: AtomicU64,
 }
@@ -90,7 +91,7 @@ impl Shared {
         let n = self.selected.fetch_add(1, Ordering::Relaxed);
         let hit = match plan.when {
             When::FirstN(k) => n < k,
-            When::Probability { p, .. } => (next_random(rng) as f64 / u64::MAX as f64) < p,
+            When::Probability { p, .. } => rng.next_f64() < p,
         };
         if hit {
             self.injected.fetch_add(1, Ordering::Relaxed);
@@ -99,16 +100,6 @@ impl Shared {
             None
         }
     }
-}
-
-/// xorshift64*: enough for reproducible coin flips in tests.
-pub fn next_random(state: &mut u64) -> u64 {
-    let mut x = (*state).max(1);
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// The running proxy; stops on drop.
@@ -124,7 +115,9 @@ impl FaultProxy {
         let shared = Arc::new(Shared::default());
         let thread_shared = shared.clone();
         let relay = Relay::start("e2e-faults", move |listener| {
-            serve_http1(listener, move |req| handle(req, upstream, thread_shared.clone()))
+            serve_http1(listener, move |req| {
+                handle(req, upstream, thread_shared.clone())
+            })
         })?;
         Ok(Self { relay, shared })
     }
@@ -140,7 +133,7 @@ impl FaultProxy {
                 When::Probability { seed, .. } => seed,
                 When::FirstN(_) => 1,
             };
-            (p, seed)
+            (p, Rng::new(seed))
         });
         *self.shared.plan.lock().unwrap_or_else(|p| p.into_inner()) = seeded;
         self.shared.selected.store(0, Ordering::Relaxed);
@@ -298,12 +291,12 @@ mod tests {
             target: Target::RangeBlobGets,
             when,
         };
-        *s.plan.lock().unwrap() = Some((plan(When::FirstN(2)), 1));
+        *s.plan.lock().unwrap() = Some((plan(When::FirstN(2)), Rng::new(1)));
         assert_eq!(s.decide(false, true), None, "not a Range request");
         assert!(s.decide(true, true).is_some());
         assert!(s.decide(true, true).is_some());
         assert_eq!(s.decide(true, true), None);
-        *s.plan.lock().unwrap() = Some((plan(When::Probability { p: 0.5, seed: 7 }), 7));
+        *s.plan.lock().unwrap() = Some((plan(When::Probability { p: 0.5, seed: 7 }), Rng::new(7)));
         let hits = (0..1000).filter(|_| s.decide(true, true).is_some()).count();
         assert!((350..650).contains(&hits), "{hits}");
     }

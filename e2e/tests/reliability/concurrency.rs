@@ -53,6 +53,9 @@ fn parse_range(h: &str) -> Option<(u64, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_pulls_of_overlapping_images_fetch_each_chunk_once() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = FaultyNode::start(CONFIG).await?;
     let images = shared_images(&node).await?;
     let cri = node.env.containerd.cri().await?;

@@ -40,6 +40,9 @@ fn is_unavailable(e: &anyhow::Error) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_prepares_recovers() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = FaultyNode::start(CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let cri = node.env.containerd.cri().await?;
@@ -100,6 +103,9 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
 /// with correct layers and chunksnap's state stays clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containerd_killed_during_pull_recovers() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = FaultyNode::start(CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let seed = SystemTime::now()

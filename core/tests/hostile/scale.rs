@@ -53,6 +53,9 @@ fn a_million_entries_validate_encode_and_decode_in_bounded_time() {
 
 #[test]
 fn a_hundred_thousand_files_assemble() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let index = many_files(100_000);
     let sb = Sandbox::new();
     let started = Instant::now();
@@ -114,6 +117,9 @@ fn ten_thousand_levels_in_one_path_fail_cleanly() {
 
 #[test]
 fn thousands_of_nested_directories_through_tar_and_assembly() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     const DEPTH: usize = 3_000;
     let mut dirs = Vec::with_capacity(DEPTH);
     let mut p = String::new();

@@ -8,9 +8,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chunkconv::delta::sketch::{Sketch, sketch};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
 use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
+use chunkconv::sketch::{Sketch, sketch};
 use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};
 use chunksnap_core::store::StoreError;
 use chunksnap_core::tarscan::scan_tar;

@@ -551,7 +551,7 @@ async fn convert_one(
     let index_pushed = client
         .push_blob(image, &index_digest, Bytes::from(encoded))
         .await?;
-    let sketch_blob = delta::sketch::encode(&outcome.sketches);
+    let sketch_blob = crate::sketch::encode(&outcome.sketches);
     let sketch = (Digest::of(&sketch_blob), sketch_blob.len() as u64);
     if client
         .push_blob(image, &sketch.0, Bytes::from(sketch_blob))

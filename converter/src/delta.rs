@@ -3,7 +3,7 @@
 //! After a layer is converted, its new chunks (those the repository did not store yet) are
 //! compressed once more, each against chunks of the reference layer ([`plan`]): those around
 //! the same spot of the stream (the previous version's bytes there) or, for content that moved,
-//! the most similar chunk and its neighbours ([`sketch`]). A node that holds those base chunks fetches
+//! the most similar chunk and its neighbours ([`crate::sketch`]). A node that holds those base chunks fetches
 //! the delta instead of the chunk; on a rollout that is usually a few percent of the bytes (a
 //! `.pyc` rebuilt with a different reference count, a binary whose code moved). The full chunks
 //! stay in the packs for every other node. Delta frames go into packs of their own, so a cold
@@ -17,7 +17,6 @@
 //! Deterministic: the same layer, catalog and options give the same frames and packs.
 
 mod plan;
-pub mod sketch;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -38,6 +37,7 @@ pub use plan::{PlanOptions, Sketches, Try, plan};
 
 use crate::ConvertError;
 use crate::catalog::{Catalog, load_index_raw};
+use crate::sketch;
 
 /// Tuning of the delta pass.
 #[derive(Debug, Clone)]

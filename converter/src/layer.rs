@@ -23,7 +23,7 @@ use chunksnap_format::index::{self, FORMAT_VERSION, FormatError};
 use chunksnap_format::pack::{self, PackBuilder, PackError, StoredChunk};
 use chunksnap_format::pb::{Chunk, Compression, LayerIndex, Pack, Source};
 
-use crate::delta::sketch::{Sketch, sketch};
+use crate::sketch::{Sketch, sketch};
 
 pub use stream::is_layer_media_type;
 
@@ -482,4 +482,4 @@ fn prepare(
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

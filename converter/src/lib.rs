@@ -9,6 +9,7 @@
 //! - [`extract`]: an image's filesystem assembled from its chunks (no containerd).
 //! - [`parallel`]: the ordered parallel map of the CPU-bound stages.
 //! - [`progress`]: terminal progress bars.
+//! - [`sketch`]: chunk sketches (resemblance), computed by [`layer`] and read by [`delta`].
 
 pub mod catalog;
 pub mod convert;
@@ -18,6 +19,7 @@ pub mod inspect;
 pub mod layer;
 pub mod parallel;
 pub mod progress;
+pub mod sketch;
 
 use chunksnap_core::registry::RegistryError;
 use chunksnap_format::FormatError;

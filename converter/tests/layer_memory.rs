@@ -11,6 +11,7 @@ use chunkconv::layer::{
     EmptyCatalog, LayerInput, LayerOptions, PackSink, SinkError, convert_layer,
 };
 use chunksnap_format::digest::{Digest, Hasher};
+use chunksnap_testkit::Rng;
 
 struct Counting;
 
@@ -40,7 +41,9 @@ struct SyntheticTar {
     header: Vec<u8>,
     size: u64,
     pos: u64,
-    seed: u64,
+    rng: Rng,
+    /// The current 8 bytes of content.
+    word: u64,
 }
 
 impl SyntheticTar {
@@ -57,7 +60,8 @@ impl SyntheticTar {
             header: h.as_bytes().to_vec(),
             size,
             pos: 0,
-            seed: 0x9e37_79b9_7f4a_7c15,
+            rng: Rng::new(1),
+            word: 0,
         }
     }
 
@@ -80,11 +84,9 @@ impl Read for SyntheticTar {
                 self.header[p as usize]
             } else if p < 512 + self.size {
                 if (p - 512).is_multiple_of(8) {
-                    self.seed ^= self.seed << 13;
-                    self.seed ^= self.seed >> 7;
-                    self.seed ^= self.seed << 17;
+                    self.word = self.rng.next_u64();
                 }
-                (self.seed >> (8 * ((p - 512) % 8))) as u8
+                (self.word >> (8 * ((p - 512) % 8))) as u8
             } else {
                 0
             };

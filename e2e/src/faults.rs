@@ -6,7 +6,7 @@
 //! never sends those on a first attempt, so its own (fallback) pulls stay healthy while
 //! chunksnap's pack reads get hurt. Faults are applied to the first N selected requests or with
 //! a probability (seeded, reproducible). Like the counting proxy it runs on its own thread and
-//! runtime and listens on 127.0.0.1 only.
+//! runtime and listens on 127.0.0.1 only ([`crate::net::relay`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,12 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
+use chunksnap_testkit::Rng;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+
+use crate::net::relay::{Relay, is_blob_path, send_upstream, serve_http1, text_response};
 
 /// What happens to a selected request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,7 @@ pub struct FaultPlan {
 
 #[derive(Debug, Default)]
 struct Shared {
-    plan: Mutex<Option<(FaultPlan, u64)>>,
+    plan: Mutex<Option<(FaultPlan, Rng)>>,
     selected: AtomicU64,
     injected: AtomicU64,
 }
@@ -90,7 +91,7 @@ impl Shared {
         let n = self.selected.fetch_add(1, Ordering::Relaxed);
         let hit = match plan.when {
             When::FirstN(k) => n < k,
-            When::Probability { p, .. } => (next_random(rng) as f64 / u64::MAX as f64) < p,
+            When::Probability { p, .. } => rng.next_f64() < p,
         };
         if hit {
             self.injected.fetch_add(1, Ordering::Relaxed);
@@ -101,73 +102,28 @@ impl Shared {
     }
 }
 
-/// xorshift64*: enough for reproducible coin flips in tests.
-pub fn next_random(state: &mut u64) -> u64 {
-    let mut x = (*state).max(1);
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-/// The running proxy; stops (and joins its thread) on drop.
+/// The running proxy; stops on drop.
 #[derive(Debug)]
 pub struct FaultProxy {
-    addr: SocketAddr,
+    relay: Relay,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FaultProxy {
     /// Listens on a free 127.0.0.1 port and forwards to `upstream`, with no plan (clean).
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("bind fault proxy listener")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("e2e-faults".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("e2e fault proxy: runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("e2e fault proxy: listener: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        _ = rx => {}
-                        () = accept_loop(listener, upstream, thread_shared) => {}
-                    }
-                });
+        let relay = Relay::start("e2e-faults", move |listener| {
+            serve_http1(listener, move |req| {
+                handle(req, upstream, thread_shared.clone())
             })
-            .context("spawn fault proxy thread")?;
-        Ok(Self {
-            addr,
-            shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        })?;
+        Ok(Self { relay, shared })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.relay.addr()
     }
 
     /// Installs `plan` (or none: pass everything through) and resets the counters.
@@ -177,7 +133,7 @@ impl FaultProxy {
                 When::Probability { seed, .. } => seed,
                 When::FirstN(_) => 1,
             };
-            (p, seed)
+            (p, Rng::new(seed))
         });
         *self.shared.plan.lock().unwrap_or_else(|p| p.into_inner()) = seeded;
         self.shared.selected.store(0, Ordering::Relaxed);
@@ -195,45 +151,8 @@ impl FaultProxy {
     }
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, upstream, shared.clone()));
-            // Errors here are the faults themselves or client hang-ups.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-}
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type FaultBodyBox = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-
-fn full(status: StatusCode, text: &str) -> Response<FaultBodyBox> {
-    let mut r = Response::new(
-        http_body_util::Full::new(Bytes::from(text.to_owned()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *r.status_mut() = status;
-    r
-}
 
 async fn handle(
     req: Request<Incoming>,
@@ -246,10 +165,10 @@ async fn handle(
     match fault {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Ok(full(status, "injected fault"));
+            return Ok(text_response(status, "injected fault".into()));
         }
         Some(Fault::TooManyRequests { retry_after_secs }) => {
-            let mut r = full(StatusCode::TOO_MANY_REQUESTS, "slow down");
+            let mut r = text_response(StatusCode::TOO_MANY_REQUESTS, "slow down".into());
             if let Ok(v) = hyper::header::HeaderValue::from_str(&retry_after_secs.to_string()) {
                 r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
             }
@@ -260,7 +179,7 @@ async fn handle(
     }
     let resp = match send_upstream(req, upstream).await {
         Ok(r) => r,
-        Err(e) => return Ok(full(StatusCode::BAD_GATEWAY, &format!("{e:#}"))),
+        Err(e) => return Ok(text_response(StatusCode::BAD_GATEWAY, format!("{e:#}"))),
     };
     let body_fault = fault.filter(|f| {
         matches!(
@@ -306,24 +225,6 @@ async fn handle(
             .then_some(total),
     };
     Ok(Response::from_parts(parts, body.boxed()))
-}
-
-fn is_blob_path(path: &str) -> bool {
-    path.starts_with("/v2/")
-        && path
-            .rsplit_once("/blobs/")
-            .is_some_and(|(_, digest)| digest.contains(':'))
-}
-
-async fn send_upstream(req: Request<Incoming>, upstream: SocketAddr) -> Result<Response<Incoming>> {
-    let stream = TcpStream::connect(upstream)
-        .await
-        .context("connect registry")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("handshake")?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.context("forward request")
 }
 
 enum Step {
@@ -390,12 +291,12 @@ mod tests {
             target: Target::RangeBlobGets,
             when,
         };
-        *s.plan.lock().unwrap() = Some((plan(When::FirstN(2)), 1));
+        *s.plan.lock().unwrap() = Some((plan(When::FirstN(2)), Rng::new(1)));
         assert_eq!(s.decide(false, true), None, "not a Range request");
         assert!(s.decide(true, true).is_some());
         assert!(s.decide(true, true).is_some());
         assert_eq!(s.decide(true, true), None);
-        *s.plan.lock().unwrap() = Some((plan(When::Probability { p: 0.5, seed: 7 }), 7));
+        *s.plan.lock().unwrap() = Some((plan(When::Probability { p: 0.5, seed: 7 }), Rng::new(7)));
         let hits = (0..1000).filter(|_| s.decide(true, true).is_some()).count();
         assert!((350..650).contains(&hits), "{hits}");
     }

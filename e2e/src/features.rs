@@ -6,6 +6,7 @@
 use std::io::Write;
 
 use anyhow::Result;
+use chunksnap_testkit::noise;
 use tar::{Builder, EntryType, Header};
 
 /// Base mtime of every entry (2023-11-14T22:13:20Z).
@@ -106,20 +107,6 @@ fn put<W: Write>(b: &mut Builder<W>, s: &Spec<'_>) -> Result<()> {
     h.set_cksum();
     b.append(&h, s.data)?;
     Ok(())
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), so content does not compress away.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// An 8 MiB file that is mostly zeros with two noisy MiB-sized islands (holes when assembled).

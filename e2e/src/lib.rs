@@ -13,7 +13,8 @@
 //! - `treecmp`: the oracle; compares two trees down to xattrs, ns mtimes and hardlink groups.
 //! - [`Env`] (`env`): the shared setup of a scenario.
 //!
-//! Everything needs root. Set `CHUNKSNAP_E2E_KEEP=1` to keep daemons' temp dirs (configs, logs).
+//! Everything needs root; run by a normal user, each test says it is skipped
+//! ([`skip_unless_root`]). Set `CHUNKSNAP_E2E_KEEP=1` to keep daemons' temp dirs (configs, logs).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -54,3 +55,10 @@ pub use native::Native;
 pub use oci::{BuiltImage, ImageSpec, LayerBlob};
 pub use proxy::RequestRecord;
 pub use registry::Registry;
+
+/// Whether the calling e2e test must skip: every one needs root (containerd, mounts, network
+/// namespaces). If so it says so on stderr. Each test starts with
+/// `if chunksnap_e2e::skip_unless_root() { return Ok(()); }`.
+pub fn skip_unless_root() -> bool {
+    chunksnap_testkit::skip_unless_root("containerd")
+}

@@ -4,7 +4,7 @@
 //! up early, and Range answers are logged inconsistently), so every request goes through this
 //! proxy, which records method, path, `Range` header, status and the body bytes it forwarded.
 //! It runs on its own thread and runtime so blocking test code cannot starve it, and listens on
-//! 127.0.0.1 only.
+//! 127.0.0.1 only (see [`crate::net::relay`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use hyper::{Request, Response, StatusCode};
+
+use crate::net::relay::{Relay, is_blob_path, send_upstream, serve_http1, text_response};
 
 /// One request as the proxy saw it. `bytes` grows while the body streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +37,6 @@ impl RequestRecord {
     pub fn is_blob_get(&self) -> bool {
         self.method == "GET" && is_blob_path(&self.path)
     }
-}
-
-fn is_blob_path(path: &str) -> bool {
-    let path = path.split('?').next().unwrap_or(path);
-    path.starts_with("/v2/")
-        && path
-            .rsplit_once("/blobs/")
-            .is_some_and(|(_, digest)| digest.contains(':'))
 }
 
 #[derive(Debug)]
@@ -82,63 +74,28 @@ impl Log {
     }
 }
 
-/// The running proxy; stops (and joins its thread) on drop.
+/// The running proxy; stops on drop.
 #[derive(Debug)]
 pub struct CountingProxy {
-    addr: SocketAddr,
+    relay: Relay,
     log: Arc<Log>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CountingProxy {
     /// Listens on a free 127.0.0.1 port and forwards everything to `upstream`.
     pub fn start(upstream: SocketAddr) -> Result<Self> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("bind proxy listener")?;
-        std_listener.set_nonblocking(true)?;
-        let addr = std_listener.local_addr()?;
         let log = Arc::new(Log::default());
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_log = log.clone();
-        let thread = std::thread::Builder::new()
-            .name("e2e-proxy".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("e2e proxy: runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let listener = match TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            eprintln!("e2e proxy: listener: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        _ = rx => {}
-                        () = accept_loop(listener, upstream, thread_log) => {}
-                    }
-                });
+        let relay = Relay::start("e2e-proxy", move |listener| {
+            serve_http1(listener, move |req| {
+                forward(req, upstream, thread_log.clone())
             })
-            .context("spawn proxy thread")?;
-        Ok(Self {
-            addr,
-            log,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        })
+        })?;
+        Ok(Self { relay, log })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.relay.addr()
     }
 
     /// Every request since start or the last [`reset`](Self::reset), in arrival order.
@@ -148,36 +105,6 @@ impl CountingProxy {
 
     pub fn reset(&self) {
         self.log.clear();
-    }
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, upstream: SocketAddr, log: Arc<Log>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        // Registries (Go's net/http) send with TCP_NODELAY; without it a streamed answer's
-        // headers and body meet the client's delayed ACK and every blob read stalls ~40 ms.
-        let _ = stream.set_nodelay(true);
-        let log = log.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| forward(req, upstream, log.clone()));
-            // Errors here are client hang-ups; the record already holds what was sent.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
     }
 }
 
@@ -208,13 +135,10 @@ async fn forward(
                 status: 502,
                 bytes: AtomicU64::new(0),
             }));
-            let mut r = Response::new(
-                http_body_util::Full::new(Bytes::from(format!("e2e proxy: {e:#}")))
-                    .map_err(|never| match never {})
-                    .boxed(),
-            );
-            *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-            return Ok(r);
+            return Ok(text_response(
+                StatusCode::BAD_GATEWAY,
+                format!("e2e proxy: {e:#}"),
+            ));
         }
     };
     let entry = Arc::new(Entry {
@@ -226,19 +150,6 @@ async fn forward(
     });
     log.push(entry.clone());
     Ok(resp.map(|body| CountingBody { inner: body, entry }.boxed()))
-}
-
-async fn send_upstream(req: Request<Incoming>, upstream: SocketAddr) -> Result<Response<Incoming>> {
-    // One upstream connection per request keeps the proxy trivial; the registry is local.
-    let stream = TcpStream::connect(upstream)
-        .await
-        .context("connect registry")?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("handshake")?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.context("forward request")
 }
 
 /// Passes frames through and counts the data bytes handed to the client connection.
@@ -272,17 +183,5 @@ impl Body for CountingBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_blob_path;
-
-    #[test]
-    fn blob_paths() {
-        assert!(is_blob_path("/v2/a/b/blobs/sha256:abc"));
-        assert!(!is_blob_path("/v2/a/blobs/uploads/"));
-        assert!(!is_blob_path("/v2/a/manifests/sha256:abc"));
     }
 }

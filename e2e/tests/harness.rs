@@ -11,6 +11,9 @@ use chunksnap_e2e::{Containerd, Env, Registry, Snapshotter, TestImages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_push_pull_and_byte_counting() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let registry = Registry::start().await?;
     let images = TestImages::new(&registry)?;
     let img = images.features().await?;
@@ -74,6 +77,9 @@ async fn registry_push_pull_and_byte_counting() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_overlayfs_cri_pull_run_and_oracle() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let t = Instant::now();
     let env = Env::start(Snapshotter::Overlayfs).await?;
     eprintln!(
@@ -253,6 +259,9 @@ fn oracle_self_test(layer: &Path) -> Result<()> {
 /// Two containerds ("nodes") side by side on one registry: distinct roots, sockets and ports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_containerds_side_by_side() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let env = Env::start(Snapshotter::Overlayfs).await?;
     let second = Containerd::start(&env.containerd_config(Snapshotter::Overlayfs)).await?;
     assert_ne!(env.containerd.socket(), second.socket());
@@ -277,6 +286,9 @@ async fn two_containerds_side_by_side() -> Result<()> {
 /// A test that fails with pods still running must not leave processes or mounts behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_drop_cleans_up_running_pods() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let env = Env::start(Snapshotter::Overlayfs).await?;
     let cri = env.containerd.cri().await?;
     let pod = cri.run_pod_sandbox("left-behind").await?;

@@ -30,7 +30,7 @@ pub const LAYER_DIGEST_ANNOTATION: &str = "io.chunksnap.layer.digest";
 /// of an earlier layer (see [`crate::delta`]).
 pub const INDEX_DELTA_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index-delta.v1+zstd";
 /// Media type of a layer's chunk sketches (read by converters only, see chunkconv's
-/// `delta::sketch`).
+/// `sketch`).
 pub const LAYER_SKETCH_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.sketch.v1";
 /// Index delta annotation: the layer whose index is the delta's base.
 pub const INDEX_BASE_ANNOTATION: &str = "io.chunksnap.index.base";

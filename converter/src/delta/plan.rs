@@ -7,7 +7,7 @@
 //!   the last anchor at or before a new chunk, the chunk maps to the same distance past the
 //!   anchor's counterpart; the reference chunks around that spot (within
 //!   [`PlanOptions::slack`] on each side, at most [`PlanOptions::max_base`] bytes) are a base.
-//! - *Resemblance* (when both layers have sketches, see [`super::sketch`]): the reference chunk
+//! - *Resemblance* (when both layers have sketches, see [`crate::sketch`]): the reference chunk
 //!   sharing the most sketch features, with its neighbours, wherever it is. This finds content
 //!   that moved: a file rewritten to new blocks inside a disk image, a renamed directory.
 //!
@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use chunksnap_format::pb::{EntryType, LayerIndex};
 
-use super::sketch::{K, Sketch};
+use crate::sketch::{K, Sketch};
 
 /// Tuning of the plan (see `converter/examples/delta_probe.rs` and docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use chunksnap_format::index::{decode, encode};
 use chunksnap_format::pb::EntryType;
+use chunksnap_testkit::noise;
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -20,19 +21,6 @@ fn small_chunks() -> LayerOptions {
         threads: 3,
         ..LayerOptions::default()
     }
-}
-
-/// Deterministic incompressible bytes (xorshift), shared by the crate's tests.
-pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    seed |= 1;
-    (0..len)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
 }
 
 fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -138,7 +126,7 @@ fn convert(
 
 #[test]
 fn converts_gzip_layer_and_content_round_trips() {
-    let a = noise(100_000, 1);
+    let a = noise(1, 100_000);
     let text = b"hello world\n".repeat(5000);
     let tar = tar_of(&[
         ("usr/bin/a", &a),
@@ -196,7 +184,7 @@ fn converts_gzip_layer_and_content_round_trips() {
 
 #[test]
 fn deterministic_across_runs_and_thread_counts() {
-    let tar = tar_of(&[("a", &noise(300_000, 9)), ("b", &b"abc".repeat(40_000))]);
+    let tar = tar_of(&[("a", &noise(9, 300_000)), ("b", &b"abc".repeat(40_000))]);
     let blob = gzip(&tar);
     let (one, sink_one) = convert(
         &blob,
@@ -222,7 +210,7 @@ fn deterministic_across_runs_and_thread_counts() {
 
 #[test]
 fn catalog_chunks_are_not_stored_again() {
-    let base = noise(400_000, 5);
+    let base = noise(5, 400_000);
     let v1 = gzip(&tar_of(&[("lib", &base)]));
     let (first, first_sink) = convert(&v1, GZIP, &small_chunks(), &EmptyCatalog);
     let mut catalog = MapCatalog::default();
@@ -231,7 +219,7 @@ fn catalog_chunks_are_not_stored_again() {
     // v2: same library with a small insertion in the middle, plus a new file.
     let mut changed = base.clone();
     changed.splice(200_000..200_000, b"PATCHED".iter().copied());
-    let extra = noise(50_000, 77);
+    let extra = noise(77, 50_000);
     let v2_tar = tar_of(&[("lib", &changed), ("extra", &extra)]);
     let v2 = gzip(&v2_tar);
     let (second, second_sink) = convert(&v2, GZIP, &small_chunks(), &catalog);
@@ -295,7 +283,7 @@ fn rejects_wrong_digest_size_and_media_type() {
 
 #[test]
 fn broken_tar_reports_the_tar_error() {
-    let tar = tar_of(&[("f", &noise(3_000_000, 3))]);
+    let tar = tar_of(&[("f", &noise(3, 3_000_000))]);
     let cut = gzip(&tar[..2_000_000]);
     let mut sink = MemSink::default();
     let r = convert_layer(
@@ -317,7 +305,7 @@ fn sink_failure_stops_the_conversion() {
         }
     }
     // > 8 MiB of incompressible data: the first pack fills up while the tar is still streaming.
-    let tar = tar_of(&[("big", &noise(12 << 20, 4))]);
+    let tar = tar_of(&[("big", &noise(4, 12 << 20))]);
     let r = convert_layer(
         &tar[..],
         &input(&tar, "application/vnd.oci.image.layer.v1.tar"),
@@ -333,7 +321,7 @@ fn sink_failure_stops_the_conversion() {
 
 #[test]
 fn rolls_over_into_several_packs() {
-    let data = noise(20 << 20, 8);
+    let data = noise(8, 20 << 20);
     let tar = tar_of(&[("big", &data)]);
     let (out, sink) = convert(
         &tar,

@@ -182,18 +182,7 @@ pub fn layer(files: &[File<'_>]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so content does not compress away.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use chunksnap_testkit::noise;
 
 /// Pushes an OCI image with `layers` (gzip tars) under `image`; returns the manifest digest.
 pub async fn push_image(client: &RegistryClient, image: &Reference, layers: &[Vec<u8>]) -> Digest {

@@ -224,6 +224,9 @@ async fn index_converts_each_platform_manifest() {
 
 #[test]
 fn cli_convert_and_inspect_print_json() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let reg = Registry::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let image = reg.reference("cli/app", "v1");

@@ -9,6 +9,9 @@ use crate::common::{self, File, Registry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extract_assembles_layers_and_reuses_the_store() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let reg = Registry::start();
     let client = reg.client();
     let image = reg.reference("ext/app", "v1");

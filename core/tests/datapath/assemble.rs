@@ -141,6 +141,9 @@ fn rich_layer() -> LayerBuilder {
 
 #[test]
 fn matches_gnu_tar() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let b = rich_layer();
     let tmp = tempfile::tempdir().unwrap();
     let (ours, theirs) = (tmp.path().join("ours"), tmp.path().join("theirs"));
@@ -189,6 +192,9 @@ fn matches_gnu_tar() {
 
 #[test]
 fn sparse_files_have_holes_and_right_content() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let b = rich_layer();
     let dest = tempfile::tempdir().unwrap();
     let stats = assemble(&b, dest.path(), WhiteoutMode::Overlay).unwrap();
@@ -210,6 +216,9 @@ fn sparse_files_have_holes_and_right_content() {
 
 #[test]
 fn nanosecond_mtimes_and_symlink_times() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let mut b = LayerBuilder::default();
     b.file("f", 0o644, b"data").mtime_nsec = 123_456_789;
     let l = b.symlink("l", "/nonexistent");
@@ -231,6 +240,9 @@ fn nanosecond_mtimes_and_symlink_times() {
 
 #[test]
 fn overlay_whiteouts_match_containerd() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let mut b = LayerBuilder::default();
     b.dir("d", 0o755);
     b.file("d/.wh..wh..opq", 0o644, b"");
@@ -259,6 +271,9 @@ fn overlay_whiteouts_match_containerd() {
 
 #[test]
 fn apply_mode_deletes_merges_and_replaces() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let dest = tempfile::tempdir().unwrap();
     let mut lower = LayerBuilder::default();
     lower.dir("d", 0o755);
@@ -307,6 +322,9 @@ fn apply_mode_deletes_merges_and_replaces() {
 
 #[test]
 fn hostile_paths_are_rejected() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let outside = tempfile::tempdir().unwrap();
     let outside_s = outside.path().to_str().unwrap().to_owned();
     // (name, layer, whether Apply mode must fail too: there, symlinks resolve inside dest).
@@ -507,6 +525,9 @@ fn cancelled_assembly_stops_and_says_so() {
 
 #[test]
 fn implied_parents_copy_lower_layer_dirs() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let lower = tempfile::tempdir().unwrap();
     let mut l = LayerBuilder::default();
     let usr = l.dir("usr", 0o750);
@@ -542,6 +563,9 @@ fn implied_parents_copy_lower_layer_dirs() {
 /// `tarscan`, assembled from chunks: identical to GNU tar's own extraction.
 #[test]
 fn real_tree_through_tarscan_matches_gnu_tar() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let tar_path = tmp.path().join("real.tar");
     let st = Command::new("tar")
@@ -595,6 +619,9 @@ fn real_tree_through_tarscan_matches_gnu_tar() {
 /// Zero runs of every alignment, across chunk boundaries of many sizes: contents always exact.
 #[test]
 fn holes_never_change_contents() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let mut seed = 1u64;
     for chunk_size in [1usize, 7, 100, 4095, 4096, 4097, 10_000, 65_536] {
         let mut b = LayerBuilder::default();
@@ -639,6 +666,9 @@ fn holes_never_change_contents() {
 /// whatever mode the umask would give a new file.
 #[test]
 fn a_path_named_twice_is_replaced_in_overlay_mode() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let mut b = LayerBuilder::default();
     b.file("a", 0o666, b"one");
     // Enough other files that the pool still holds the first `a` when the second comes.

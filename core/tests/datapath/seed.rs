@@ -106,6 +106,9 @@ fn ino(p: &Path) -> u64 {
 
 #[test]
 fn identical_files_are_linked_without_reading_their_chunks() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let s = setup();
     let plan = Seeding::plan(
         &s.v2.index,
@@ -184,6 +187,9 @@ fn identical_files_are_linked_without_reading_their_chunks() {
 
 #[test]
 fn a_tampered_seed_is_not_linked() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let s = setup();
     // Same size, mode and mtime, different bytes: only the content check catches it.
     let same = s.seed_dir.path().join("etc/same");
@@ -206,6 +212,9 @@ fn a_tampered_seed_is_not_linked() {
 
 #[test]
 fn a_symlinked_or_missing_seed_is_not_followed() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let s = setup();
     let same = s.seed_dir.path().join("etc/same");
     let outside = tempfile::tempdir().unwrap();
@@ -229,6 +238,9 @@ fn a_symlinked_or_missing_seed_is_not_followed() {
 
 #[test]
 fn indexes_without_content_digests_never_seed() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let mut s = setup();
     for e in &mut s.v2.index.entries {
         e.content_digest.clear();
@@ -261,6 +273,9 @@ fn set_mtime(p: &Path, ts: nix::sys::time::TimeSpec) {
 
 #[test]
 fn a_seed_inode_is_linked_once_even_from_two_seeds() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let s = setup();
     // A second seed directory whose file is the same inode as the first seed's (as when v2 was
     // itself seeded from v1), under another name that the new layer also has.
@@ -310,6 +325,9 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
 /// entry, even though its link was still queued for a worker when the walk got there.
 #[test]
 fn a_seeded_path_named_again_ends_as_the_later_entry() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let s = setup();
     let mut b = v2();
     b.file("etc/same", 0o600, b"appended later");

@@ -21,18 +21,7 @@ use crate::{Layer, MemReader, Sandbox, entry};
 /// Generous bounds: debug builds on a shared 2-core machine.
 const SLOW: Duration = Duration::from_secs(120);
 
-/// Incompressible bytes (xorshift64), deterministic per seed.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use chunksnap_testkit::noise;
 
 fn many_files(n: usize) -> LayerIndex {
     let mut l = Layer::default();
@@ -64,6 +53,9 @@ fn a_million_entries_validate_encode_and_decode_in_bounded_time() {
 
 #[test]
 fn a_hundred_thousand_files_assemble() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     let index = many_files(100_000);
     let sb = Sandbox::new();
     let started = Instant::now();
@@ -125,6 +117,9 @@ fn ten_thousand_levels_in_one_path_fail_cleanly() {
 
 #[test]
 fn thousands_of_nested_directories_through_tar_and_assembly() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
     const DEPTH: usize = 3_000;
     let mut dirs = Vec::with_capacity(DEPTH);
     let mut p = String::new();

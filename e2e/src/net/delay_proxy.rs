@@ -9,65 +9,38 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use super::relay::{Relay, serve_tcp};
 
 /// A running delay proxy; stops when dropped.
 pub struct DelayProxy {
-    addr: SocketAddr,
-    stop: CancellationToken,
+    relay: Relay,
 }
 
 impl DelayProxy {
     /// Listens on 127.0.0.1 (a free port) and forwards every connection to `upstream`, adding
     /// `one_way` of delay in each direction (RTT = 2 × one_way).
     pub async fn start(upstream: SocketAddr, one_way: Duration) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the delay proxy")?;
-        let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = token.cancelled() => break,
-                    a = listener.accept() => a,
-                };
-                let Ok((client, _)) = accepted else { continue };
-                let token = token.clone();
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        tokio::select! {
-                            _ = token.cancelled() => {}
-                            _ = relay(client, server, one_way) => {}
-                        }
-                    }
-                });
-            }
-        });
-        Ok(Self { addr, stop })
+        let relay = Relay::start("e2e-delay", move |listener| {
+            serve_tcp(listener, upstream, move |client, server| {
+                relay(client, server, one_way)
+            })
+        })?;
+        Ok(Self { relay })
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for DelayProxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
+        self.relay.addr()
     }
 }
 
 async fn relay(client: TcpStream, server: TcpStream, one_way: Duration) {
-    let _ = client.set_nodelay(true);
-    let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
     let up = pipe(cr, sw, one_way);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use chunksnap_e2e::chunksnap::Chunksnap;
-use chunksnap_e2e::faults::{FaultProxy, next_random};
+use chunksnap_e2e::faults::FaultProxy;
 use chunksnap_e2e::registry::Placement;
 use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
 use chunksnap_e2e::util::NodeDir;
@@ -14,6 +14,7 @@ use chunksnap_e2e::util::free_port;
 use chunksnap_e2e::{
     BuiltImage, Containerd, ContainerdConfig, Env, ImageSpec, Registry, Snapshotter, TestImages,
 };
+use chunksnap_testkit::noise;
 
 /// A node (containerd + chunksnap) on a registry reached through a [`FaultProxy`]:
 /// clients → counting proxy → fault proxy → docker-registry.
@@ -131,18 +132,6 @@ pub fn tar_of(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-/// `len` pseudo-random bytes from `seed` (incompressible, reproducible, so the image cache
-/// holds each generated layer once).
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&next_random(&mut state).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A two-layer image unique to `seed`: per layer `files` random files of `file_size` bytes and
 /// a few small text files. Pushed as `rel-<name>:<seed>`.
 pub async fn unique_image(
@@ -157,7 +146,7 @@ pub async fn unique_image(
         let mut entries = Vec::new();
         for f in 0..files as u64 {
             let s = seed * 1000 + layer * 100 + f;
-            entries.push((format!("l{layer}/blob{f}.bin"), random_bytes(s, file_size)));
+            entries.push((format!("l{layer}/blob{f}.bin"), noise(s, file_size)));
         }
         for f in 0..8 {
             entries.push((

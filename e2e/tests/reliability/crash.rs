@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, ensure};
 use chunksnap_e2e::Cri;
-use chunksnap_e2e::faults::{Fault, FaultPlan, Target, When, next_random};
+use chunksnap_e2e::faults::{Fault, FaultPlan, Target, When};
 use chunksnap_e2e::util::Poller;
+use chunksnap_testkit::Rng;
 
 use super::common::{
     FaultyNode, convert, fsck_corrupt, lasting_leftovers, oracle, oracle_differences, unique_image,
@@ -39,13 +40,17 @@ fn is_unavailable(e: &anyhow::Error) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_prepares_recovers() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = FaultyNode::start(CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let cri = node.env.containerd.cri().await?;
-    let mut rng = SystemTime::now()
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    eprintln!("crash test seed {rng}");
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng::new(seed);
     let slow = FaultPlan {
         fault: Fault::Delay(Duration::from_millis(400)),
         target: Target::RangeBlobGets,
@@ -57,7 +62,7 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
         let img = unique_image(&node.env, "crash", 100 + round, 3, 600 << 10).await?;
         convert(&img.reference).await?;
         node.faults.set_plan(Some(slow));
-        let delay = Duration::from_millis(next_random(&mut rng) % 1000);
+        let delay = Duration::from_millis(rng.next_u64() % 1000);
         let (c, r) = (cri.clone(), img.reference.clone());
         let pull = tokio::spawn(async move { c.pull_image(&r).await });
         tokio::time::sleep(delay).await;
@@ -98,12 +103,16 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
 /// with correct layers and chunksnap's state stays clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containerd_killed_during_pull_recovers() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = FaultyNode::start(CONFIG).await?;
     let oracle = oracle(&node.env).await?;
-    let mut rng = SystemTime::now()
+    let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    eprintln!("containerd crash test seed {rng}");
+    eprintln!("containerd crash test seed {seed}");
+    let mut rng = Rng::new(seed);
     node.faults.set_plan(Some(FaultPlan {
         fault: Fault::Delay(Duration::from_millis(400)),
         target: Target::RangeBlobGets,
@@ -116,7 +125,7 @@ async fn containerd_killed_during_pull_recovers() -> Result<()> {
         let cri = node.env.containerd.cri().await?;
         let r = img.reference.clone();
         let pull = tokio::spawn(async move { cri.pull_image(&r).await });
-        let delay = Duration::from_millis(next_random(&mut rng) % 1000);
+        let delay = Duration::from_millis(rng.next_u64() % 1000);
         tokio::time::sleep(delay).await;
         node.env.containerd.restart(true).await?;
         if pull.await?.is_err() {

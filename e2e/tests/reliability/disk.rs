@@ -57,6 +57,9 @@ fn mount(args: &[&str], path: &Path) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_disk_falls_back_cleanly_then_succeeds() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let base = tempfile::Builder::new()
         .prefix("chunksnap-e2e-disk-")
         .tempdir()?;

@@ -31,6 +31,9 @@ struct Row {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn registry_faults_recover_or_fall_back() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = FaultyNode::start(CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let cri = node.env.containerd.cri().await?;

@@ -38,6 +38,9 @@ fn blob_size(registry: &Registry, digest: &str) -> Result<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debian_v2_after_v1_pushes_only_new_chunks_and_extracts_exactly() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let registry = Registry::start().await?;
     let images = TestImages::new(&registry)?;
     let v1 = images.debian_v1().await?;

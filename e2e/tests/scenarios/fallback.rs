@@ -7,6 +7,9 @@ use super::common::{Node, assert_layers_match_oracle, layer_blob_gets, oracle, p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unconverted_image_falls_back_and_runs() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = Node::start().await?;
     let img = node.env.images.debian_v1().await?;
     let cri = node.env.containerd.cri().await?;
@@ -33,6 +36,9 @@ async fn unconverted_image_falls_back_and_runs() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn converted_image_with_deleted_packs_falls_back() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = Node::start().await?;
     let img = node.env.images.features().await?;
     convert(&img.reference)?;

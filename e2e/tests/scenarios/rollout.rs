@@ -11,6 +11,9 @@ use super::common::{Node, assert_layers_match_oracle, layer_blob_gets, oracle, p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = Node::start().await?;
     let v1 = node.env.images.debian_v1().await?;
     let v2 = node.env.images.debian_v2().await?;
@@ -148,6 +151,9 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
 /// containerd's own applier unpacks it (whiteouts and opaque dirs included).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crafted_features_image_matches_overlayfs() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = Node::start().await?;
     let img = node.env.images.features().await?;
     convert(&img.reference)?;
@@ -172,6 +178,9 @@ async fn crafted_features_image_matches_overlayfs() -> Result<()> {
 /// chunksnap restarts in between, so the seeds' indexes come from its disk, not memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tampered_seeds_are_rejected_and_v2_still_matches_overlayfs() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let mut node = Node::start().await?;
     let v1 = node.env.images.debian_v1().await?;
     let v2 = node.env.images.debian_v2().await?;

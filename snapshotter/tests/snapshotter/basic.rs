@@ -14,6 +14,9 @@ fn kind(i: &Info) -> Kind {
 
 #[tokio::test]
 async fn layered_chain_mounts_show_layered_content() {
+    if chunksnap_testkit::skip_unless_root("overlayfs mounts") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut d = Daemon::start(tmp.path()).await;
 

@@ -57,6 +57,9 @@ fn cri_labels<'a>(target: &'a str, layer: &'a str) -> Vec<(&'a str, &'a str)> {
 
 #[tokio::test]
 async fn assembled_layers_follow_containerd_handshake() {
+    if chunksnap_testkit::skip_unless_root("overlayfs mounts") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let fake = Arc::new(Fake::default());
     let mut d = Daemon::start_with(tmp.path(), fake.clone()).await;

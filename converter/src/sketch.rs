@@ -1,11 +1,12 @@
 //! Chunk sketches: finding the chunk of an earlier layer most like a new chunk, wherever it is.
 //!
-//! Position (anchors, see `plan`) finds the old bytes of content that stayed in place. Content
-//! that moved, such as a file rewritten to new blocks inside a filesystem image or a directory
-//! renamed by a version bump, is found by resemblance instead: a chunk's sketch is the [`K`]
-//! smallest hashes of its content-defined ~64-byte windows (a bottom-k sample), so two chunks
-//! that share most of their bytes share most of their sketch. Sketches of every chunk are
-//! stored per layer in a sketch blob of the artifact, read only by converters (never by nodes).
+//! Position (anchors, see `delta::plan`) finds the old bytes of content that stayed in place.
+//! Content that moved, such as a file rewritten to new blocks inside a filesystem image or a
+//! directory renamed by a version bump, is found by resemblance instead: a chunk's sketch is the
+//! [`K`] smallest hashes of its content-defined ~64-byte windows (a bottom-k sample), so two
+//! chunks that share most of their bytes share most of their sketch. [`crate::layer`] computes
+//! every chunk's sketch; they are stored per layer in a sketch blob of the artifact, read only by
+//! converters ([`crate::delta`]), never by nodes.
 //!
 //! Blob format (`application/vnd.chunksnap.layer.sketch.v1`): the magic `CSK1`, then for each
 //! chunk of the layer index, in order, [`K`] little-endian `u32` (`u32::MAX`: no feature).
@@ -89,7 +90,7 @@ pub fn decode(blob: &[u8], chunks: usize) -> Option<Vec<Sketch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layer::tests::noise;
+    use chunksnap_testkit::noise;
 
     fn shared(a: &Sketch, b: &Sketch) -> usize {
         a.iter()
@@ -99,12 +100,12 @@ mod tests {
 
     #[test]
     fn similar_chunks_share_their_sketch_and_others_do_not() {
-        let a = noise(32 << 10, 1);
+        let a = noise(1, 32 << 10);
         let mut b = a.clone();
         b[1000] ^= 1;
         b[20_000] ^= 1;
         b.splice(9000..9000, *b"a few inserted bytes");
-        let (sa, sb, sc) = (sketch(&a), sketch(&b), sketch(&noise(32 << 10, 2)));
+        let (sa, sb, sc) = (sketch(&a), sketch(&b), sketch(&noise(2, 32 << 10)));
         assert!(shared(&sa, &sb) >= 3, "{sa:?} {sb:?}");
         assert_eq!(shared(&sa, &sc), 0);
         assert_eq!(sketch(&[]), [u32::MAX; K]);
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn blobs_round_trip_and_must_match_the_chunk_count() {
-        let s = vec![sketch(&noise(5000, 3)), [u32::MAX; K]];
+        let s = vec![sketch(&noise(3, 5000)), [u32::MAX; K]];
         let blob = encode(&s);
         assert_eq!(decode(&blob, 2), Some(s));
         assert_eq!(decode(&blob, 3), None);

@@ -23,6 +23,8 @@ deps:
 	rustup show active-toolchain || rustup toolchain install
 	rustup component add rustfmt clippy
 	bash scripts/install-helm.sh
+	# containerd 1.7 and 2.1 for the e2e matrix (1.6 is the system's), under /opt/chunksnap-test.
+	bash scripts/install-containerd.sh
 
 build:
 	$(CARGO) build --workspace --all-targets $(CARGO_FLAGS)

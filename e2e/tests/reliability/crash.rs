@@ -6,9 +6,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, ensure};
-use chunksnap_e2e::Cri;
 use chunksnap_e2e::faults::{Fault, FaultPlan, Target, When, next_random};
 use chunksnap_e2e::util::Poller;
+use chunksnap_e2e::{ContainerdVersion, Cri};
 
 use super::common::{
     FaultyNode, convert, fsck_corrupt, lasting_leftovers, oracle, oracle_differences, unique_image,
@@ -39,7 +39,12 @@ fn is_unavailable(e: &anyhow::Error) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_prepares_recovers() -> Result<()> {
-    let mut node = FaultyNode::start(CONFIG).await?;
+    chunksnap_killed_during_pulls(ContainerdVersion::from_env()?).await
+}
+
+/// The chunksnap kill rounds on containerd `version`. Also run by the containerd matrix.
+pub async fn chunksnap_killed_during_pulls(version: ContainerdVersion) -> Result<()> {
+    let mut node = FaultyNode::start_on(version, CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let cri = node.env.containerd.cri().await?;
     let mut rng = SystemTime::now()
@@ -98,7 +103,12 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
 /// with correct layers and chunksnap's state stays clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn containerd_killed_during_pull_recovers() -> Result<()> {
-    let mut node = FaultyNode::start(CONFIG).await?;
+    containerd_killed_during_pulls(ContainerdVersion::from_env()?).await
+}
+
+/// The containerd kill rounds on containerd `version`. Also run by the containerd matrix.
+pub async fn containerd_killed_during_pulls(version: ContainerdVersion) -> Result<()> {
+    let mut node = FaultyNode::start_on(version, CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let mut rng = SystemTime::now()
         .duration_since(UNIX_EPOCH)

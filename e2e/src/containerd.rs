@@ -1,4 +1,4 @@
-//! A private containerd for tests: its own root, state, sockets and config in a temp dir, so
+//! A private containerd for tests (1.6, 1.7 or 2.1: [`ContainerdVersion`]): its own root, state, sockets and config in a temp dir, so
 //! several can run at once. CRI is set up for host-network pods without CNI, plain-HTTP pulls
 //! from the test registry, a sandbox image from that registry, and the chosen snapshotter
 //! (optionally the chunksnap proxy plugin). Stopped with SIGTERM on drop; the shims it started are
@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 
+use crate::containerd_toml::{ContainerdVersion, write_config};
 use crate::cri::Cri;
 use crate::native::Native;
 use crate::util::{Poller, keep_temp_dirs, unmount_below};
-
-const CONTAINERD_BIN: &str = "/usr/bin/containerd";
 
 /// Which snapshotter CRI uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +51,10 @@ pub struct ContainerdConfig {
     pub plain_http_registries: Vec<String>,
     /// CRI's pod sandbox ("pause") image, e.g. from [`crate::images::TestImages::pause`].
     pub sandbox_image: String,
+    /// Which containerd runs, and so which config style it gets.
+    pub version: ContainerdVersion,
+    /// CRI's `image_pull_progress_timeout` (1.7+; ignored on 1.6); containerd's default when `None`.
+    pub pull_progress_timeout: Option<Duration>,
 }
 
 /// A running containerd.
@@ -60,6 +63,7 @@ pub struct Containerd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     snapshotter: String,
+    version: ContainerdVersion,
 }
 
 impl Containerd {
@@ -70,6 +74,19 @@ impl Containerd {
 
     /// [`Containerd::start`] with its temp dir (root, state, config, log) under `parent`.
     pub async fn start_in(cfg: &ContainerdConfig, parent: &Path) -> Result<Self> {
+        let write = |dir: &Path| write_config(dir, cfg);
+        Self::start_custom(cfg.version, cfg.snapshotter.name(), parent, write).await
+    }
+
+    /// containerd `version` with a config `write` puts at `<dir>/config.toml`, where `dir` is
+    /// the new temp dir; the config must use the same layout as [`write_config`]: `root`,
+    /// `state`, `state/containerd.sock`, `cni/{bin,conf}`. `snapshotter` is CRI's.
+    pub async fn start_custom(
+        version: ContainerdVersion,
+        snapshotter: &str,
+        parent: &Path,
+        write: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("chunksnap-e2e-ctd.")
             .tempdir_in(parent)?;
@@ -77,13 +94,13 @@ impl Containerd {
         for sub in ["root", "state", "cni/bin", "cni/conf", "pods"] {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, config_toml(dir.path(), cfg))?;
-        let child = spawn(dir.path())?;
+        write(dir.path())?;
+        let child = spawn(dir.path(), version)?;
         let mut ctd = Self {
             child: Some(child),
             dir,
-            snapshotter: cfg.snapshotter.name().to_owned(),
+            snapshotter: snapshotter.to_owned(),
+            version,
         };
         ctd.wait_ready()
             .await
@@ -98,7 +115,7 @@ impl Containerd {
             let _ = child.kill();
         }
         self.stop();
-        self.child = Some(spawn(self.dir.path())?);
+        self.child = Some(spawn(self.dir.path(), self.version)?);
         self.wait_ready()
             .await
             .with_context(|| format!("containerd log: {}", self.log_path().display()))
@@ -140,6 +157,11 @@ impl Containerd {
 
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("containerd.log")
+    }
+
+    /// Which containerd this is.
+    pub fn version(&self) -> ContainerdVersion {
+        self.version
     }
 
     /// The snapshotter CRI is configured with.
@@ -201,20 +223,28 @@ impl Drop for Containerd {
     }
 }
 
-/// Runs containerd with `dir/config.toml`, appending to `dir/containerd.log`.
-fn spawn(dir: &Path) -> Result<Child> {
+/// Runs containerd `version` with `dir/config.toml`, appending to `dir/containerd.log`. Its own
+/// bin dir goes first in `PATH`, so it starts the shim of its own release.
+fn spawn(dir: &Path, version: ContainerdVersion) -> Result<Child> {
+    let bin = version.binary()?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("containerd.log"))?;
-    Command::new(CONTAINERD_BIN)
+    let mut path = std::ffi::OsString::from(version.bin_dir());
+    if let Some(rest) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(rest);
+    }
+    Command::new(&bin)
+        .env("PATH", path)
         .arg("--config")
         .arg(dir.join("config.toml"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("spawn {CONTAINERD_BIN}"))
+        .with_context(|| format!("spawn {}", bin.display()))
 }
 
 /// Kills the init process of every task still running (pods a failed test left behind): its
@@ -268,70 +298,4 @@ fn kill_shims(socket: &Path) {
             );
         }
     }
-}
-
-fn config_toml(dir: &Path, cfg: &ContainerdConfig) -> String {
-    let d = dir.display();
-    let mut s = format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-# Snapshotters that cannot work here only slow startup and fill the log.
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "{d}/state/containerd.sock"
-
-[ttrpc]
-  address = "{d}/state/containerd.sock.ttrpc"
-
-[debug]
-  level = "debug"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/root/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which this test machine does not grant.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "{snapshotter}"
-    default_runtime_name = "runc"
-    disable_snapshot_annotations = false
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        # runc's state stays in the temp dir too (default: /run/containerd/runc).
-        Root = "{d}/state/runc"
-  # Pods use the host network; CNI is pointed at empty dirs.
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d}/cni/bin"
-    conf_dir = "{d}/cni/conf"
-"#,
-        sandbox = cfg.sandbox_image,
-        snapshotter = cfg.snapshotter.name(),
-    );
-    for host in &cfg.plain_http_registries {
-        s.push_str(&format!(
-            r#"  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
-    endpoint = ["http://{host}"]
-"#
-        ));
-    }
-    if let Snapshotter::Proxy { name, socket } = &cfg.snapshotter {
-        s.push_str(&format!(
-            r#"
-[proxy_plugins.{name}]
-  type = "snapshot"
-  address = "{}"
-"#,
-            socket.display()
-        ));
-    }
-    s
 }

@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 
-use crate::{BuiltImage, Containerd, ContainerdConfig, Registry, Snapshotter, TestImages};
+use crate::{
+    BuiltImage, Containerd, ContainerdConfig, ContainerdVersion, Registry, Snapshotter, TestImages,
+};
 
 /// A registry + containerd pair. Drops containerd first, then the registry.
 #[derive(Debug)]
@@ -18,12 +20,18 @@ pub struct Env {
 impl Env {
     /// Starts a registry, pushes the pause image, and starts containerd with `snapshotter`.
     /// Counters are reset afterwards, so they only show what the test itself causes.
+    /// containerd is the one `CHUNKSNAP_E2E_CONTAINERD` names (1.6 by default).
     pub async fn start(snapshotter: Snapshotter) -> Result<Self> {
+        Self::start_on(ContainerdVersion::from_env()?, snapshotter).await
+    }
+
+    /// [`Env::start`] with containerd `version`.
+    pub async fn start_on(version: ContainerdVersion, snapshotter: Snapshotter) -> Result<Self> {
         let registry = Registry::start().await?;
         let images = TestImages::new(&registry)?;
         let pause = images.pause().await?;
         let containerd =
-            Containerd::start(&containerd_config(&registry, &pause, snapshotter)).await?;
+            Containerd::start(&containerd_config(&registry, &pause, snapshotter, version)).await?;
         registry.reset_counters();
         Ok(Self {
             containerd,
@@ -33,9 +41,14 @@ impl Env {
         })
     }
 
-    /// The config for another containerd (another "node") on the same registry.
+    /// The config for another containerd (another "node", same version) on the same registry.
     pub fn containerd_config(&self, snapshotter: Snapshotter) -> ContainerdConfig {
-        containerd_config(&self.registry, &self.pause, snapshotter)
+        containerd_config(
+            &self.registry,
+            &self.pause,
+            snapshotter,
+            self.containerd.version(),
+        )
     }
 }
 
@@ -43,10 +56,13 @@ fn containerd_config(
     registry: &Registry,
     pause: &BuiltImage,
     snapshotter: Snapshotter,
+    version: ContainerdVersion,
 ) -> ContainerdConfig {
     ContainerdConfig {
         snapshotter,
         plain_http_registries: vec![registry.host()],
         sandbox_image: pause.reference.clone(),
+        version,
+        pull_progress_timeout: None,
     }
 }

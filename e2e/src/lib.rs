@@ -4,7 +4,8 @@
 //!
 //! - [`Registry`] (`registry`, `proxy`): `docker-registry` on 127.0.0.1 with per-request counts of
 //!   method, path, Range, status and body bytes served.
-//! - [`Containerd`] (`containerd`): a private containerd with CRI, overlayfs or a proxy
+//! - [`Containerd`] (`containerd`, `containerd_toml`): a private containerd 1.6, 1.7 or 2.1
+//!   ([`ContainerdVersion`], `CHUNKSNAP_E2E_CONTAINERD`) with CRI, overlayfs or a proxy
 //!   snapshotter; [`Cri`] (`cri`) and [`Native`] (`native`, namespace `k8s.io`) talk to it.
 //! - [`TestImages`] (`images`, `features`, `oci`): `debian:v1`, `debian:v2`, `features:v1`,
 //!   `pause:v1`, built from real content, cached under `target/e2e-cache/`.
@@ -34,6 +35,7 @@
 pub mod bench;
 pub mod chunksnap;
 pub mod containerd;
+pub mod containerd_toml;
 pub mod cri;
 pub mod env;
 pub mod faults;
@@ -44,10 +46,12 @@ pub mod net;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod stock_config;
 pub mod treecmp;
 pub mod util;
 
 pub use containerd::{Containerd, ContainerdConfig, Snapshotter};
+pub use containerd_toml::ContainerdVersion;
 pub use cri::{Cri, ExecOutput};
 pub use env::Env;
 pub use images::TestImages;

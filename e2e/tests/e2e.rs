@@ -2,5 +2,6 @@
 //! scenarios. Needs root, containerd, runc, docker-registry, skopeo, debootstrap and a C compiler.
 
 mod harness;
+mod matrix;
 mod reliability;
 mod scenarios;

@@ -60,6 +60,8 @@ impl Node {
                 snapshotter,
                 plain_http_registries: vec![net.registry.host()],
                 sandbox_image: net.pause.reference.clone(),
+                version: crate::ContainerdVersion::from_env()?,
+                pull_progress_timeout: None,
             },
             base,
         )

@@ -3,6 +3,7 @@
 //! (corrupt chunks, temp chunk files, half-made snapshot directories).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use chunksnap_e2e::chunksnap::Chunksnap;
@@ -12,7 +13,8 @@ use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
 use chunksnap_e2e::util::NodeDir;
 use chunksnap_e2e::util::free_port;
 use chunksnap_e2e::{
-    BuiltImage, Containerd, ContainerdConfig, Env, ImageSpec, Registry, Snapshotter, TestImages,
+    BuiltImage, Containerd, ContainerdConfig, ContainerdVersion, Env, ImageSpec, Registry,
+    Snapshotter, TestImages,
 };
 use chunksnap_testkit::noise;
 
@@ -44,6 +46,39 @@ impl FaultyNode {
         root: Option<&Path>,
         extra_hosts: &[String],
     ) -> Result<Self> {
+        Self::start_versioned(ContainerdVersion::from_env()?, config, root, extra_hosts).await
+    }
+
+    /// [`start`](Self::start) on containerd `version`.
+    pub async fn start_on(version: ContainerdVersion, config: &str) -> Result<Self> {
+        Self::start_versioned(version, config, None, &[]).await
+    }
+
+    /// [`start_on`](Self::start_on) with CRI's `image_pull_progress_timeout` set.
+    pub async fn start_with_progress_timeout(
+        version: ContainerdVersion,
+        config: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        Self::start_full(version, config, None, &[], Some(timeout)).await
+    }
+
+    async fn start_versioned(
+        version: ContainerdVersion,
+        config: &str,
+        root: Option<&Path>,
+        extra_hosts: &[String],
+    ) -> Result<Self> {
+        Self::start_full(version, config, root, extra_hosts, None).await
+    }
+
+    async fn start_full(
+        version: ContainerdVersion,
+        config: &str,
+        root: Option<&Path>,
+        extra_hosts: &[String],
+        pull_progress_timeout: Option<Duration>,
+    ) -> Result<Self> {
         let dir = NodeDir::new("chunksnap-e2e-rel-")?;
         let upstream: std::net::SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let faults = FaultProxy::start(upstream)?;
@@ -62,6 +97,8 @@ impl FaultyNode {
             snapshotter: Snapshotter::chunksnap(&socket),
             plain_http_registries: hosts.clone(),
             sandbox_image: pause.reference.clone(),
+            version,
+            pull_progress_timeout,
         })
         .await?;
         std::fs::write(dir.path().join("config.toml"), config)?;

@@ -6,9 +6,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, ensure};
-use chunksnap_e2e::Cri;
 use chunksnap_e2e::faults::{Fault, FaultPlan, Target, When};
 use chunksnap_e2e::util::Poller;
+use chunksnap_e2e::{ContainerdVersion, Cri};
 use chunksnap_testkit::Rng;
 
 use super::common::{
@@ -43,7 +43,12 @@ async fn sigkill_during_prepares_recovers() -> Result<()> {
     if chunksnap_e2e::skip_unless_root() {
         return Ok(());
     }
-    let mut node = FaultyNode::start(CONFIG).await?;
+    chunksnap_killed_during_pulls(ContainerdVersion::from_env()?).await
+}
+
+/// The chunksnap kill rounds on containerd `version`. Also run by the containerd matrix.
+pub async fn chunksnap_killed_during_pulls(version: ContainerdVersion) -> Result<()> {
+    let mut node = FaultyNode::start_on(version, CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let cri = node.env.containerd.cri().await?;
     let seed = SystemTime::now()
@@ -106,7 +111,12 @@ async fn containerd_killed_during_pull_recovers() -> Result<()> {
     if chunksnap_e2e::skip_unless_root() {
         return Ok(());
     }
-    let mut node = FaultyNode::start(CONFIG).await?;
+    containerd_killed_during_pulls(ContainerdVersion::from_env()?).await
+}
+
+/// The containerd kill rounds on containerd `version`. Also run by the containerd matrix.
+pub async fn containerd_killed_during_pulls(version: ContainerdVersion) -> Result<()> {
+    let mut node = FaultyNode::start_on(version, CONFIG).await?;
     let oracle = oracle(&node.env).await?;
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)

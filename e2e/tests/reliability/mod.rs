@@ -1,9 +1,9 @@
 //! Reliability: registry faults, crashes, a full disk, concurrent pulls and security checks,
 //! against real containerd + runc + docker-registry.
 
-mod common;
+pub(crate) mod common;
 mod concurrency;
-mod crash;
+pub(crate) mod crash;
 mod disk;
 mod faults;
 mod security;

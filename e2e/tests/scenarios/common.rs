@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use chunksnap_e2e::chunksnap::Chunksnap;
 use chunksnap_e2e::treecmp::{CompareOptions, compare_trees};
 use chunksnap_e2e::util::NodeDir;
-use chunksnap_e2e::{BuiltImage, Containerd, Env, Snapshotter};
+use chunksnap_e2e::{BuiltImage, Containerd, ContainerdVersion, Env, Snapshotter};
 
 /// A node: containerd whose CRI uses the chunksnap proxy snapshotter.
 pub struct Node {
@@ -20,9 +20,14 @@ pub struct Node {
 impl Node {
     /// Starts registry, containerd (CRI snapshotter = chunksnap) and the chunksnap daemon.
     pub async fn start() -> Result<Self> {
+        Self::start_on(ContainerdVersion::from_env()?).await
+    }
+
+    /// [`Node::start`] on containerd `version`.
+    pub async fn start_on(version: ContainerdVersion) -> Result<Self> {
         let dir = NodeDir::new("chunksnap-e2e-node-")?;
         let socket = dir.path().join("cs.sock");
-        let env = Env::start(Snapshotter::chunksnap(&socket)).await?;
+        let env = Env::start_on(version, Snapshotter::chunksnap(&socket)).await?;
         let mut chunksnap = Chunksnap::new(dir.path(), vec![env.registry.host()])?;
         chunksnap.start().await?;
         ensure!(chunksnap.socket() == socket, "socket path mismatch");

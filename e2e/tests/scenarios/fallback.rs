@@ -1,6 +1,7 @@
 //! Clean fallback: images chunksnap cannot serve are pulled by containerd itself.
 
 use anyhow::{Result, ensure};
+use chunksnap_e2e::ContainerdVersion;
 use chunksnap_e2e::chunksnap::convert;
 
 use super::common::{Node, assert_layers_match_oracle, layer_blob_gets, oracle, prepares};
@@ -10,7 +11,13 @@ async fn unconverted_image_falls_back_and_runs() -> Result<()> {
     if chunksnap_e2e::skip_unless_root() {
         return Ok(());
     }
-    let node = Node::start().await?;
+    unconverted_falls_back(ContainerdVersion::from_env()?).await
+}
+
+/// An unconverted image on containerd `version`: containerd pulls it itself. Also run by the
+/// containerd matrix.
+pub async fn unconverted_falls_back(version: ContainerdVersion) -> Result<()> {
+    let node = Node::start_on(version).await?;
     let img = node.env.images.debian_v1().await?;
     let cri = node.env.containerd.cri().await?;
     cri.pull_image(&img.reference).await?;

@@ -2,5 +2,5 @@
 
 mod common;
 mod convert;
-mod fallback;
-mod rollout;
+pub(crate) mod fallback;
+pub(crate) mod rollout;

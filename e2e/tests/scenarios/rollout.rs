@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use chunksnap_e2e::ContainerdVersion;
 use chunksnap_e2e::chunksnap::{chunkconv_json, convert};
 use chunksnap_e2e::util::Poller;
 
@@ -14,7 +15,13 @@ async fn debian_security_update_fetches_only_missing_chunks() -> Result<()> {
     if chunksnap_e2e::skip_unless_root() {
         return Ok(());
     }
-    let mut node = Node::start().await?;
+    security_update(ContainerdVersion::from_env()?).await
+}
+
+/// v1 then v2 remotely on containerd `version`, compared with its overlayfs; then chunksnap
+/// restarts under it. Also run by the containerd matrix.
+pub async fn security_update(version: ContainerdVersion) -> Result<()> {
+    let mut node = Node::start_on(version).await?;
     let v1 = node.env.images.debian_v1().await?;
     let v2 = node.env.images.debian_v2().await?;
     convert(&v1.reference)?;

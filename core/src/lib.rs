@@ -18,3 +18,4 @@ pub mod format;
 pub mod registry;
 pub mod store;
 pub mod tarscan;
+pub mod verify;

@@ -1,10 +1,10 @@
 //! Generated protobuf and gRPC code, nothing else.
 //!
-//! - [`index`]: the chunksnap layer index (format v1), see `protos/chunksnap/v1/index.proto`.
+//! - [`index`]: the chunksnap layer index (format v2), see `protos/chunksnap/v1/index.proto`.
 //! - [`snapshots`]: containerd's Snapshots API (server and client), wire-compatible with
 //!   containerd 1.6+.
 
-/// chunksnap layer index, format v1.
+/// chunksnap layer index, format v2.
 pub mod index {
     tonic::include_proto!("chunksnap.v1");
 }

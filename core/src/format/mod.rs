@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod delta;
 pub mod index;
 pub mod pack;
+pub mod tarsplit;
 
 pub use index::FormatError;
 pub use pack::PackError;

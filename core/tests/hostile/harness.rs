@@ -255,6 +255,7 @@ pub fn build_layer(entries: &[chunksnap_proto::index::Entry], content: &[u8]) ->
             })
             .collect(),
         delta_bases: Vec::new(),
+        tar_split: None,
     };
     BuiltLayer {
         index,

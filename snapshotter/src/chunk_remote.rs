@@ -1,9 +1,11 @@
 //! The remote data path: fills a snapshot's `fs` directory from the node chunk store.
 //!
-//! For one CRI layer Prepare it finds the image's chunksnap artifact (cached per manifest
-//! digest), loads the layer index (cached per layer digest), fetches the chunks the store lacks
-//! from the registry's packs, and assembles the layer in overlay form. Any failure is turned
-//! into [`RemoteOutcome::Fallback`], so containerd pulls the layer itself.
+//! For one CRI layer Prepare it finds the image's chunksnap artifact (cached per repository and
+//! manifest digest), loads the layer index (cached per layer and index content), fetches the
+//! chunks the store lacks from the registry's packs, assembles the layer in overlay form, and
+//! proves it is the image's own layer before it is committed (`layer_verify`). Any failure is
+//! turned into [`RemoteOutcome::Fallback`], so containerd pulls the layer itself. Only indexes
+//! of verified layers are kept as seed sources and index delta bases (`indexes/`).
 //!
 //! Files identical to ones in layers already on the node (the request's seed candidates, whose
 //! indexes are kept on disk under `indexes/`) are hardlinked from there, and only the chunks of
@@ -33,11 +35,13 @@ use chunksnap_core::format::delta::decompress_index_delta;
 use chunksnap_core::format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_core::registry::{RegistryClient, RegistryError, RepoRangeSource};
 use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_core::verify::VerifyError;
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use oci_client::Reference;
 
 use crate::claims::DirClaim;
 use crate::index_files;
+use crate::layer_verify::{VerifyPolicy, verify_assembled};
 use crate::metrics::Metrics;
 use crate::remote::{
     LABEL_CRI_IMAGE_LAYERS, RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest, SeedCandidate,
@@ -74,11 +78,21 @@ pub enum RemoteError {
     NoPlatform(String),
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("layer not verified: {0}")]
+    Verify(#[from] chunksnap_core::verify::VerifyError),
+    #[error("the layer index has no tar-split data (format 1): the layer cannot be verified")]
+    NotVerifiable,
 }
 
 /// A found artifact and the repository (origin or mirror) it was found in.
 type Found = (Reference, Arc<Artifact>);
 type ArtifactEntry = (Instant, Option<Found>);
+/// Artifacts are cached per repository (`registry/name`) and manifest: an artifact found for a
+/// copy of the image in another repository is never used for this one.
+type ArtifactKey = (String, Digest);
+/// Indexes are cached per layer and what fixes their content (the index blob's digest, or the
+/// raw digest an index delta rebuilds).
+type IndexKey = (Digest, String);
 
 /// [`RemoteLayers`] backed by a registry client, a chunk store and the assembler.
 pub struct ChunkRemote {
@@ -87,8 +101,11 @@ pub struct ChunkRemote {
     inflight: Inflight,
     fetch: FetchOptions,
     metrics: Metrics,
-    artifacts: Mutex<HashMap<Digest, ArtifactEntry>>,
-    indexes: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    artifacts: Mutex<HashMap<ArtifactKey, ArtifactEntry>>,
+    indexes: Mutex<HashMap<IndexKey, Arc<LayerIndex>>>,
+    /// Indexes of layers this node assembled and verified, per layer (seeds, delta bases).
+    verified: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    verify: VerifyPolicy,
     /// Layers whose chunks are being fetched in the background.
     prefetching: Mutex<HashSet<Digest>>,
     /// Registry host -> mirror hosts tried first (in order) for artifacts, indexes and packs.
@@ -104,6 +121,8 @@ pub struct NodeOptions {
     pub mirrors: BTreeMap<String, Vec<String>>,
     /// Directory for layer indexes (seeding needs the index of a layer already on the node).
     pub index_dir: Option<PathBuf>,
+    /// Registries whose assembled layers are committed without verification.
+    pub verify: VerifyPolicy,
 }
 
 impl ChunkRemote {
@@ -134,6 +153,8 @@ impl ChunkRemote {
             metrics,
             artifacts: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
+            verify: node.verify,
             prefetching: Mutex::new(HashSet::new()),
             mirrors: node.mirrors,
             index_dir: node.index_dir,
@@ -164,7 +185,8 @@ impl ChunkRemote {
 
     /// The image's artifact and the repository (origin or mirror) that holds it.
     async fn artifact(&self, image: &Reference, manifest: &Digest) -> Result<Found, RemoteError> {
-        if let Some((at, cached)) = lock(&self.artifacts).get(manifest).cloned() {
+        let key = artifact_key(image, manifest);
+        if let Some((at, cached)) = lock(&self.artifacts).get(&key).cloned() {
             match cached {
                 Some(found) => return Ok(found),
                 None if at.elapsed() < NEGATIVE_TTL => return Err(RemoteError::NoArtifact),
@@ -192,7 +214,7 @@ impl ChunkRemote {
         {
             return Err(e.into());
         }
-        lock(&self.artifacts).insert(*manifest, (Instant::now(), found.clone()));
+        lock(&self.artifacts).insert(key, (Instant::now(), found.clone()));
         found.ok_or(RemoteError::NoArtifact)
     }
 
@@ -202,13 +224,19 @@ impl ChunkRemote {
         artifact: &Artifact,
         layer: &Digest,
     ) -> Result<Arc<LayerIndex>, RemoteError> {
-        if let Some(ix) = self.cached_index(layer).await {
-            return Ok(ix);
-        }
         let desc = artifact
             .indexes
             .get(layer)
             .ok_or(RemoteError::NoIndex(*layer))?;
+        let by_delta = artifact.index_deltas.get(layer).map(|d| d.raw.to_string());
+        for content in std::iter::once(&desc.digest).chain(by_delta.as_ref()) {
+            if let Some(ix) = lock(&self.indexes).get(&(*layer, content.clone())) {
+                return Ok(ix.clone());
+            }
+        }
+        if let Some(ix) = self.cached_index(layer).await {
+            return Ok(ix);
+        }
         // A small index embedded in the artifact costs no request at all.
         let blob = match desc.embedded().filter(|b| b.len() <= MAX_INDEX_SIZE) {
             Some(blob) => blob,
@@ -221,16 +249,10 @@ impl ChunkRemote {
                     .await?
             }
         };
-        let (dir, want) = (self.index_dir.clone(), *layer);
-        let ix = tokio::task::spawn_blocking(move || {
-            let ix = decode_for(&blob, &want, index::decode)?;
-            if let Some(dir) = dir {
-                index_files::save(&dir, &want, &blob, INDEX_FILES);
-            }
-            Ok::<_, RemoteError>(ix)
-        })
-        .await??;
-        Ok(self.remember_index(*layer, ix))
+        let want = *layer;
+        let ix =
+            tokio::task::spawn_blocking(move || decode_for(&blob, &want, index::decode)).await??;
+        Ok(self.remember_index((*layer, desc.digest.clone()), ix))
     }
 
     /// The index of `layer` rebuilt from the artifact's index delta, when the node holds the
@@ -247,16 +269,15 @@ impl ChunkRemote {
         if d.size > MAX_INDEX_SIZE as u64 {
             return None;
         }
-        let base = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let blob = index_files::load(&dir, &d.base_layer)?;
-                let raw = index::decompress(&blob).ok()?;
-                (Digest::of(&raw) == d.base_raw).then_some(raw)
-            })
-            .await
-            .ok()??
-        };
+        let (base_layer, base_raw) = (d.base_layer, d.base_raw);
+        let base = tokio::task::spawn_blocking(move || {
+            let blob = index_files::load(&dir, &base_layer)?;
+            let raw = index::decompress(&blob).ok()?;
+            (Digest::of(&raw) == base_raw).then_some(raw)
+        })
+        .await
+        .ok()??;
+        let key = (*layer, d.raw.to_string());
         let frame = match self.client.read_blob(image, &d.digest, d.size).await {
             Ok(f) => f,
             Err(e) => {
@@ -268,18 +289,14 @@ impl ChunkRemote {
         let rebuilt = tokio::task::spawn_blocking(move || {
             let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
                 .map_err(|e| e.to_string())?;
-            let ix = decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())?;
-            // Stored compressed fast: what matters is that it decompresses to these raw bytes,
-            // the base of the next version's index delta.
-            index_files::save(&dir, &want, &index::compress_raw_fast(&raw), INDEX_FILES);
-            Ok::<_, String>(ix)
+            decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())
         })
         .await
         .ok()?;
         match rebuilt {
             Ok(ix) => {
                 self.metrics.index_deltas.inc();
-                Some(self.remember_index(*layer, ix))
+                Some(self.remember_index(key, ix))
             }
             Err(e) => {
                 tracing::warn!(%layer, cause = %e, "index delta unusable; fetching the index");
@@ -288,19 +305,46 @@ impl ChunkRemote {
         }
     }
 
-    fn remember_index(&self, layer: Digest, ix: LayerIndex) -> Arc<LayerIndex> {
+    fn remember_index(&self, key: IndexKey, ix: LayerIndex) -> Arc<LayerIndex> {
         let ix = Arc::new(ix);
         let mut cache = lock(&self.indexes);
         if cache.len() >= INDEX_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(layer, ix.clone());
+        cache.insert(key, ix.clone());
         ix
     }
 
-    /// The index of `layer` from memory or the index directory, never the registry.
+    /// `ix` described the layer this node assembled and verified: keep it as a seed source and
+    /// index delta base (in memory and on disk; stored compressed fast: what matters is that it
+    /// decompresses to the raw bytes the next version's index delta is made against).
+    fn remember_verified(&self, layer: Digest, ix: &Arc<LayerIndex>) {
+        {
+            let mut cache = lock(&self.verified);
+            if cache.len() >= INDEX_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(layer, ix.clone());
+        }
+        if let Some(dir) = self.index_dir.clone() {
+            let ix = ix.clone();
+            tokio::task::spawn_blocking(move || {
+                let blob = index::compress_raw_fast(&index::encode_raw(&ix));
+                index_files::save(&dir, &layer, &blob, INDEX_FILES);
+            });
+        }
+    }
+
+    /// Forgets every cached index of `layer` and `artifact` itself after the layer failed
+    /// verification: a bad artifact costs speed once, never correctness.
+    fn forget_unverified(&self, image: &Reference, manifest: &Digest, layer: &Digest) {
+        lock(&self.indexes).retain(|(l, _), _| l != layer);
+        lock(&self.artifacts).remove(&artifact_key(image, manifest));
+    }
+
+    /// The index of a layer this node verified, from memory or the index directory.
     async fn cached_index(&self, layer: &Digest) -> Option<Arc<LayerIndex>> {
-        if let Some(ix) = lock(&self.indexes).get(layer).cloned() {
+        if let Some(ix) = lock(&self.verified).get(layer).cloned() {
             return Some(ix);
         }
         let dir = self.index_dir.clone()?;
@@ -318,7 +362,9 @@ impl ChunkRemote {
         })
         .await
         .ok()??;
-        Some(self.remember_index(*layer, ix))
+        let ix = Arc::new(ix);
+        lock(&self.verified).insert(*layer, ix.clone());
+        Some(ix)
     }
 
     /// The seed candidates whose index is on the node, as seeds.
@@ -404,13 +450,17 @@ impl ChunkRemote {
 
     async fn assemble(self: &Arc<Self>, req: &RemoteRequest) -> Result<RemoteOutcome, RemoteError> {
         let t0 = Instant::now();
-        let image = RegistryClient::parse_reference(&req.image_ref)?;
+        let asked = RegistryClient::parse_reference(&req.image_ref)?;
         let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
         let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
-        let (image, artifact) = self.artifact(&image, &manifest).await?;
+        let (image, artifact) = self.artifact(&asked, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
         let artifact_ms = t0.elapsed().as_millis() as u64;
         let ix = self.layer_index(&image, &artifact, &layer).await?;
+        let verify = !self.verify.skips(asked.registry());
+        if verify && ix.tar_split.is_none() {
+            return Err(RemoteError::NotVerifiable);
+        }
         let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
         let ix2 = ix.clone();
@@ -453,6 +503,7 @@ impl ChunkRemote {
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
         let ix2 = ix.clone();
+        let (parent, target) = (req.parent.clone(), req.target.clone());
         // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
         // prepare cancels it and waits for that.
         let assembled = tokio::task::spawn_blocking(move || {
@@ -462,14 +513,36 @@ impl ChunkRemote {
                 seeding: Some(&seeding),
                 cancel: Some(reader.claim.flag()),
             };
-            assemble_layer_with(&ix2, &reader, &dest, &opts)
+            let stats = assemble_layer_with(&ix2, &reader, &dest, &opts)?;
+            let started = Instant::now();
+            if verify {
+                verify_assembled(&ix2, &dest, &reader, reader.claim.flag(), &parent, &target)?;
+            }
+            Ok::<_, RemoteError>((stats, started.elapsed()))
         })
         .await;
         let assemble_ms = started.elapsed().as_millis() as u64;
         // The fetch's own error is the cause when both failed.
         let (stats, fetched_in) = fetch.await?;
         let stats = stats?;
-        let assembled = assembled??;
+        let (assembled, verified_in) = match assembled? {
+            Ok(done) => done,
+            Err(RemoteError::Verify(e)) if !matches!(e, VerifyError::Cancelled) => {
+                self.metrics.verify_failures.inc();
+                self.forget_unverified(&asked, &manifest, &layer);
+                tracing::warn!(
+                    %layer,
+                    image = %req.image_ref,
+                    artifact_repository = %image.whole(),
+                    cause = %e,
+                    "assembled layer is NOT the image's layer; discarding it and pulling the layer normally"
+                );
+                return Err(RemoteError::Verify(e));
+            }
+            Err(e) => return Err(e),
+        };
+        // With verification skipped (the operator's choice) the index is kept as before.
+        self.remember_verified(layer, &ix);
         drop(pin);
         self.after_prepare();
         self.metrics.seeded_files.inc_by(assembled.seeded_files);
@@ -491,6 +564,8 @@ impl ChunkRemote {
             plan_ms,
             fetch_ms = fetched_in.as_millis() as u64,
             assemble_ms,
+            verified = verify,
+            verify_ms = verified_in.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "layer assembled from chunks"
         );
@@ -625,6 +700,13 @@ fn chunk_digests(ix: &LayerIndex) -> Vec<Digest> {
         .iter()
         .filter_map(|c| Digest::from_slice(&c.digest).ok())
         .collect()
+}
+
+fn artifact_key(image: &Reference, manifest: &Digest) -> ArtifactKey {
+    (
+        format!("{}/{}", image.registry(), image.repository()),
+        *manifest,
+    )
 }
 
 fn parse_label(label: &'static str, value: &str) -> Result<Digest, RemoteError> {

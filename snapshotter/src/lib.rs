@@ -28,6 +28,7 @@ pub mod error;
 pub mod filter;
 pub mod index_files;
 pub mod k8s_secrets;
+pub mod layer_verify;
 pub mod local;
 pub mod metadata;
 pub mod metrics;

@@ -35,7 +35,12 @@ fn v2() -> LayerBuilder {
     b.file("etc/empty", 0o644, b"");
     // Same content and attributes as etc/same, under another name: linked too.
     b.file("etc/moved", 0o644, &noise(1, 70_000));
-    b.hardlink("etc/link", "etc/same", 0o644);
+    // A hardlink applies its own attributes to its target's inode: etc/same must therefore be
+    // written, never linked from the seed (whose inode another snapshot uses).
+    let link = b.hardlink("etc/link", "etc/same", 0o4750);
+    link.uid = 1000;
+    link.mtime_sec += 7;
+    link.xattrs = vec![crate::xattr("user.link", b"1")];
     b
 }
 
@@ -114,11 +119,7 @@ fn identical_files_are_linked_without_reading_their_chunks() {
             dir: s.seed_dir.path().to_owned(),
         }],
     );
-    assert_eq!(
-        plan.files(),
-        1,
-        "etc/same (etc/moved may not become its hardlink)"
-    );
+    assert_eq!(plan.files(), 1, "etc/moved (etc/same is a hardlink target)");
     assert_eq!(plan.bytes(), 70_000);
     // Only the chunks of unseeded files are given to the assembler: a seeded file's chunk
     // being read would fail the assembly.
@@ -145,13 +146,12 @@ fn identical_files_are_linked_without_reading_their_chunks() {
     );
 
     let seed_same = ino(&s.seed_dir.path().join("etc/same"));
-    for p in ["etc/same", "etc/link"] {
-        assert_eq!(
-            ino(&dest.path().join(p)),
-            seed_same,
-            "{p} shares the seed inode"
-        );
-    }
+    assert_eq!(ino(&dest.path().join("etc/moved")), seed_same);
+    assert_eq!(
+        ino(&dest.path().join("etc/link")),
+        ino(&dest.path().join("etc/same"))
+    );
+    assert_ne!(ino(&dest.path().join("etc/same")), seed_same);
     for p in ["etc/changed", "etc/chmodded", "etc/empty"] {
         assert_ne!(
             ino(&dest.path().join(p)),

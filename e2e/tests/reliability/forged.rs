@@ -175,6 +175,9 @@ async fn push_forged(copy: &BuiltImage, source: &BuiltImage, forge: Option<Forge
             sketch: None,
         });
     }
+    // The artifact's empty config.
+    let empty = Bytes::from_static(b"{}");
+    client.push_blob(&to, &Digest::of(&empty), empty).await?;
     let manifest = client.resolve(&to).await?;
     let subject = Descriptor::new(
         OCI_MANIFEST_MEDIA_TYPE,

@@ -224,7 +224,7 @@ pub async fn run(
             ));
             let (idx, st) = (Arc::clone(&index), Arc::clone(&store));
             let stats =
-                tokio::task::spawn_blocking(move || write_layer_tar(&idx, &*st, &path, &want))
+                tokio::task::spawn_blocking(move || write_layer_tar(&idx, &st, &path, &want))
                     .await??;
             layers.push(ExtractLayer {
                 digest: layer.digest.clone(),

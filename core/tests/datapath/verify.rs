@@ -113,7 +113,8 @@ fn an_index_that_is_not_the_tars_fails() {
             .find(|e| e.path == b"bin/tool")
             .unwrap()
     }
-    let forgeries: Vec<(&str, Box<dyn Fn(&mut LayerIndex)>)> = vec![
+    type Forge = Box<dyn Fn(&mut LayerIndex)>;
+    let forgeries: Vec<(&str, Forge)> = vec![
         ("mode", Box::new(|ix| tool(ix).mode = 0o4755)),
         ("owner", Box::new(|ix| tool(ix).uid = 1000)),
         ("mtime", Box::new(|ix| tool(ix).mtime_sec += 1)),

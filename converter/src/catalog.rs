@@ -36,6 +36,8 @@ pub struct KnownLayer {
     pub home: Reference,
     /// Its chunk sketches blob, when the artifact has one (in `home`).
     pub sketch: Option<Descriptor>,
+    /// The index has tar-split data (format 2): nodes can verify the layer.
+    pub verifiable: bool,
 }
 
 /// Chunks and layers already stored, with the repository each pack lives in.
@@ -157,6 +159,7 @@ impl Catalog {
                 bytes: idx.source.as_ref().map_or(0, |s| s.compressed_size),
                 home: repo.clone(),
                 sketch: sketch.cloned(),
+                verifiable: idx.tar_split.is_some(),
             });
         Ok(())
     }

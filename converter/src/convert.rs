@@ -233,6 +233,13 @@ async fn already_converted(
     }
     let mut cat = Catalog::new();
     cat.add_artifact(client, image, &art).await?;
+    // An artifact nodes cannot verify (format 1) is made again.
+    if !layers
+        .iter()
+        .all(|(d, _)| cat.layer(d).is_some_and(|k| k.verifiable))
+    {
+        return Ok(None);
+    }
     let mut reports = Vec::new();
     let mut totals = Totals::default();
     for (d, _) in layers {

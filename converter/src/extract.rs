@@ -16,6 +16,7 @@ use chunksnap_core::registry::{
     Platform, PlatformManifest, Reference, RegistryClient, RepoRangeSource, choose_platform,
 };
 use chunksnap_core::store::{ChunkStore, StoreError};
+use chunksnap_core::verify::write_tar;
 use chunksnap_format::digest::Digest;
 use serde::Serialize;
 
@@ -52,6 +53,9 @@ pub enum ExtractError {
         what: String,
         source: std::io::Error,
     },
+    /// A layer's tar could not be rebuilt, or is not the layer the image config names.
+    #[error("layer tar {path}: {reason}")]
+    Tar { path: String, reason: String },
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -65,10 +69,13 @@ pub struct ExtractOptions {
     pub platform: Option<String>,
     /// Range request shaping.
     pub fetch: FetchOptions,
+    /// Write each layer's original uncompressed tar (`NN-<diffID hex>.tar`, checked against the
+    /// image config's diffIDs) instead of extracting files.
+    pub tar: bool,
 }
 
 /// What happened to one layer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ExtractLayer {
     /// Source layer digest.
     pub digest: String,
@@ -177,6 +184,11 @@ pub async fn run(
     };
     let inflight = Inflight::default();
 
+    let diff_ids = if opts.tar {
+        config_diff_ids(client, image, &pm).await?
+    } else {
+        Vec::new()
+    };
     let mut layers = Vec::new();
     for layer in &pm.manifest.layers {
         let not_converted = || ExtractError::NotConverted(format!("layer {}", layer.digest));
@@ -195,6 +207,30 @@ pub async fn run(
                 layer: layer.digest.clone(),
                 source,
             })?;
+        if opts.tar {
+            let want = diff_ids.get(layers.len()).cloned().unwrap_or_default();
+            let path = dest.join(format!(
+                "{:02}-{}.tar",
+                layers.len(),
+                want.trim_start_matches("sha256:")
+            ));
+            let (idx, st) = (Arc::clone(&index), Arc::clone(&store));
+            let stats =
+                tokio::task::spawn_blocking(move || write_layer_tar(&idx, &st, &path, &want))
+                    .await??;
+            layers.push(ExtractLayer {
+                digest: layer.digest.clone(),
+                chunks: fetched.chunks_needed,
+                fetched_chunks: fetched.chunks_fetched,
+                delta_chunks: fetched.chunks_from_deltas,
+                reused_chunks: fetched.chunks_reused + fetched.chunks_waited,
+                fetched_bytes: fetched.bytes_fetched,
+                requests: fetched.requests,
+                bytes_written: stats,
+                ..ExtractLayer::default()
+            });
+            continue;
+        }
         let (idx, st, d) = (Arc::clone(&index), Arc::clone(&store), dest.to_owned());
         let assembled: (AssembleStats, f64) = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
@@ -239,4 +275,70 @@ pub async fn run(
         artifact: art_digest.to_string(),
         layers,
     })
+}
+
+/// The image config's `rootfs.diff_ids` (the config is read by digest, so they chain to the
+/// manifest).
+async fn config_diff_ids(
+    client: &RegistryClient,
+    image: &Reference,
+    pm: &PlatformManifest,
+) -> Result<Vec<String>, ExtractError> {
+    let config = &pm.manifest.config;
+    let bad = |reason: String| ExtractError::Tar {
+        path: config.digest.clone(),
+        reason,
+    };
+    let digest = Digest::parse(&config.digest).map_err(|e| bad(e.to_string()))?;
+    let size = u64::try_from(config.size).map_err(|e| bad(e.to_string()))?;
+    let blob = client
+        .read_blob(image, &digest, size)
+        .await
+        .map_err(ConvertError::from)?;
+    #[derive(serde::Deserialize)]
+    struct Config {
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        diff_ids: Vec<String>,
+    }
+    let c: Config = serde_json::from_slice(&blob).map_err(|e| bad(e.to_string()))?;
+    if c.rootfs.diff_ids.len() != pm.manifest.layers.len() {
+        return Err(bad("diff_ids and layers differ in number".into()));
+    }
+    Ok(c.rootfs.diff_ids)
+}
+
+/// Writes one layer's tar to `path` (removed again unless its sha256 is `want`); returns its size.
+fn write_layer_tar(
+    index: &chunksnap_format::pb::LayerIndex,
+    chunks: &ChunkStore,
+    path: &Path,
+    want: &str,
+) -> Result<u64, ExtractError> {
+    let fail = |reason: String| ExtractError::Tar {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::create(path).map_err(|e| fail(e.to_string()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let written = write_tar(index, chunks, &mut out).and_then(|d| {
+        use std::io::Write;
+        out.flush()
+            .map_err(chunksnap_core::verify::VerifyError::Read)?;
+        Ok(d)
+    });
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    match written {
+        Ok(d) if d.to_string() == want => Ok(size),
+        Ok(d) => {
+            let _ = std::fs::remove_file(path);
+            Err(fail(format!("sha256 is {d}, the image config says {want}")))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(fail(e.to_string()))
+        }
+    }
 }

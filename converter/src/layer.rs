@@ -16,12 +16,13 @@ mod stream;
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use chunksnap_core::tarscan::{TarError, TarScan, scan_tar};
+use chunksnap_core::tarscan::split::scan_tar_split;
+use chunksnap_core::tarscan::{TarError, TarScan};
 use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
 use chunksnap_format::digest::{Digest, Sha256Reader};
 use chunksnap_format::index::{self, FORMAT_VERSION, FormatError};
 use chunksnap_format::pack::{self, PackBuilder, PackError, StoredChunk};
-use chunksnap_format::pb::{Chunk, Compression, LayerIndex, Pack, Source};
+use chunksnap_format::pb::{Chunk, Compression, LayerIndex, Pack, Source, TarSplit};
 
 use crate::sketch::{Sketch, sketch};
 
@@ -148,6 +149,8 @@ pub enum LayerError {
 /// What the scanner thread learns about the blob.
 struct Scanned {
     scan: TarScan,
+    /// `None` when the layer could not be recorded (nodes then cannot verify it).
+    tar_split: Option<TarSplit>,
     digest: Digest,
     compressed: u64,
     diff_id: Digest,
@@ -220,6 +223,7 @@ pub fn convert_layer(
         chunks,
         packs,
         delta_bases: Vec::new(),
+        tar_split: scanned.tar_split,
     };
     index::validate(&index)?;
     Ok(LayerOutcome {
@@ -235,13 +239,14 @@ fn scan_blob(blob: impl Read, mut writer: stream::PipeWriter) -> Result<Scanned,
     let result = (|| {
         let mut tar =
             Sha256Reader::new(stream::decompress(&mut compressed).map_err(LayerError::Read)?);
-        let scan = scan_tar(&mut tar, &mut writer)?;
-        // The digests cover the whole blob: read past the end-of-archive blocks to EOF.
-        io::copy(&mut tar, &mut io::sink()).map_err(LayerError::Read)?;
+        // Reads to EOF: the digests cover the whole blob, past the end-of-archive blocks.
+        let (scan, split) = scan_tar_split(&mut tar, &mut writer)?;
         let (_, diff_id, uncompressed) = tar.finish();
-        Ok((scan, diff_id, uncompressed))
+        // Every byte is either raw or content; anything else means the split is unusable.
+        let split = split.filter(|s| s.raw.len() as u64 + scan.content_size == uncompressed);
+        Ok((scan, split, diff_id, uncompressed))
     })();
-    let (scan, diff_id, uncompressed) = match result {
+    let (scan, tar_split, diff_id, uncompressed) = match result {
         Ok(v) => v,
         Err(e) => {
             writer.fail();
@@ -255,6 +260,7 @@ fn scan_blob(blob: impl Read, mut writer: stream::PipeWriter) -> Result<Scanned,
     let (_, digest, compressed) = compressed.finish();
     Ok(Scanned {
         scan,
+        tar_split,
         digest,
         compressed,
         diff_id,

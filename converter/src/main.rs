@@ -95,6 +95,11 @@ enum Command {
         /// Print a JSON summary on stdout.
         #[arg(long)]
         json: bool,
+        /// Write each layer's original uncompressed tar into the directory instead
+        /// (`NN-<diffID hex>.tar`), rebuilt bit for bit from the chunks and checked against the
+        /// image config's diffIDs.
+        #[arg(long)]
+        tar: bool,
         /// The image.
         image: String,
         /// Destination directory.
@@ -245,6 +250,7 @@ async fn main() -> Result<()> {
             store,
             platform,
             json,
+            tar,
             image,
             dir,
         } => {
@@ -252,6 +258,7 @@ async fn main() -> Result<()> {
             let client = client_for(&registry, &[&image])?;
             let opts = chunkconv::extract::ExtractOptions {
                 platform,
+                tar,
                 ..Default::default()
             };
             let summary = chunkconv::extract::run(&client, &image, &dir, store.as_deref(), &opts)

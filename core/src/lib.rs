@@ -13,3 +13,4 @@ pub mod fetch;
 pub mod registry;
 pub mod store;
 pub mod tarscan;
+pub mod verify;

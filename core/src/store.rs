@@ -309,6 +309,9 @@ impl ChunkStore {
                 lock(&self.state).touch(*digest, raw.len() as u64);
                 Ok(data)
             }
+            // The stored frame declares the size it was verified with: a different size is the
+            // caller's index being wrong (maybe forged), not the file. Never delete for that.
+            Err(e @ PackError::SizeMismatch { .. }) => Err(StoreError::Corrupt(e)),
             Err(e) => {
                 tracing::warn!(%digest, cause = %e, "removing corrupt chunk");
                 // Under the lock, so no insert's rename interleaves with the removal.

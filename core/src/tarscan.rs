@@ -83,6 +83,16 @@ const SPARSE: &str = "sparse";
 
 /// Reads `reader` as a tar, writing regular file contents to `content`.
 pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, TarError> {
+    scan_tar_with(reader, content, &mut |_, _| {})
+}
+
+/// [`scan_tar`], calling `on_content(position, size)` just before each regular file's content
+/// is read (`position`: where it starts in the tar stream), for [`split`].
+pub fn scan_tar_with(
+    reader: impl Read,
+    content: &mut impl Write,
+    on_content: &mut dyn FnMut(u64, u64),
+) -> Result<TarScan, TarError> {
     let mut archive = Archive::new(reader);
     let mut list = EntryList::default();
     let mut offset = 0u64;
@@ -127,6 +137,7 @@ pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, 
         match kind {
             EntryType::File => {
                 let size = te.size();
+                on_content(te.raw_file_position(), size);
                 let mut hashed = Sha256Writer::new(&mut *content);
                 let copied = io::copy(&mut te, &mut hashed).map_err(|err| {
                     if err.kind() == io::ErrorKind::UnexpectedEof {
@@ -387,6 +398,8 @@ impl EntryList {
         self.slots.into_iter().flatten().collect()
     }
 }
+
+pub mod split;
 
 #[cfg(test)]
 mod tests;

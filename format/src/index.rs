@@ -17,6 +17,7 @@ use crate::chunker::{ChunkerError, ChunkerParams};
 use crate::delta::MAX_DELTA_BASE;
 use crate::digest::Digest;
 use crate::pb::{Chunk, Compression, Delta, Entry, EntryType, LayerIndex};
+use crate::tarsplit::{self, TarSplitError};
 
 /// Media type of a layer index blob.
 pub const LAYER_INDEX_MEDIA_TYPE: &str = "application/vnd.chunksnap.layer.index.v1+zstd";
@@ -38,8 +39,11 @@ pub const INDEX_BASE_ANNOTATION: &str = "io.chunksnap.index.base";
 pub const INDEX_BASE_RAW_ANNOTATION: &str = "io.chunksnap.index.base-raw";
 /// Index delta annotation: sha256 of the raw index the delta decodes to.
 pub const INDEX_RAW_ANNOTATION: &str = "io.chunksnap.index.raw";
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes (2: with `tar_split`, see `format::tarsplit`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this code reads (converters use version 1 indexes as delta bases; nodes
+/// cannot verify such a layer and fall back).
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Largest decompressed index accepted (an index for millions of entries stays well below).
 pub const MAX_INDEX_SIZE: usize = 256 << 20;
 /// zstd level for the index blob: indexes are written once and read on every node.
@@ -54,8 +58,12 @@ pub enum FormatError {
     TooLarge,
     #[error("index is not a valid protobuf message: {0}")]
     Decode(#[from] prost::DecodeError),
-    #[error("unknown index format version {0} (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "unknown index format version {0} (this build reads versions {MIN_FORMAT_VERSION}-{FORMAT_VERSION})"
+    )]
     UnknownVersion(u32),
+    #[error("bad tar-split data: {0}")]
+    TarSplit(#[from] TarSplitError),
     #[error("index has no source")]
     MissingSource,
     #[error("index has no chunker")]
@@ -238,7 +246,7 @@ pub fn is_safe_path(path: &[u8]) -> bool {
 
 /// Checks every invariant readers rely on; see [`FormatError`] for the list.
 pub fn validate(index: &LayerIndex) -> Result<(), FormatError> {
-    if index.version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&index.version) {
         return Err(FormatError::UnknownVersion(index.version));
     }
     let source = index.source.as_ref().ok_or(FormatError::MissingSource)?;
@@ -257,6 +265,9 @@ pub fn validate(index: &LayerIndex) -> Result<(), FormatError> {
     let chunker = index.chunker.as_ref().ok_or(FormatError::MissingChunker)?;
     let params = ChunkerParams::try_from(chunker)?;
     validate_entries(&index.entries, source.content_size)?;
+    if let Some(split) = &index.tar_split {
+        tarsplit::validate(split, source.content_size)?;
+    }
     validate_chunks(index, &params, source.content_size)
 }
 

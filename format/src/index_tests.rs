@@ -86,6 +86,7 @@ fn valid() -> LayerIndex {
             size: 170,
         }],
         delta_bases: Vec::new(),
+        tar_split: None,
     }
 }
 
@@ -117,8 +118,26 @@ fn decode_rejects_garbage_and_bombs() {
 #[test]
 fn rejects_unknown_version() {
     let mut i = valid();
-    i.version = 2;
-    assert!(matches!(err(&i), FormatError::UnknownVersion(2)));
+    i.version = FORMAT_VERSION + 1;
+    assert!(matches!(err(&i), FormatError::UnknownVersion(v) if v == FORMAT_VERSION + 1));
+    i.version = 0;
+    assert!(matches!(err(&i), FormatError::UnknownVersion(0)));
+    // Version 1 (no tar-split) still reads: converters use such indexes as delta bases.
+    i.version = 1;
+    validate(&i).unwrap();
+}
+
+#[test]
+fn rejects_tar_split_not_covering_the_content() {
+    let mut i = valid();
+    i.tar_split = Some(crate::pb::TarSplit {
+        raw: vec![0; 1024],
+        raw_len: vec![512],
+        content_len: vec![299],
+    });
+    assert!(matches!(err(&i), FormatError::TarSplit(_)));
+    i.tar_split.as_mut().unwrap().content_len = vec![300];
+    validate(&i).unwrap();
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! chunksnap-format: the chunksnap v1 on-registry format, with no I/O beyond `Read`/`Write` and
+//! chunksnap-format: the chunksnap on-registry format (v2), with no I/O beyond `Read`/`Write` and
 //! no daemon dependencies (no async runtime, registry client or syscalls). The converter writes
 //! it, the node and the fuzz targets read it.
 //!
@@ -9,6 +9,7 @@
 //! - [`pack`]: packs of compressed chunks.
 //! - [`delta`]: delta frames against earlier chunks.
 //! - [`artifact`]: the image artifact manifest tying indexes and packs to an image.
+//! - [`tarsplit`]: the tar bytes that are not file content, to rebuild a layer's exact tar.
 //!
 //! Output of this crate is pinned by `tests/golden.rs`: registries already hold its bytes.
 
@@ -18,8 +19,9 @@ pub mod delta;
 pub mod digest;
 pub mod index;
 pub mod pack;
+pub mod tarsplit;
 
-/// Generated protobuf types of the layer index, format v1 (`chunksnap.v1`).
+/// Generated protobuf types of the layer index, format v2 (`chunksnap.v1`).
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/chunksnap.v1.rs"));
 }

@@ -196,16 +196,18 @@ fn layer(data: &[u8]) -> (Vec<u8>, LayerIndex) {
             size: pack.data.len() as u64,
         }],
         delta_bases: Vec::new(),
+        tar_split: None,
     };
     (pack.data, index)
 }
 
 const PACK_LEN: usize = 81299;
 const PACK_DIGEST: &str = "sha256:975fa9d20353b70210b9fc08518ffcc7fde63d140688eef9706e7baf83aef4b5";
+// Format version 2 (tar-split added; this hand-built index carries none).
 const INDEX_RAW_DIGEST: &str =
-    "sha256:13ba14874021d63d9eed0b8443c5fbc4bd00cf2a797c6ed30f6d45c98c706f93";
+    "sha256:22a5fbb3d7d75619c83ffda757227b500c502508966987198a05e87ef0ef9b3c";
 const INDEX_BLOB_DIGEST: &str =
-    "sha256:7a1591b1b731c386309721cd0e1ea26c817c07a0fac653e99f85873b215d7045";
+    "sha256:aca12e9c0d928472fb2cc5ebf0352bc06457aa7228d1676253de1ff6ce5414ed";
 
 #[test]
 fn pack_and_index_bytes() {

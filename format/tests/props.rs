@@ -108,6 +108,7 @@ fn build(
         chunks,
         packs,
         delta_bases: Vec::new(),
+        tar_split: None,
     };
     (
         index,

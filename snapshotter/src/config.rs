@@ -64,6 +64,11 @@ pub struct Config {
     /// Size budget of the chunk store in bytes; least recently used chunks are evicted
     /// beyond it. Default 10 GiB.
     pub store_budget_bytes: u64,
+    /// Registry hosts (`host[:port]`, or `*` for all) whose remotely assembled layers are
+    /// committed WITHOUT checking that they are the image's own layers (diffID). Whoever can
+    /// push a chunksnap artifact next to a copy of an image can then change its files on this
+    /// node. Default none (every layer is verified).
+    pub insecure_skip_layer_verification: Vec<String>,
 }
 
 impl Default for Config {
@@ -82,6 +87,7 @@ impl Default for Config {
             fetch_max_request_bytes: 4 << 20,
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,
+            insecure_skip_layer_verification: Vec::new(),
         }
     }
 }

@@ -43,6 +43,8 @@ pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
 pub const SEEDED_BYTES_TOTAL: &str = "chunksnap_seeded_bytes";
 /// `chunksnap_seeds_rejected_total`: planned seed files that failed their check (written instead).
 pub const SEEDS_REJECTED_TOTAL: &str = "chunksnap_seeds_rejected";
+/// `chunksnap_verify_failures_total`: assembled layers that failed verification (fell back).
+pub const VERIFY_FAILURES_TOTAL: &str = "chunksnap_verify_failures";
 /// `chunksnap_prepare_seconds`: duration of remote-capable Prepares.
 pub const PREPARE_SECONDS: &str = "chunksnap_prepare_seconds";
 /// `chunksnap_store_bytes`: bytes held by the chunk store.
@@ -81,6 +83,7 @@ pub struct Metrics {
     pub seeded_files: Counter,
     pub seeded_bytes: Counter,
     pub seeds_rejected: Counter,
+    pub verify_failures: Counter,
     pub prepare_seconds: Histogram,
     pub store_bytes: Gauge,
     pub removals_in_progress: Gauge,
@@ -107,6 +110,7 @@ impl Metrics {
         let seeded_files = Counter::default();
         let seeded_bytes = Counter::default();
         let seeds_rejected = Counter::default();
+        let verify_failures = Counter::default();
         // 10 ms .. ~80 s.
         let prepare_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let store_bytes = Gauge::default();
@@ -162,6 +166,11 @@ impl Metrics {
             seeds_rejected.clone(),
         );
         r.register(
+            VERIFY_FAILURES_TOTAL,
+            "Remotely assembled layers that were not the image's own layer (diffID), so fell back",
+            verify_failures.clone(),
+        );
+        r.register(
             PREPARE_SECONDS,
             "Duration of remote-capable prepares",
             prepare_seconds.clone(),
@@ -191,6 +200,7 @@ impl Metrics {
             seeded_files,
             seeded_bytes,
             seeds_rejected,
+            verify_failures,
             prepare_seconds,
             store_bytes,
             removals_in_progress,

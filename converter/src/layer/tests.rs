@@ -121,7 +121,32 @@ fn convert(
 ) -> (LayerOutcome, MemSink) {
     let mut sink = MemSink::default();
     let out = convert_layer(blob, &input(blob, media_type), opts, catalog, &mut sink).unwrap();
+    assert_tar_rebuilds(&out.index, &sink);
     (out, sink)
+}
+
+/// Every layer these tests convert (whose packs are all in `sink`) rebuilds bit for bit from
+/// its index and chunks: the rebuilt tar's sha256 is the diffID.
+fn assert_tar_rebuilds(index: &LayerIndex, sink: &MemSink) {
+    use chunksnap_format::tarsplit::{Sequential, TarStream};
+    use std::io::Read;
+    let packs: HashMap<Digest, Vec<u8>> = sink.0.iter().cloned().collect();
+    if !index
+        .packs
+        .iter()
+        .all(|p| packs.contains_key(&Digest::parse(&p.digest).unwrap()))
+    {
+        return;
+    }
+    let content = reassemble(index, &packs);
+    let split = index.tar_split.as_ref().expect("tar-split recorded");
+    let mut tar = Vec::new();
+    TarStream::new(split, Sequential(content.as_slice()))
+        .read_to_end(&mut tar)
+        .unwrap();
+    let source = index.source.as_ref().unwrap();
+    assert_eq!(Digest::of(&tar).to_string(), source.diff_id);
+    assert_eq!(tar.len() as u64, source.uncompressed_size);
 }
 
 #[test]

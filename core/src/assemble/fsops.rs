@@ -333,7 +333,7 @@ fn copy_from_parents(new: BorrowedFd<'_>, rel: &[u8], parents: &[OwnedFd]) -> Re
 type XattrPair = (Vec<u8>, Vec<u8>);
 
 /// All xattrs of an open file.
-fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<XattrPair>, Errno> {
+pub(crate) fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<XattrPair>, Errno> {
     let raw = fd.as_raw_fd();
     // SAFETY: a null buffer of size 0 asks for the needed size.
     let n = unsafe { libc::flistxattr(raw, std::ptr::null_mut(), 0) };

@@ -96,12 +96,21 @@ impl Seeding {
             }
         }
         let seed_path = |(s, i): (usize, usize)| seeds[s].index.entries[i].path.as_slice();
+        // A hardlink entry applies its own owner, mode, xattrs and mtime to its target's inode
+        // (as containerd does); a seeded inode is shared with another snapshot, so hardlink
+        // targets are always written.
+        let link_targets: HashSet<&[u8]> = index
+            .entries
+            .iter()
+            .filter(|e| e.r#type == EntryType::Hardlink as i32)
+            .map(|e| e.link_target.as_slice())
+            .collect();
         let mut used = HashSet::new();
         let mut sources = HashMap::new();
         let mut bytes = 0;
         for same_path in [true, false] {
             for (i, e) in index.entries.iter().enumerate() {
-                if sources.contains_key(&i) {
+                if sources.contains_key(&i) || link_targets.contains(e.path.as_slice()) {
                     continue;
                 }
                 let Some(candidates) = FileKey::of(e).and_then(|k| by_key.get(&k)) else {
@@ -177,7 +186,7 @@ impl Seeding {
 pub(crate) enum SeedReject {
     #[error("cannot open: {0}")]
     Open(Errno),
-    #[error("not a regular file with the indexed size, owner, mode and mtime")]
+    #[error("not a regular file with the indexed size, owner, mode, mtime and xattrs")]
     Changed,
     #[error("content differs from its index")]
     Content,
@@ -223,7 +232,7 @@ pub(crate) fn open_checked(
     }
     .map_err(SeedReject::Open)?;
     let st = nix::sys::stat::fstat(fd.as_fd()).map_err(SeedReject::Open)?;
-    if !same_attrs(&st, want) {
+    if !same_attrs(&st, want) || !same_xattrs(fd.as_fd(), want) {
         return Err(SeedReject::Changed);
     }
     let mut file = File::from(fd);
@@ -260,6 +269,21 @@ pub(crate) fn open_checked(
         return Err(SeedReject::Content);
     }
     Ok((OwnedFd::from(file), (st.st_dev, st.st_ino)))
+}
+
+/// Whether the file's xattrs are exactly the entry's (an unreadable list counts as different).
+fn same_xattrs(fd: BorrowedFd<'_>, want: &Entry) -> bool {
+    let Ok(mut have) = super::fsops::list_xattrs(fd) else {
+        return false;
+    };
+    let mut want: Vec<_> = want
+        .xattrs
+        .iter()
+        .map(|x| (x.name.as_bytes().to_vec(), x.value.clone()))
+        .collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    have == want
 }
 
 fn same_attrs(st: &FileStat, want: &Entry) -> bool {

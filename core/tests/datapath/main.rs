@@ -5,6 +5,7 @@ mod assemble;
 mod fetch;
 mod seed;
 mod store;
+mod verify;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -35,7 +35,12 @@ fn v2() -> LayerBuilder {
     b.file("etc/empty", 0o644, b"");
     // Same content and attributes as etc/same, under another name: linked too.
     b.file("etc/moved", 0o644, &noise(1, 70_000));
-    b.hardlink("etc/link", "etc/same", 0o644);
+    // A hardlink applies its own attributes to its target's inode: etc/same must therefore be
+    // written, never linked from the seed (whose inode another snapshot uses).
+    let link = b.hardlink("etc/link", "etc/same", 0o4750);
+    link.uid = 1000;
+    link.mtime_sec += 7;
+    link.xattrs = vec![crate::xattr("user.link", b"1")];
     b
 }
 
@@ -117,11 +122,7 @@ fn identical_files_are_linked_without_reading_their_chunks() {
             dir: s.seed_dir.path().to_owned(),
         }],
     );
-    assert_eq!(
-        plan.files(),
-        1,
-        "etc/same (etc/moved may not become its hardlink)"
-    );
+    assert_eq!(plan.files(), 1, "etc/moved (etc/same is a hardlink target)");
     assert_eq!(plan.bytes(), 70_000);
     // Only the chunks of unseeded files are given to the assembler: a seeded file's chunk
     // being read would fail the assembly.
@@ -148,13 +149,12 @@ fn identical_files_are_linked_without_reading_their_chunks() {
     );
 
     let seed_same = ino(&s.seed_dir.path().join("etc/same"));
-    for p in ["etc/same", "etc/link"] {
-        assert_eq!(
-            ino(&dest.path().join(p)),
-            seed_same,
-            "{p} shares the seed inode"
-        );
-    }
+    assert_eq!(ino(&dest.path().join("etc/moved")), seed_same);
+    assert_eq!(
+        ino(&dest.path().join("etc/link")),
+        ino(&dest.path().join("etc/same"))
+    );
+    assert_ne!(ino(&dest.path().join("etc/same")), seed_same);
     for p in ["etc/changed", "etc/chmodded", "etc/empty"] {
         assert_ne!(
             ino(&dest.path().join(p)),
@@ -290,8 +290,12 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
     b.dir("etc", 0o755);
     b.file("etc/moved", 0o644, &noise(1, 70_000));
     let seed2_index = Arc::new(b.build(4096, 1 << 20).index);
+    // Without v2's hardlink to etc/same (a hardlink target is never seeded).
+    let mut v2 = v2();
+    v2.entries.retain(|e| e.path != b"etc/link");
+    let v2 = v2.build(4096, 1 << 20);
     let seeding = Seeding::plan(
-        &s.v2.index,
+        &v2.index,
         vec![
             Seed {
                 index: s.seed_index.clone(),
@@ -306,13 +310,8 @@ fn a_seed_inode_is_linked_once_even_from_two_seeds() {
     assert_eq!(seeding.files(), 2, "planned from two seed entries");
     let opts = overlay_seeded(&seeding);
     let dest = tempfile::tempdir().unwrap();
-    let stats = assemble_layer_with(
-        &s.v2.index,
-        &MemReader(s.v2.chunks.clone()),
-        dest.path(),
-        &opts,
-    )
-    .unwrap();
+    let stats =
+        assemble_layer_with(&v2.index, &MemReader(v2.chunks.clone()), dest.path(), &opts).unwrap();
     assert_eq!((stats.seeded_files, stats.seeds_rejected), (1, 1));
     assert_ne!(
         ino(&dest.path().join("etc/same")),

@@ -88,9 +88,16 @@ fn missing_and_corrupt_chunks_are_reported_missing() {
     assert!(!store.contains(&d));
     assert_eq!(store.stats().chunks, 0);
 
-    // Wrong declared size is corruption too, not a bigger allocation.
+    // A wrong declared size (an index that lies about the chunk) is an error, not a bigger
+    // allocation, and never deletes the chunk another layer relies on.
     let (d, _) = put(&store, &data);
-    assert!(matches!(store.get(&d, 9_999), Err(StoreError::Missing(_))));
+    assert!(matches!(store.get(&d, 9_999), Err(StoreError::Corrupt(_))));
+    let random = crate::noise(9, 5000);
+    let (r, _) = put(&store, &random);
+    assert!(matches!(store.get(&r, 5001), Err(StoreError::Corrupt(_))));
+    assert!(store.contains(&d) && store.contains(&r));
+    assert_eq!(store.get(&d, 10_000).unwrap(), data);
+    assert_eq!(store.get(&r, 5000).unwrap(), random);
 }
 
 #[test]

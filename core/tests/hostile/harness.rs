@@ -255,6 +255,7 @@ pub fn build_layer(entries: &[chunksnap_format::pb::Entry], content: &[u8]) -> B
             })
             .collect(),
         delta_bases: Vec::new(),
+        tar_split: None,
     };
     BuiltLayer {
         index,

@@ -6,4 +6,5 @@ mod concurrency;
 pub(crate) mod crash;
 mod disk;
 mod faults;
+mod forged;
 mod security;

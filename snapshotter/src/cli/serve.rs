@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chunksnap::config::Config;
+use chunksnap::remote::layer_verify::VerifyPolicy;
+
 use chunksnap::metrics::{self, Metrics};
 use chunksnap::remote::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::server;
@@ -57,9 +59,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening chunk store {}", config.chunks_dir().display()))?;
     let client = RegistryClient::new(config.registry()).context("registry client")?;
+    let verify = VerifyPolicy::new(&config.insecure_skip_layer_verification);
+    verify.log_start();
     let node = NodeOptions {
         mirrors: config.mirrors.clone(),
         index_dir: Some(config.index_dir()),
+        verify,
     };
     let remote = ChunkRemote::with_options(
         client,

@@ -20,6 +20,7 @@ use chunksnap_format::pb::LayerIndex;
 use oci_client::Reference;
 
 use super::index_source::IndexSource;
+use super::layer_verify::VerifyPolicy;
 use crate::metrics::Metrics;
 use crate::remote::{RemoteFuture, RemoteLayers, RemoteOutcome, RemoteRequest};
 
@@ -46,6 +47,10 @@ pub enum RemoteError {
     NoPlatform(String),
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("layer not verified: {0}")]
+    Verify(#[from] chunksnap_core::verify::VerifyError),
+    #[error("the layer index has no tar-split data (format 1): the layer cannot be verified")]
+    NotVerifiable,
 }
 
 /// [`RemoteLayers`] backed by a registry client, a chunk store and the assembler.
@@ -59,6 +64,8 @@ pub struct ChunkRemote {
     pub(super) source: IndexSource,
     /// Layers whose chunks are being fetched in the background.
     pub(super) prefetching: Mutex<HashSet<Digest>>,
+    /// Registries whose assembled layers are committed without verification.
+    pub(super) verify: VerifyPolicy,
 }
 
 /// Node-specific settings of [`ChunkRemote`].
@@ -68,6 +75,8 @@ pub struct NodeOptions {
     pub mirrors: BTreeMap<String, Vec<String>>,
     /// Directory for layer indexes (seeding needs the index of a layer already on the node).
     pub index_dir: Option<PathBuf>,
+    /// Registries whose assembled layers are committed without verification.
+    pub verify: VerifyPolicy,
 }
 
 impl ChunkRemote {
@@ -103,6 +112,7 @@ impl ChunkRemote {
             fetch,
             metrics,
             prefetching: Mutex::new(HashSet::new()),
+            verify: node.verify,
         })
     }
 

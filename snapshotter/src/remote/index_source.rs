@@ -2,9 +2,14 @@
 //! from the artifact's index delta (when the node holds the delta's base, the previous
 //! version's index), the artifact itself (small indexes are embedded), the registry.
 //!
-//! The image's chunksnap artifact is found once per manifest digest (mirrors first, then the
-//! origin) and remembered, "no artifact" for [`NEGATIVE_TTL`] only. Every index is checked to
-//! describe the layer it is asked for before it is used or kept.
+//! The image's chunksnap artifact is found once per repository and manifest digest (mirrors
+//! first, then the origin) and remembered, "no artifact" for [`NEGATIVE_TTL`] only: an artifact
+//! found for a copy of the image in another repository is never used for this one. Every index
+//! is checked to describe the layer it is asked for before it is used; fetched indexes are
+//! cached per layer and index content, and only the indexes of layers this node assembled and
+//! verified become seed sources and index delta bases (memory and `indexes/` on disk). After a
+//! failed verification the layer's indexes and the artifact are forgotten: a bad artifact costs
+//! speed once, never correctness.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -34,13 +39,20 @@ const INDEX_FILES: usize = 256;
 /// A found artifact and the repository (origin or mirror) it was found in.
 pub(super) type Found = (Reference, Arc<Artifact>);
 type ArtifactEntry = (Instant, Option<Found>);
+/// Artifacts are cached per repository (`registry/name`) and manifest.
+type ArtifactKey = (String, Digest);
+/// Indexes are cached per layer and what fixes their content (the index blob's digest, or the
+/// raw digest an index delta rebuilds).
+type IndexKey = (Digest, String);
 
 /// The artifacts and layer indexes of the images this node pulls, with their caches.
 pub struct IndexSource {
     client: RegistryClient,
     metrics: Metrics,
-    artifacts: Mutex<HashMap<Digest, ArtifactEntry>>,
-    indexes: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    artifacts: Mutex<HashMap<ArtifactKey, ArtifactEntry>>,
+    indexes: Mutex<HashMap<IndexKey, Arc<LayerIndex>>>,
+    /// Indexes of layers this node assembled and verified, per layer (seeds, delta bases).
+    verified: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
     /// Registry host -> mirror hosts tried first (in order) for artifacts, indexes and packs.
     mirrors: BTreeMap<String, Vec<String>>,
     /// Where layer indexes are kept across restarts (`None`: memory only).
@@ -60,6 +72,7 @@ impl IndexSource {
             metrics,
             artifacts: Mutex::new(HashMap::new()),
             indexes: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             mirrors,
             index_dir,
         }
@@ -88,7 +101,8 @@ impl IndexSource {
         image: &Reference,
         manifest: &Digest,
     ) -> Result<Found, RemoteError> {
-        if let Some((at, cached)) = lock(&self.artifacts).get(manifest).cloned() {
+        let key = artifact_key(image, manifest);
+        if let Some((at, cached)) = lock(&self.artifacts).get(&key).cloned() {
             match cached {
                 Some(found) => return Ok(found),
                 None if at.elapsed() < NEGATIVE_TTL => return Err(RemoteError::NoArtifact),
@@ -116,7 +130,7 @@ impl IndexSource {
         {
             return Err(e.into());
         }
-        lock(&self.artifacts).insert(*manifest, (Instant::now(), found.clone()));
+        lock(&self.artifacts).insert(key, (Instant::now(), found.clone()));
         found.ok_or(RemoteError::NoArtifact)
     }
 
@@ -127,13 +141,19 @@ impl IndexSource {
         artifact: &Artifact,
         layer: &Digest,
     ) -> Result<Arc<LayerIndex>, RemoteError> {
-        if let Some(ix) = self.cached_index(layer).await {
-            return Ok(ix);
-        }
         let desc = artifact
             .indexes
             .get(layer)
             .ok_or(RemoteError::NoIndex(*layer))?;
+        let by_delta = artifact.index_deltas.get(layer).map(|d| d.raw.to_string());
+        for content in std::iter::once(&desc.digest).chain(by_delta.as_ref()) {
+            if let Some(ix) = lock(&self.indexes).get(&(*layer, content.clone())) {
+                return Ok(ix.clone());
+            }
+        }
+        if let Some(ix) = self.cached_index(layer).await {
+            return Ok(ix);
+        }
         // A small index embedded in the artifact costs no request at all.
         let blob = match desc.embedded().filter(|b| b.len() <= MAX_INDEX_SIZE) {
             Some(blob) => blob,
@@ -146,16 +166,10 @@ impl IndexSource {
                     .await?
             }
         };
-        let (dir, want) = (self.index_dir.clone(), *layer);
-        let ix = tokio::task::spawn_blocking(move || {
-            let ix = decode_for(&blob, &want, index::decode)?;
-            if let Some(dir) = dir {
-                index_files::save(&dir, &want, &blob, INDEX_FILES);
-            }
-            Ok::<_, RemoteError>(ix)
-        })
-        .await??;
-        Ok(self.remember_index(*layer, ix))
+        let want = *layer;
+        let ix =
+            tokio::task::spawn_blocking(move || decode_for(&blob, &want, index::decode)).await??;
+        Ok(self.remember_index((*layer, desc.digest.clone()), ix))
     }
 
     /// The index of `layer` rebuilt from the artifact's index delta, when the node holds the
@@ -172,16 +186,15 @@ impl IndexSource {
         if d.size > MAX_INDEX_SIZE as u64 {
             return None;
         }
-        let base = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let blob = index_files::load(&dir, &d.base_layer)?;
-                let raw = index::decompress(&blob).ok()?;
-                (Digest::of(&raw) == d.base_raw).then_some(raw)
-            })
-            .await
-            .ok()??
-        };
+        let (base_layer, base_raw) = (d.base_layer, d.base_raw);
+        let base = tokio::task::spawn_blocking(move || {
+            let blob = index_files::load(&dir, &base_layer)?;
+            let raw = index::decompress(&blob).ok()?;
+            (Digest::of(&raw) == base_raw).then_some(raw)
+        })
+        .await
+        .ok()??;
+        let key = (*layer, d.raw.to_string());
         let frame = match self.client.read_blob(image, &d.digest, d.size).await {
             Ok(f) => f,
             Err(e) => {
@@ -193,18 +206,14 @@ impl IndexSource {
         let rebuilt = tokio::task::spawn_blocking(move || {
             let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
                 .map_err(|e| e.to_string())?;
-            let ix = decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())?;
-            // Stored compressed fast: what matters is that it decompresses to these raw bytes,
-            // the base of the next version's index delta.
-            index_files::save(&dir, &want, &index::compress_raw_fast(&raw), INDEX_FILES);
-            Ok::<_, String>(ix)
+            decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())
         })
         .await
         .ok()?;
         match rebuilt {
             Ok(ix) => {
                 self.metrics.index_deltas.inc();
-                Some(self.remember_index(*layer, ix))
+                Some(self.remember_index(key, ix))
             }
             Err(e) => {
                 tracing::warn!(%layer, cause = %e, "index delta unusable; fetching the index");
@@ -213,19 +222,46 @@ impl IndexSource {
         }
     }
 
-    fn remember_index(&self, layer: Digest, ix: LayerIndex) -> Arc<LayerIndex> {
+    fn remember_index(&self, key: IndexKey, ix: LayerIndex) -> Arc<LayerIndex> {
         let ix = Arc::new(ix);
         let mut cache = lock(&self.indexes);
         if cache.len() >= INDEX_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(layer, ix.clone());
+        cache.insert(key, ix.clone());
         ix
     }
 
-    /// The index of `layer` from memory or the index directory, never the registry.
+    /// `ix` described the layer this node assembled and verified: keep it as a seed source and
+    /// index delta base (in memory and on disk; stored compressed fast: what matters is that it
+    /// decompresses to the raw bytes the next version's index delta is made against).
+    pub(super) fn remember_verified(&self, layer: Digest, ix: &Arc<LayerIndex>) {
+        {
+            let mut cache = lock(&self.verified);
+            if cache.len() >= INDEX_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(layer, ix.clone());
+        }
+        if let Some(dir) = self.index_dir.clone() {
+            let ix = ix.clone();
+            tokio::task::spawn_blocking(move || {
+                let blob = index::compress_raw_fast(&index::encode_raw(&ix));
+                index_files::save(&dir, &layer, &blob, INDEX_FILES);
+            });
+        }
+    }
+
+    /// Forgets every cached index of `layer` and the artifact itself after the layer failed
+    /// verification.
+    pub(super) fn forget_unverified(&self, image: &Reference, manifest: &Digest, layer: &Digest) {
+        lock(&self.indexes).retain(|(l, _), _| l != layer);
+        lock(&self.artifacts).remove(&artifact_key(image, manifest));
+    }
+
+    /// The index of a layer this node verified, from memory or the index directory.
     pub(super) async fn cached_index(&self, layer: &Digest) -> Option<Arc<LayerIndex>> {
-        if let Some(ix) = lock(&self.indexes).get(layer).cloned() {
+        if let Some(ix) = lock(&self.verified).get(layer).cloned() {
             return Some(ix);
         }
         let dir = self.index_dir.clone()?;
@@ -243,8 +279,17 @@ impl IndexSource {
         })
         .await
         .ok()??;
-        Some(self.remember_index(*layer, ix))
+        let ix = Arc::new(ix);
+        lock(&self.verified).insert(*layer, ix.clone());
+        Some(ix)
     }
+}
+
+fn artifact_key(image: &Reference, manifest: &Digest) -> ArtifactKey {
+    (
+        format!("{}/{}", image.registry(), image.repository()),
+        *manifest,
+    )
 }
 
 /// Decodes a stored or fetched index (with `decode`: a blob, or raw bytes) and checks that it

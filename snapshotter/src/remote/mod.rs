@@ -17,6 +17,7 @@
 pub mod chunk_remote;
 pub mod index_files;
 pub mod index_source;
+pub mod layer_verify;
 pub mod prefetch;
 pub mod prepare;
 

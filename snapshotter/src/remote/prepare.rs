@@ -20,7 +20,10 @@ use chunksnap_format::digest::Digest;
 use chunksnap_format::pb::{EntryType, LayerIndex};
 use oci_client::Reference;
 
+use chunksnap_core::verify::VerifyError;
+
 use super::chunk_remote::{ChunkRemote, RemoteError, chunk_digests, parse_label};
+use super::layer_verify::verify_assembled;
 use crate::remote::{RemoteOutcome, RemoteRequest, SeedCandidate};
 use crate::snapshots::claims::DirClaim;
 
@@ -49,13 +52,17 @@ impl ChunkRemote {
         req: &RemoteRequest,
     ) -> Result<RemoteOutcome, RemoteError> {
         let t0 = Instant::now();
-        let image = RegistryClient::parse_reference(&req.image_ref)?;
+        let asked = RegistryClient::parse_reference(&req.image_ref)?;
         let manifest = parse_label("cri.manifest-digest", &req.manifest_digest)?;
         let layer = parse_label("cri.layer-digest", &req.layer_digest)?;
-        let (image, artifact) = self.source.artifact(&image, &manifest).await?;
+        let (image, artifact) = self.source.artifact(&asked, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
         let artifact_ms = t0.elapsed().as_millis() as u64;
         let ix = self.source.layer_index(&image, &artifact, &layer).await?;
+        let verify = !self.verify.skips(asked.registry());
+        if verify && ix.tar_split.is_none() {
+            return Err(RemoteError::NotVerifiable);
+        }
         let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
         let ix2 = ix.clone();
@@ -98,6 +105,7 @@ impl ChunkRemote {
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
         let ix2 = ix.clone();
+        let (parent, target) = (req.parent.clone(), req.target.clone());
         // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
         // prepare cancels it and waits for that.
         let assembled = tokio::task::spawn_blocking(move || {
@@ -107,14 +115,36 @@ impl ChunkRemote {
                 seeding: Some(&seeding),
                 cancel: Some(reader.claim.flag()),
             };
-            assemble_layer_with(&ix2, &reader, &dest, &opts)
+            let stats = assemble_layer_with(&ix2, &reader, &dest, &opts)?;
+            let started = Instant::now();
+            if verify {
+                verify_assembled(&ix2, &dest, &reader, reader.claim.flag(), &parent, &target)?;
+            }
+            Ok::<_, RemoteError>((stats, started.elapsed()))
         })
         .await;
         let assemble_ms = started.elapsed().as_millis() as u64;
         // The fetch's own error is the cause when both failed.
         let (stats, fetched_in) = fetch.await?;
         let stats = stats?;
-        let assembled = assembled??;
+        let (assembled, verified_in) = match assembled? {
+            Ok(done) => done,
+            Err(RemoteError::Verify(e)) if !matches!(e, VerifyError::Cancelled) => {
+                self.metrics.verify_failures.inc();
+                self.source.forget_unverified(&asked, &manifest, &layer);
+                tracing::warn!(
+                    %layer,
+                    image = %req.image_ref,
+                    artifact_repository = %image.whole(),
+                    cause = %e,
+                    "assembled layer is NOT the image's layer; discarding it and pulling the layer normally"
+                );
+                return Err(RemoteError::Verify(e));
+            }
+            Err(e) => return Err(e),
+        };
+        // With verification skipped (the operator's choice) the index is kept as before.
+        self.source.remember_verified(layer, &ix);
         drop(pin);
         self.after_prepare();
         self.metrics.seeded_files.inc_by(assembled.seeded_files);
@@ -136,6 +166,8 @@ impl ChunkRemote {
             plan_ms,
             fetch_ms = fetched_in.as_millis() as u64,
             assemble_ms,
+            verified = verify,
+            verify_ms = verified_in.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "layer assembled from chunks"
         );

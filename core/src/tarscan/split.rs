@@ -1,0 +1,208 @@
+//! Recording a layer's tar-split data (`format::tarsplit`) while scanning it: every byte the tar
+//! reader consumes is kept, except regular file contents, which go to the content stream. The
+//! tar is read to EOF, so bytes after the end-of-archive blocks are kept too.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+
+use chunksnap_format::pb::TarSplit;
+
+use super::{TarError, TarScan, scan_tar_with};
+use chunksnap_format::tarsplit::MAX_TAR_SPLIT_RAW;
+
+/// What the recorder has seen so far.
+#[derive(Default)]
+struct State {
+    /// Tar stream position (bytes read from the inner reader).
+    pos: u64,
+    /// Content bytes still to pass through unrecorded.
+    skip: u64,
+    split: TarSplit,
+    /// `split.raw.len()` at the last content cut.
+    cut: usize,
+    /// The stream could not be recorded faithfully (or exceeded [`MAX_TAR_SPLIT_RAW`]).
+    broken: bool,
+}
+
+impl State {
+    fn content(&mut self, position: u64, size: u64) {
+        if size == 0 || self.broken {
+            return;
+        }
+        if position != self.pos || self.skip != 0 {
+            self.fail();
+            return;
+        }
+        let raw = self.split.raw.len();
+        self.split.raw_len.push((raw - self.cut) as u64);
+        self.split.content_len.push(size);
+        self.cut = raw;
+        self.skip = size;
+    }
+
+    fn fail(&mut self) {
+        self.broken = true;
+        self.split = TarSplit::default();
+    }
+}
+
+struct Recorder<'s, R> {
+    inner: R,
+    state: &'s RefCell<State>,
+}
+
+impl<R: Read> Read for Recorder<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut st = self.state.borrow_mut();
+        st.pos += n as u64;
+        let skipped = usize::try_from(st.skip).unwrap_or(usize::MAX).min(n);
+        st.skip -= skipped as u64;
+        let rest = &buf[skipped..n];
+        if !st.broken && !rest.is_empty() {
+            if st.split.raw.len() + rest.len() > MAX_TAR_SPLIT_RAW {
+                st.fail();
+            } else {
+                st.split.raw.extend_from_slice(rest);
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// [`super::scan_tar`] that also records the tar-split data, reading `reader` to EOF. The split
+/// is `None` when the layer cannot be recorded (more than [`MAX_TAR_SPLIT_RAW`] bytes of
+/// non-content, or a reader that did not consume the stream in order): such a layer cannot be
+/// verified by nodes.
+pub fn scan_tar_split(
+    reader: impl Read,
+    content: &mut impl Write,
+) -> Result<(TarScan, Option<TarSplit>), TarError> {
+    let state = RefCell::new(State::default());
+    let mut rec = Recorder {
+        inner: reader,
+        state: &state,
+    };
+    let scan = scan_tar_with(&mut rec, content, &mut |pos, size| {
+        state.borrow_mut().content(pos, size)
+    })?;
+    io::copy(&mut rec, &mut io::sink()).map_err(TarError::Read)?;
+    let st = state.into_inner();
+    Ok((scan, (!st.broken && st.skip == 0).then_some(st.split)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+    use chunksnap_format::tarsplit::{Sequential, TarStream, validate};
+
+    /// Scans `tar`, then rebuilds it from the split and the content stream.
+    fn round_trip(tar: &[u8]) -> (TarScan, TarSplit) {
+        let mut content = Vec::new();
+        let (scan, split) = scan_tar_split(tar, &mut content).unwrap();
+        let split = split.expect("recorded");
+        validate(&split, scan.content_size).unwrap();
+        let mut out = Vec::new();
+        TarStream::new(&split, Sequential(content.as_slice()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, tar, "rebuilt tar differs");
+        (scan, split)
+    }
+
+    fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    #[test]
+    fn rebuilds_every_kind_of_entry_bit_for_bit() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(tar::EntryType::Directory, 0, 0o755),
+            "d/",
+            &[][..],
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 5, 0o644),
+            "d/a",
+            &b"hello"[..],
+        )
+        .unwrap();
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 0, 0o644),
+            "d/empty",
+            &[][..],
+        )
+        .unwrap();
+        let long = format!("d/{}", "x".repeat(300));
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 3, 0o600),
+            &long,
+            &b"abc"[..],
+        )
+        .unwrap();
+        let mut h = header(tar::EntryType::Link, 0, 0o644);
+        b.append_link(&mut h, "d/hl", "d/a").unwrap();
+        let mut h = header(tar::EntryType::Symlink, 0, 0o777);
+        b.append_link(&mut h, "d/sl", "y".repeat(200)).unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+            .unwrap();
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 2, 0o755),
+            "d/x",
+            &b"xy"[..],
+        )
+        .unwrap();
+        // Replaced path: the first content stays in the stream and in the split.
+        b.append_data(
+            &mut header(tar::EntryType::Regular, 4, 0o644),
+            "d/a",
+            &b"new!"[..],
+        )
+        .unwrap();
+        let mut tar = b.into_inner().unwrap();
+        // Record padding past the end-of-archive blocks, and a byte of junk.
+        tar.extend_from_slice(&[0; 8192]);
+        tar.push(7);
+        let (scan, split) = round_trip(&tar);
+        assert_eq!(split.content_len, vec![5, 3, 2, 4]);
+        assert_eq!(scan.content_size, 14);
+    }
+
+    #[test]
+    fn a_tar_without_files_is_all_raw() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(
+            &mut header(tar::EntryType::Directory, 0, 0o755),
+            "d/",
+            &[][..],
+        )
+        .unwrap();
+        let tar = b.into_inner().unwrap();
+        let (_, split) = round_trip(&tar);
+        assert!(split.raw_len.is_empty());
+        assert_eq!(split.raw, tar);
+    }
+
+    #[test]
+    fn directory_named_like_a_file_keeps_its_data_raw() {
+        // A regular entry whose name ends in '/' is a directory; its data is not content.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, 3, 0o755);
+        h.set_path("odd/").unwrap();
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let (scan, split) = round_trip(&tar);
+        assert_eq!(scan.content_size, 0);
+        assert!(split.content_len.is_empty());
+    }
+}

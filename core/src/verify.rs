@@ -1,0 +1,347 @@
+//! Proof that an assembled layer is the image's own layer.
+//!
+//! The index is a referrer that nothing chains to the image manifest, so a node trusts none of
+//! it until this check passes: the layer tar is rebuilt from the index's tar-split data and the
+//! *assembled files* (what the container will see, seeded files included), its sha256 must be
+//! the diffID containerd expects (via the chainID it commits the layer as, see [`check_chain`]),
+//! and scanning that tar exactly as the converter does must give back the index's entries and
+//! tar-split data. So the index is exactly what the converter makes from the real layer: every
+//! entry's metadata (mode, owner, times, xattrs, links, devices) and every file's content are
+//! the layer's. Content of entries the tar replaced (a path named twice) is not in the
+//! directory; it is read from the layer's chunks (each verified by sha256).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chunksnap_format::pb::{EntryType, LayerIndex};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, fstat};
+
+use crate::assemble::ChunkReader;
+use crate::tarscan::TarError;
+use crate::tarscan::split::scan_tar_split;
+use chunksnap_format::digest::{Digest, Sha256Reader};
+use chunksnap_format::tarsplit::{ContentSource, Sequential, TarStream};
+
+/// Why a layer is not proven to be the one asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the index has no tar-split data (format 1, or not recordable): cannot verify")]
+    NoTarSplit,
+    #[error("reading the layer back: {0}")]
+    Read(#[source] io::Error),
+    #[error("the rebuilt tar does not scan: {0}")]
+    Tar(#[from] TarError),
+    #[error("the index's tar-split data is not what the rebuilt tar gives")]
+    SplitMismatch,
+    #[error("entry {entry} ({path:?}) is not what the rebuilt tar says")]
+    EntryMismatch { entry: usize, path: String },
+    #[error("the index has {index} entries, the rebuilt tar {tar}")]
+    EntryCount { index: usize, tar: usize },
+    #[error(
+        "the layer's diffID is {actual}, but containerd asked for a layer with chainID {target} (parent {parent:?})"
+    )]
+    ChainMismatch {
+        actual: Digest,
+        target: String,
+        parent: String,
+    },
+    #[error("parent {0:?} is not a chainID")]
+    BadParent(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The chainID of a layer with diffID `diff_id` on `parent` (`""`: the bottom layer), as in the
+/// OCI image spec: `sha256(parent + " " + diff_id)`, or `diff_id` itself at the bottom.
+pub fn chain_id(parent: &str, diff_id: &Digest) -> Result<String, VerifyError> {
+    if parent.is_empty() {
+        return Ok(diff_id.to_string());
+    }
+    Digest::parse(parent).map_err(|_| VerifyError::BadParent(parent.to_owned()))?;
+    Ok(Digest::of(format!("{parent} {diff_id}").as_bytes()).to_string())
+}
+
+/// Checks that a layer with diffID `diff_id` on `parent` is the one containerd commits as
+/// `target` (its extraction Prepare names the parent's chainID and labels the target chainID,
+/// both derived from the image config that the manifest digest covers).
+pub fn check_chain(parent: &str, target: &str, diff_id: &Digest) -> Result<(), VerifyError> {
+    if chain_id(parent, diff_id)? == target {
+        Ok(())
+    } else {
+        Err(VerifyError::ChainMismatch {
+            actual: *diff_id,
+            target: target.to_owned(),
+            parent: parent.to_owned(),
+        })
+    }
+}
+
+/// Rebuilds the layer tar from `index` and `source`, checks the index against it, and returns
+/// the tar's sha256 (the diffID) for the caller to check.
+pub fn verify_tar(index: &LayerIndex, source: impl ContentSource) -> Result<Digest, VerifyError> {
+    let split = index.tar_split.as_ref().ok_or(VerifyError::NoTarSplit)?;
+    let mut tar = Sha256Reader::new(TarStream::new(split, source));
+    let (scan, rescan) = scan_tar_split(&mut tar, &mut io::sink()).map_err(|e| match e {
+        TarError::Read(io) if io.kind() == io::ErrorKind::Interrupted => VerifyError::Cancelled,
+        TarError::Read(io) | TarError::Write(io) => VerifyError::Read(io),
+        other => VerifyError::Tar(other),
+    })?;
+    if rescan.as_ref() != Some(split) {
+        return Err(VerifyError::SplitMismatch);
+    }
+    if scan.entries.len() != index.entries.len() {
+        return Err(VerifyError::EntryCount {
+            index: index.entries.len(),
+            tar: scan.entries.len(),
+        });
+    }
+    if let Some(entry) = (0..scan.entries.len()).find(|i| scan.entries[*i] != index.entries[*i]) {
+        return Err(VerifyError::EntryMismatch {
+            entry,
+            path: String::from_utf8_lossy(&index.entries[entry].path).into_owned(),
+        });
+    }
+    let (_, diff_id, _) = tar.finish();
+    Ok(diff_id)
+}
+
+/// Writes the layer's original uncompressed tar, rebuilt from the index's tar-split data and its
+/// chunks, to `out`; returns its sha256 (the layer's diffID when the index is faithful).
+pub fn write_tar(
+    index: &LayerIndex,
+    reader: &dyn ChunkReader,
+    out: &mut impl io::Write,
+) -> Result<Digest, VerifyError> {
+    let split = index.tar_split.as_ref().ok_or(VerifyError::NoTarSplit)?;
+    let mut content = ChunkRange::new(index, reader);
+    let size = content.starts.last().copied().unwrap_or(0)
+        + index.chunks.last().map_or(0, |c| u64::from(c.size));
+    if size > 0 {
+        content.seek(0, size).map_err(VerifyError::Read)?;
+    }
+    let mut tar = Sha256Reader::new(TarStream::new(split, Sequential(content)));
+    io::copy(&mut tar, out).map_err(VerifyError::Read)?;
+    Ok(tar.finish().1)
+}
+
+/// Content from an assembled layer directory: each regular file of the index is read from its
+/// path beneath the directory (no symlink followed), and must be exactly its indexed size; content
+/// no entry holds (replaced entries) comes from the chunks.
+pub struct AssembledContent<'a> {
+    root: OwnedFd,
+    files: HashMap<u64, &'a [u8]>,
+    chunks: ChunkRange<'a>,
+    current: Current,
+    cancel: Option<&'a AtomicBool>,
+}
+
+enum Current {
+    None,
+    File(io::Take<File>),
+    Chunks,
+}
+
+impl<'a> AssembledContent<'a> {
+    /// Reads `dir` (assembled from `index`); `reader` gives chunks, `cancel` stops reading.
+    pub fn new(
+        index: &'a LayerIndex,
+        dir: &Path,
+        reader: &'a dyn ChunkReader,
+        cancel: Option<&'a AtomicBool>,
+    ) -> io::Result<Self> {
+        let root = nix::fcntl::open(
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let files = index
+            .entries
+            .iter()
+            .filter(|e| e.r#type == EntryType::File as i32 && e.size > 0)
+            .map(|e| (e.offset, e.path.as_slice()))
+            .collect();
+        Ok(Self {
+            root,
+            files,
+            chunks: ChunkRange::new(index, reader),
+            current: Current::None,
+            cancel,
+        })
+    }
+
+    fn cancelled(&self) -> io::Result<()> {
+        match self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(io::ErrorKind::Interrupted.into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn open(&self, path: &[u8], len: u64) -> io::Result<File> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let fd = loop {
+            match openat2(&self.root, OsStr::from_bytes(path), how) {
+                Err(Errno::EAGAIN) => continue,
+                r => break r?,
+            }
+        };
+        let st = fstat(&fd)?;
+        let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+        if !regular || st.st_size as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{:?} is not a regular file of {len} bytes",
+                    String::from_utf8_lossy(path)
+                ),
+            ));
+        }
+        Ok(File::from(fd))
+    }
+}
+
+impl Read for AssembledContent<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.current {
+            Current::None => Ok(0),
+            Current::File(f) => f.read(buf),
+            Current::Chunks => {
+                self.cancelled()?;
+                self.chunks.read(buf)
+            }
+        }
+    }
+}
+
+impl ContentSource for AssembledContent<'_> {
+    fn begin(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.cancelled()?;
+        self.current = match self.files.get(&offset) {
+            Some(path) => Current::File(self.open(path, len)?.take(len)),
+            None => {
+                self.chunks.seek(offset, len)?;
+                Current::Chunks
+            }
+        };
+        Ok(())
+    }
+}
+
+/// A range of the content stream read from the layer's chunks.
+struct ChunkRange<'a> {
+    index: &'a LayerIndex,
+    reader: &'a dyn ChunkReader,
+    /// Stream offset where each chunk starts.
+    starts: Vec<u64>,
+    /// Next chunk to read, the bytes of the current one from `pos`, and what is left to give.
+    next: usize,
+    data: Vec<u8>,
+    pos: usize,
+    left: u64,
+}
+
+impl<'a> ChunkRange<'a> {
+    fn new(index: &'a LayerIndex, reader: &'a dyn ChunkReader) -> Self {
+        let mut at = 0u64;
+        let starts = index
+            .chunks
+            .iter()
+            .map(|c| {
+                let s = at;
+                at += u64::from(c.size);
+                s
+            })
+            .collect();
+        Self {
+            index,
+            reader,
+            starts,
+            next: 0,
+            data: Vec::new(),
+            pos: 0,
+            left: 0,
+        }
+    }
+
+    fn seek(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        let i = self.starts.partition_point(|s| *s <= offset);
+        let Some(chunk) = i.checked_sub(1) else {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        self.load(chunk)?;
+        self.pos = usize::try_from(offset - self.starts[chunk]).unwrap_or(usize::MAX);
+        self.left = len;
+        Ok(())
+    }
+
+    fn load(&mut self, i: usize) -> io::Result<()> {
+        let c = self
+            .index
+            .chunks
+            .get(i)
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        let digest = Digest::from_slice(&c.digest)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.data = self
+            .reader
+            .read_chunk(&digest, c.size)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.pos = 0;
+        self.next = i + 1;
+        Ok(())
+    }
+}
+
+impl Read for ChunkRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pos >= self.data.len() {
+            self.load(self.next)?;
+        }
+        let n = (self.data.len() - self.pos)
+            .min(buf.len())
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_oci_rule() {
+        let d = Digest::of(b"layer");
+        assert_eq!(chain_id("", &d).unwrap(), d.to_string());
+        let parent = Digest::of(b"parent").to_string();
+        let want = Digest::of(format!("{parent} {d}").as_bytes()).to_string();
+        assert_eq!(chain_id(&parent, &d).unwrap(), want);
+        check_chain(&parent, &want, &d).unwrap();
+        assert!(matches!(
+            check_chain("", &want, &d),
+            Err(VerifyError::ChainMismatch { .. })
+        ));
+        assert!(matches!(
+            check_chain("not-a-digest", &want, &d),
+            Err(VerifyError::BadParent(_))
+        ));
+    }
+}

@@ -222,7 +222,9 @@ impl ChunkRemote {
             }
         };
         let (dir, want) = (self.index_dir.clone(), *layer);
+        let permit = decode_permit().await;
         let ix = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let ix = decode_for(&blob, &want, index::decode)?;
             if let Some(dir) = dir {
                 index_files::save(&dir, &want, &blob, INDEX_FILES);
@@ -265,7 +267,9 @@ impl ChunkRemote {
             }
         };
         let want = *layer;
+        let permit = decode_permit().await;
         let rebuilt = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
                 .map_err(|e| e.to_string())?;
             let ix = decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())?;
@@ -305,7 +309,9 @@ impl ChunkRemote {
         }
         let dir = self.index_dir.clone()?;
         let want = *layer;
+        let permit = decode_permit().await;
         let ix = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let blob = index_files::load(&dir, &want)?;
             match decode_for(&blob, &want, index::decode) {
                 Ok(ix) => Some(ix),
@@ -413,13 +419,15 @@ impl ChunkRemote {
         let ix = self.layer_index(&image, &artifact, &layer).await?;
         let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
-        let ix2 = ix.clone();
+        let (ix2, claim) = (ix.clone(), req.claim.clone());
         let (seeding, needed) = tokio::task::spawn_blocking(move || {
-            let seeding = Seeding::plan(&ix2, seeds);
+            // An abandoned prepare stops planning too, as it stops assembling.
+            let seeding = Seeding::plan_cancellable(&ix2, seeds, claim.flag())
+                .map_err(|_| chunksnap_core::assemble::AssembleError::Cancelled)?;
             let needed = seeding.needed_chunks(&ix2);
-            (seeding, needed)
+            Ok::<_, RemoteError>((seeding, needed))
         })
-        .await?;
+        .await??;
         let pin = self.store.pin(chunk_digests(&ix));
         let started = Instant::now();
         let plan_ms = t0.elapsed().as_millis() as u64 - artifact_ms - index_ms;
@@ -581,6 +589,16 @@ impl ChunkReader for FetchingReader {
 
 /// Decodes a stored or fetched index (with `decode`: a blob, or raw bytes) and checks that it
 /// describes `layer`.
+/// Index decodes running at once. Each may hold up to `format::budget::MAX_INDEX_MEMORY`, and sibling
+/// prefetch asks for every layer of an image together.
+static INDEX_DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A turn to decode an index (held by the blocking task that decodes). The semaphore is never
+/// closed, so `None` cannot happen in practice; it would only lift the limit.
+async fn decode_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    INDEX_DECODES.acquire().await.ok()
+}
+
 fn decode_for(
     bytes: &[u8],
     layer: &Digest,

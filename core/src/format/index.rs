@@ -54,6 +54,13 @@ pub enum FormatError {
     TooLarge,
     #[error("index is not a valid protobuf message: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error(
+        "index would take about {estimate} bytes of memory decoded, above the {limit} byte limit",
+        limit = crate::format::budget::MAX_INDEX_MEMORY
+    )]
+    TooManyElements { estimate: u64 },
+    #[error("index uses an unsupported protobuf feature: {0}")]
+    Unsupported(&'static str),
     #[error("unknown index format version {0} (this build reads version {FORMAT_VERSION})")]
     UnknownVersion(u32),
     #[error("index has no source")]
@@ -198,8 +205,10 @@ pub fn decompress(blob: &[u8]) -> Result<Vec<u8>, FormatError> {
     Ok(raw)
 }
 
-/// Decodes and validates raw protobuf index bytes.
+/// Decodes and validates raw protobuf index bytes. What the decoded index would take in memory
+/// is checked first ([`crate::format::budget`]), before prost allocates anything.
 pub fn decode_raw(raw: &[u8]) -> Result<LayerIndex, FormatError> {
+    crate::format::budget::check(raw)?;
     let index = LayerIndex::decode(raw)?;
     validate(&index)?;
     Ok(index)

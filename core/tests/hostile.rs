@@ -14,10 +14,16 @@ mod fetch;
 mod harness;
 #[path = "hostile/index.rs"]
 mod index;
+#[path = "hostile/registry.rs"]
+mod registry;
 #[path = "hostile/scale.rs"]
 mod scale;
+#[path = "hostile/seedplan.rs"]
+mod seedplan;
 #[path = "hostile/tar.rs"]
 mod tars;
+#[path = "hostile/tar_extensions.rs"]
+mod tar_extensions;
 
 use std::collections::HashMap;
 use std::fs;

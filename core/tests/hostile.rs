@@ -20,10 +20,10 @@ mod registry;
 mod scale;
 #[path = "hostile/seedplan.rs"]
 mod seedplan;
-#[path = "hostile/tar.rs"]
-mod tars;
 #[path = "hostile/tar_extensions.rs"]
 mod tar_extensions;
+#[path = "hostile/tar.rs"]
+mod tars;
 
 use std::collections::HashMap;
 use std::fs;

@@ -85,6 +85,7 @@ fn index_blob_bomb_is_refused_before_decoding() {
     let started = Instant::now();
     let (result, peak) = peak_of(|| decode(&blob));
     let elapsed = started.elapsed();
+
     assert!(
         matches!(result, Err(FormatError::TooManyElements { estimate }) if estimate > MAX_INDEX_MEMORY),
         "{result:?}"
@@ -104,7 +105,11 @@ fn index_delta_bomb_is_refused_before_decoding() {
     let raw = bomb_raw(bomb_entries());
     let digest = Digest::of(&raw);
     let frame = compress_index_delta(&base, &raw).unwrap().unwrap();
-    assert!(frame.len() < 64 << 10, "bomb frame is {} bytes", frame.len());
+    assert!(
+        frame.len() < 64 << 10,
+        "bomb frame is {} bytes",
+        frame.len()
+    );
     drop(raw);
     let rebuilt = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &digest).unwrap();
     let (result, peak) = peak_of(|| decode_raw(&rebuilt));

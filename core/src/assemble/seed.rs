@@ -174,11 +174,7 @@ impl Seeding {
             let Some(cands) = FileKey::of(e).and_then(|k| by_key.get_mut(&k)) else {
                 continue;
             };
-            while cands
-                .list
-                .get(cands.next)
-                .is_some_and(|c| used.contains(c))
-            {
+            while cands.list.get(cands.next).is_some_and(|c| used.contains(c)) {
                 cands.next += 1;
             }
             if let Some(&c) = cands.list.get(cands.next) {

@@ -12,8 +12,6 @@
 use std::mem::size_of;
 
 use chunksnap_proto::index::{BaseChunk, Chunk, Entry, Pack, Xattr};
-use prost::bytes::Buf;
-use prost::encoding::{WireType, decode_key, decode_varint};
 
 use super::index::FormatError;
 
@@ -36,75 +34,92 @@ const ENTRY_XATTRS: u32 = 12;
 /// Malformed bytes end the walk where prost's decode fails as well, so nothing is undercounted;
 /// groups (which prost would skip and go on) are refused outright, as no index has them.
 pub fn decoded_size(raw: &[u8]) -> Result<u64, FormatError> {
+    estimate(raw, u64::MAX)
+}
+
+/// [`decoded_size`], stopping as soon as the estimate passes `stop_above`.
+fn estimate(raw: &[u8], stop_above: u64) -> Result<u64, FormatError> {
     let mut total = raw.len() as u64;
-    walk(raw, &mut |field, body| {
-        let element = match field {
-            INDEX_ENTRIES => {
+    let mut fields = Fields(raw);
+    while total <= stop_above
+        && let Some((field, body)) = fields.next_field()?
+    {
+        let element = match (field, body) {
+            (INDEX_ENTRIES, Some(entry)) => {
                 let mut xattrs = 0u64;
-                walk(body, &mut |f, _| {
-                    xattrs += u64::from(f == ENTRY_XATTRS);
-                    Ok(())
-                })?;
+                let mut inner = Fields(entry);
+                while let Some((f, b)) = inner.next_field()? {
+                    xattrs += u64::from(f == ENTRY_XATTRS && b.is_some());
+                }
                 size_of::<Entry>() as u64 + xattrs * size_of::<Xattr>() as u64
             }
-            INDEX_CHUNKS => size_of::<Chunk>() as u64,
-            INDEX_PACKS => size_of::<Pack>() as u64,
-            INDEX_DELTA_BASES => size_of::<BaseChunk>() as u64,
+            (INDEX_CHUNKS, Some(_)) => size_of::<Chunk>() as u64,
+            (INDEX_PACKS, Some(_)) => size_of::<Pack>() as u64,
+            (INDEX_DELTA_BASES, Some(_)) => size_of::<BaseChunk>() as u64,
             _ => 0,
         };
         total = total.saturating_add(element);
-        Ok(())
-    })?;
+    }
     Ok(total)
 }
 
 /// Refuses `raw` when [`decoded_size`] is above [`MAX_INDEX_MEMORY`].
 pub fn check(raw: &[u8]) -> Result<(), FormatError> {
-    let estimate = decoded_size(raw)?;
-    if estimate > MAX_INDEX_MEMORY {
-        return Err(FormatError::TooManyElements { estimate });
+    // A bomb is refused after walking what the limit allows, not the whole input.
+    let found = estimate(raw, MAX_INDEX_MEMORY)?;
+    if found > MAX_INDEX_MEMORY {
+        return Err(FormatError::TooManyElements { estimate: found });
     }
     Ok(())
 }
 
-/// Calls `each(field, body)` for every length-delimited field of the message in `buf`, skipping
-/// the others. Stops quietly at the first malformed field (prost stops there too).
-fn walk(
-    mut buf: &[u8],
-    each: &mut dyn FnMut(u32, &[u8]) -> Result<(), FormatError>,
-) -> Result<(), FormatError> {
-    while buf.has_remaining() {
-        let Ok((field, wire)) = decode_key(&mut buf) else {
-            return Ok(());
+/// The fields of one protobuf message, as (field number, body of a length-delimited field).
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    /// The next field; `None` at the end or at the first malformed field (prost stops there
+    /// too).
+    fn next_field(&mut self) -> Result<Option<(u32, Option<&'a [u8]>)>, FormatError> {
+        let Some(key) = self.varint() else {
+            return Ok(None);
         };
-        let skip = match wire {
-            WireType::Varint => match decode_varint(&mut buf) {
-                Ok(_) => 0,
-                Err(_) => return Ok(()),
-            },
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => {
-                let Some(len) = decode_varint(&mut buf)
-                    .ok()
-                    .and_then(|l| usize::try_from(l).ok())
-                    .filter(|l| *l <= buf.len())
-                else {
-                    return Ok(());
+        let field = (key >> 3) as u32;
+        let skip = match key & 7 {
+            0 => return Ok(self.varint().map(|_| (field, None))),
+            1 => 8,
+            2 => {
+                let Some(len) = self.varint().and_then(|l| usize::try_from(l).ok()) else {
+                    return Ok(None);
                 };
-                each(field, &buf[..len])?;
-                len
+                let Some((body, rest)) = self.0.split_at_checked(len) else {
+                    return Ok(None);
+                };
+                self.0 = rest;
+                return Ok(Some((field, Some(body))));
             }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(FormatError::Unsupported("protobuf groups"));
-            }
+            3 | 4 => return Err(FormatError::Unsupported("protobuf groups")),
+            5 => 4,
+            _ => return Ok(None),
         };
-        if skip > buf.len() {
-            return Ok(());
-        }
-        buf.advance(skip);
+        let Some(rest) = self.0.get(skip..) else {
+            return Ok(None);
+        };
+        self.0 = rest;
+        Ok(Some((field, None)))
     }
-    Ok(())
+
+    /// A base-128 varint of at most ten bytes.
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, b) in self.0.iter().take(10).enumerate() {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

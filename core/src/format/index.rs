@@ -55,7 +55,7 @@ pub enum FormatError {
     #[error("index is not a valid protobuf message: {0}")]
     Decode(#[from] prost::DecodeError),
     #[error(
-        "index would take about {estimate} bytes of memory decoded, above the {limit} byte limit",
+        "index would take at least {estimate} bytes of memory decoded, above the {limit} byte limit",
         limit = crate::format::budget::MAX_INDEX_MEMORY
     )]
     TooManyElements { estimate: u64 },

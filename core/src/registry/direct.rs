@@ -266,7 +266,11 @@ async fn fetch(
 }
 
 /// A `200` answer's body, or the error `oci-client` gives for the others.
-fn answer(status: reqwest::StatusCode, body: Bytes, url: &str) -> Result<Bytes, OciDistributionError> {
+fn answer(
+    status: reqwest::StatusCode,
+    body: Bytes,
+    url: &str,
+) -> Result<Bytes, OciDistributionError> {
     let err = |code: u16| OciDistributionError::ServerError {
         code,
         url: url.to_owned(),

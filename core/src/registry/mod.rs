@@ -413,11 +413,7 @@ impl RegistryClient {
                 // `oci-client` then uses it for blobs instead of asking the realm itself.
                 handle
                     .tokens
-                    .insert(
-                        image,
-                        oci_client::RegistryOperation::Pull,
-                        c.oci.clone(),
-                    )
+                    .insert(image, oci_client::RegistryOperation::Pull, c.oci.clone())
                     .await;
                 handle.authorization = Some(c.header);
             }

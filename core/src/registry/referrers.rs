@@ -91,7 +91,10 @@ impl RegistryClient {
             Some(body) => serde_json::from_slice::<ReferrersIndex>(&body)?.manifests,
             // No referrers API: the referrers tag schema. An absent tag, or one that is not an
             // image index, lists nothing (as the distribution spec recommends).
-            None => match self.resolve(&self.with_tag(image, &referrers_tag(subject))).await {
+            None => match self
+                .resolve(&self.with_tag(image, &referrers_tag(subject)))
+                .await
+            {
                 Ok(raw) => serde_json::from_slice::<ReferrersIndex>(&raw.bytes)
                     .map(|i| i.manifests)
                     .unwrap_or_default(),

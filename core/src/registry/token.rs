@@ -42,24 +42,26 @@ impl Challenge {
     /// The first challenge of a scheme we speak, if any.
     pub(super) fn parse(header: &HeaderValue) -> Option<Self> {
         let text = header.to_str().ok()?;
-        ChallengeParser::new(text).filter_map(Result::ok).find_map(|c| {
-            if c.scheme.eq_ignore_ascii_case("basic") {
-                return Some(Self::Basic);
-            }
-            if !c.scheme.eq_ignore_ascii_case("bearer") {
-                return None;
-            }
-            let param = |name: &str| {
-                c.params
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.to_unescaped())
-            };
-            Some(Self::Bearer {
-                realm: param("realm")?,
-                service: param("service"),
+        ChallengeParser::new(text)
+            .filter_map(Result::ok)
+            .find_map(|c| {
+                if c.scheme.eq_ignore_ascii_case("basic") {
+                    return Some(Self::Basic);
+                }
+                if !c.scheme.eq_ignore_ascii_case("bearer") {
+                    return None;
+                }
+                let param = |name: &str| {
+                    c.params
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.to_unescaped())
+                };
+                Some(Self::Bearer {
+                    realm: param("realm")?,
+                    service: param("service"),
+                })
             })
-        })
     }
 }
 

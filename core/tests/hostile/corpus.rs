@@ -44,7 +44,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("index", format!("seed-{name}.pb"), index.encode_to_vec()));
     }
     for (name, base, raw) in index_deltas() {
-        out.push(("index_delta", format!("seed-{name}.bin"), delta_seed(&base, &raw)));
+        out.push((
+            "index_delta",
+            format!("seed-{name}.bin"),
+            delta_seed(&base, &raw),
+        ));
     }
     for (name, tar) in tars() {
         out.push(("tarscan", format!("seed-{name}.tar"), tar));

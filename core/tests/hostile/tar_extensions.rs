@@ -96,7 +96,11 @@ fn a_pax_size_record_is_followed_to_the_next_header() {
     tar.extend(header(tar::EntryType::Regular, "f", 0));
     tar.extend(padded(&[0u8; 1030]));
     let long = tar.len() as u64;
-    tar.extend(header(tar::EntryType::GNULongName, "././@LongLink", 64 << 20));
+    tar.extend(header(
+        tar::EntryType::GNULongName,
+        "././@LongLink",
+        64 << 20,
+    ));
     let (e, _) = scan_hostile(&tar);
     assert_eq!(e.offset, long);
     assert_eq!(long, pax_end + 512 + 1536);

@@ -104,10 +104,8 @@ impl Seeding {
     /// so that files which are merely identical do not become hardlinks of each other; a seed
     /// file at the same path is preferred, then earlier seeds.
     pub fn plan(index: &LayerIndex, seeds: Vec<Seed>) -> Self {
-        match Self::plan_cancellable(index, seeds, &AtomicBool::new(false)) {
-            Ok(s) => s,
-            Err(PlanCancelled) => Self::default(),
-        }
+        // Never cancelled: the flag is never set.
+        Self::plan_cancellable(index, seeds, &AtomicBool::new(false)).unwrap_or_default()
     }
 
     /// [`Seeding::plan`] that stops with [`PlanCancelled`] soon after `cancel` is set (it looks
@@ -118,7 +116,7 @@ impl Seeding {
         cancel: &AtomicBool,
     ) -> Result<Self, PlanCancelled> {
         let check = |n: usize| {
-            if n % CANCEL_EVERY == 0 && cancel.load(Ordering::Relaxed) {
+            if n.is_multiple_of(CANCEL_EVERY) && cancel.load(Ordering::Relaxed) {
                 Err(PlanCancelled)
             } else {
                 Ok(())

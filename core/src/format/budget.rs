@@ -73,13 +73,16 @@ pub fn check(raw: &[u8]) -> Result<(), FormatError> {
     Ok(())
 }
 
-/// The fields of one protobuf message, as (field number, body of a length-delimited field).
+/// The fields of one protobuf message.
 struct Fields<'a>(&'a [u8]);
+
+/// A field's number, and its body when it is length-delimited.
+type Field<'a> = (u32, Option<&'a [u8]>);
 
 impl<'a> Fields<'a> {
     /// The next field; `None` at the end or at the first malformed field (prost stops there
     /// too).
-    fn next_field(&mut self) -> Result<Option<(u32, Option<&'a [u8]>)>, FormatError> {
+    fn next_field(&mut self) -> Result<Option<Field<'a>>, FormatError> {
         let Some(key) = self.varint() else {
             return Ok(None);
         };

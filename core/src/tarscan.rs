@@ -10,7 +10,8 @@
 //! entry (and, for a directory, everything beneath it). When a replaced file is the target of a
 //! surviving hardlink, that hardlink takes over the file's entry so the link keeps the old inode's
 //! content. Whiteouts (`.wh.*`) stay ordinary entries; PAX global headers are ignored; GNU sparse
-//! files, multi-volume and other unknown entry types are refused with their path.
+//! files, multi-volume and other unknown entry types are refused with their path. GNU long
+//! names and PAX extended headers, which `tar` reads whole, are bounded ([`MAX_TAR_EXTENSION`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -20,6 +21,9 @@ use chunksnap_format::pb::{Entry, EntryType, Xattr};
 use tar::{Archive, EntryType as TarType};
 
 use chunksnap_format::digest::Sha256Writer;
+
+mod limits;
+pub use limits::{ExtensionTooLarge, MAX_TAR_EXTENSION};
 
 /// What a tar scan produced.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +51,8 @@ pub enum TarError {
         field: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    ExtensionTooLarge(#[from] ExtensionTooLarge),
     #[error("{path:?}: file is {expected} bytes but the tar held {actual}")]
     ShortFile {
         path: String,
@@ -93,11 +99,11 @@ pub fn scan_tar_with(
     content: &mut impl Write,
     on_content: &mut dyn FnMut(u64, u64),
 ) -> Result<TarScan, TarError> {
-    let mut archive = Archive::new(reader);
+    let mut archive = Archive::new(limits::Limited::new(reader));
     let mut list = EntryList::default();
     let mut offset = 0u64;
-    for item in archive.entries().map_err(TarError::Read)? {
-        let mut te = item.map_err(TarError::Read)?;
+    for item in archive.entries().map_err(read_error)? {
+        let mut te = item.map_err(read_error)?;
         let raw_path = te.path_bytes().into_owned();
         let path_str = || show(&raw_path);
         let kind = match te.header().entry_type() {
@@ -140,7 +146,9 @@ pub fn scan_tar_with(
                 on_content(te.raw_file_position(), size);
                 let mut hashed = Sha256Writer::new(&mut *content);
                 let copied = io::copy(&mut te, &mut hashed).map_err(|err| {
-                    if err.kind() == io::ErrorKind::UnexpectedEof {
+                    if limits::extension_error(&err).is_some() {
+                        read_error(err)
+                    } else if err.kind() == io::ErrorKind::UnexpectedEof {
                         TarError::Read(err)
                     } else {
                         TarError::Write(err)
@@ -184,6 +192,18 @@ pub fn scan_tar_with(
         entries: list.into_entries(),
         content_size: offset,
     })
+}
+
+/// A read error, or the extension record [`limits::Limited`] refused.
+fn read_error(err: io::Error) -> TarError {
+    match limits::extension_error(&err) {
+        Some(e) => TarError::ExtensionTooLarge(ExtensionTooLarge {
+            offset: e.offset,
+            kind: e.kind,
+            size: e.size,
+        }),
+        None => TarError::Read(err),
+    }
 }
 
 /// Metadata common to all entry types, with PAX overrides (mtime with ns, uname/gname, xattrs).

@@ -14,8 +14,14 @@ mod fetch;
 mod harness;
 #[path = "hostile/index.rs"]
 mod index;
+#[path = "hostile/registry.rs"]
+mod registry;
 #[path = "hostile/scale.rs"]
 mod scale;
+#[path = "hostile/seedplan.rs"]
+mod seedplan;
+#[path = "hostile/tar_extensions.rs"]
+mod tar_extensions;
 #[path = "hostile/tar.rs"]
 mod tars;
 

@@ -59,6 +59,13 @@ pub enum FormatError {
     #[error("index is not a valid protobuf message: {0}")]
     Decode(#[from] prost::DecodeError),
     #[error(
+        "index would take at least {estimate} bytes of memory decoded, above the {limit} byte limit",
+        limit = crate::budget::MAX_INDEX_MEMORY
+    )]
+    TooManyElements { estimate: u64 },
+    #[error("index uses an unsupported protobuf feature: {0}")]
+    Unsupported(&'static str),
+    #[error(
         "unknown index format version {0} (this build reads versions {MIN_FORMAT_VERSION}-{FORMAT_VERSION})"
     )]
     UnknownVersion(u32),
@@ -206,8 +213,10 @@ pub fn decompress(blob: &[u8]) -> Result<Vec<u8>, FormatError> {
     Ok(raw)
 }
 
-/// Decodes and validates raw protobuf index bytes.
+/// Decodes and validates raw protobuf index bytes. What the decoded index would take in memory
+/// is checked first ([`crate::budget`]), before prost allocates anything.
 pub fn decode_raw(raw: &[u8]) -> Result<LayerIndex, FormatError> {
+    crate::budget::check(raw)?;
     let index = LayerIndex::decode(raw)?;
     validate(&index)?;
     Ok(index)

@@ -14,6 +14,7 @@
 //! Output of this crate is pinned by `tests/golden.rs`: registries already hold its bytes.
 
 pub mod artifact;
+pub mod budget;
 pub mod chunker;
 pub mod delta;
 pub mod digest;

@@ -48,7 +48,7 @@ use nix::unistd::{Gid, Uid};
 
 pub use content::HOLE_BLOCK;
 use fsops::{Resolve, escape_or_sys, sys};
-pub use seed::{Seed, Seeding};
+pub use seed::{PlanCancelled, Seed, Seeding};
 
 use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;

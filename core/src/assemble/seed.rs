@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chunksnap_format::pb::{Entry, EntryType, LayerIndex};
 use nix::errno::Errno;
@@ -82,20 +83,70 @@ impl<'a> FileKey<'a> {
     }
 }
 
+/// [`Seeding::plan_cancellable`] stopped because its cancel flag was set.
+#[derive(Debug, thiserror::Error)]
+#[error("seed planning cancelled")]
+pub struct PlanCancelled;
+
+/// Entries between two looks at the cancel flag.
+const CANCEL_EVERY: usize = 4096;
+
+/// The seed files with one key, in (seed, entry) order, and how far they are used up: every
+/// candidate before `next` is used, so the search for an unused one never looks back (linear
+/// over the whole plan, however many files share a key).
+struct Candidates {
+    list: Vec<(usize, usize)>,
+    next: usize,
+}
+
 impl Seeding {
     /// Matches every regular file of `index` against `seeds`. A seed file is used at most once,
     /// so that files which are merely identical do not become hardlinks of each other; a seed
     /// file at the same path is preferred, then earlier seeds.
     pub fn plan(index: &LayerIndex, seeds: Vec<Seed>) -> Self {
-        let mut by_key: HashMap<FileKey<'_>, Vec<(usize, usize)>> = HashMap::new();
+        // Never cancelled: the flag is never set.
+        Self::plan_cancellable(index, seeds, &AtomicBool::new(false)).unwrap_or_default()
+    }
+
+    /// [`Seeding::plan`] that stops with [`PlanCancelled`] soon after `cancel` is set (it looks
+    /// every few thousand entries). Linear in the entries of `index` and of the seeds.
+    pub fn plan_cancellable(
+        index: &LayerIndex,
+        seeds: Vec<Seed>,
+        cancel: &AtomicBool,
+    ) -> Result<Self, PlanCancelled> {
+        let check = |n: usize| {
+            if n.is_multiple_of(CANCEL_EVERY) && cancel.load(Ordering::Relaxed) {
+                Err(PlanCancelled)
+            } else {
+                Ok(())
+            }
+        };
+        let mut by_key: HashMap<FileKey<'_>, Candidates> = HashMap::new();
+        // Seed files by path: paths are unique within an index, so at most one per seed.
+        let mut by_path: HashMap<&[u8], Vec<(usize, usize)>> = HashMap::new();
+        let mut n = 0;
         for (s, seed) in seeds.iter().enumerate() {
             for (i, e) in seed.index.entries.iter().enumerate() {
+                n += 1;
+                check(n)?;
                 if let Some(k) = FileKey::of(e) {
-                    by_key.entry(k).or_default().push((s, i));
+                    by_key
+                        .entry(k)
+                        .or_insert_with(|| Candidates {
+                            list: Vec::new(),
+                            next: 0,
+                        })
+                        .list
+                        .push((s, i));
+                    by_path.entry(e.path.as_slice()).or_default().push((s, i));
                 }
             }
         }
-        let seed_path = |(s, i): (usize, usize)| seeds[s].index.entries[i].path.as_slice();
+        let seed_entry = |(s, i): (usize, usize)| &seeds[s].index.entries[i];
+        let mut used = HashSet::new();
+        let mut sources = HashMap::new();
+        let mut bytes = 0;
         // A hardlink entry applies its own owner, mode, xattrs and mtime to its target's inode
         // (as containerd does); a seeded inode is shared with another snapshot, so hardlink
         // targets are always written.
@@ -105,33 +156,51 @@ impl Seeding {
             .filter(|e| e.r#type == EntryType::Hardlink as i32)
             .map(|e| e.link_target.as_slice())
             .collect();
-        let mut used = HashSet::new();
-        let mut sources = HashMap::new();
-        let mut bytes = 0;
-        for same_path in [true, false] {
-            for (i, e) in index.entries.iter().enumerate() {
-                if sources.contains_key(&i) || link_targets.contains(e.path.as_slice()) {
-                    continue;
-                }
-                let Some(candidates) = FileKey::of(e).and_then(|k| by_key.get(&k)) else {
-                    continue;
-                };
-                let pick = candidates.iter().copied().find(|c| {
-                    !used.contains(c) && (!same_path || seed_path(*c) == e.path.as_slice())
-                });
-                if let Some(c) = pick {
-                    used.insert(c);
-                    sources.insert(i, c);
-                    bytes += e.size;
-                }
+        // Same path first.
+        for (i, e) in index.entries.iter().enumerate() {
+            check(i)?;
+            if link_targets.contains(e.path.as_slice()) {
+                continue;
+            }
+            let Some(key) = FileKey::of(e) else { continue };
+            let Some(at_path) = by_path.get(e.path.as_slice()) else {
+                continue;
+            };
+            let pick = at_path.iter().copied().find(|c| {
+                !used.contains(c) && FileKey::of(seed_entry(*c)).is_some_and(|k| k == key)
+            });
+            if let Some(c) = pick {
+                used.insert(c);
+                sources.insert(i, c);
+                bytes += e.size;
+            }
+        }
+        // Then the first unused file with the same key anywhere.
+        for (i, e) in index.entries.iter().enumerate() {
+            check(i)?;
+            if sources.contains_key(&i) || link_targets.contains(e.path.as_slice()) {
+                continue;
+            }
+            let Some(cands) = FileKey::of(e).and_then(|k| by_key.get_mut(&k)) else {
+                continue;
+            };
+            while cands.list.get(cands.next).is_some_and(|c| used.contains(c)) {
+                cands.next += 1;
+            }
+            if let Some(&c) = cands.list.get(cands.next) {
+                cands.next += 1;
+                used.insert(c);
+                sources.insert(i, c);
+                bytes += e.size;
             }
         }
         drop(by_key);
-        Self {
+        drop(by_path);
+        Ok(Self {
             seeds,
             sources,
             bytes,
-        }
+        })
     }
 
     /// Files planned to be linked from seeds.

@@ -11,6 +11,10 @@
 //! answer, or a failed probe, keeps the host on `oci-client`'s own authentication path (open
 //! hosts use separate `oci-client` clients, so a host's past on that path never brings the probe
 //! back).
+//!
+//! Hosts that ask for credentials get the same requests with an `Authorization` header (see
+//! [`super::token`]): every manifest, referrers and tag answer is read here, chunk by chunk,
+//! under a size cap, which `oci-client` (reading answers whole) cannot do.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,14 +23,24 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 
+use reqwest::header::HeaderValue;
+
+use super::token::Challenge;
 use super::{Reference, RegistryConfig, RegistryError};
 
 /// Plain `reqwest` clients configured like the `oci-client` ones, and the probe results.
 pub(super) struct Direct {
     secure: reqwest::Client,
     insecure: reqwest::Client,
-    /// host → (when probed, open?).
-    probed: Mutex<HashMap<String, (Instant, bool)>>,
+    /// host → (when probed, open?, the challenge it answered with).
+    probed: Mutex<HashMap<String, Probe>>,
+}
+
+#[derive(Clone)]
+struct Probe {
+    at: Instant,
+    open: bool,
+    challenge: Option<Challenge>,
 }
 
 impl Direct {
@@ -47,7 +61,7 @@ impl Direct {
         })
     }
 
-    fn http(&self, config: &RegistryConfig, host: &str) -> &reqwest::Client {
+    pub(super) fn http(&self, config: &RegistryConfig, host: &str) -> &reqwest::Client {
         if config.insecure_hosts.iter().any(|h| h == host) {
             &self.insecure
         } else {
@@ -58,19 +72,21 @@ impl Direct {
     /// Whether `host` asks for no authentication, probing it when the last answer is older
     /// than `ttl`.
     pub(super) async fn is_open(&self, config: &RegistryConfig, host: &str, ttl: Duration) -> bool {
-        let cached = self.probed.lock().ok().and_then(|m| m.get(host).copied());
-        if let Some((at, open)) = cached
-            && at.elapsed() < ttl
+        let cached = self.probed.lock().ok().and_then(|m| m.get(host).cloned());
+        if let Some(p) = cached
+            && p.at.elapsed() < ttl
         {
-            return open;
+            return p.open;
         }
         let url = format!("{}://{host}/v2/", scheme(config, host));
-        let open = match self.http(config, host).get(&url).send().await {
+        // Only the status and headers are looked at; the body is never read.
+        let (open, challenge) = match self.http(config, host).get(&url).send().await {
             Ok(resp) => {
-                resp.status() == reqwest::StatusCode::OK
-                    && !resp
-                        .headers()
-                        .contains_key(reqwest::header::WWW_AUTHENTICATE)
+                let header = resp.headers().get(reqwest::header::WWW_AUTHENTICATE);
+                (
+                    resp.status() == reqwest::StatusCode::OK && header.is_none(),
+                    header.and_then(Challenge::parse),
+                )
             }
             Err(e) => {
                 // Not remembered: the next request probes again. Meanwhile the host is treated
@@ -81,9 +97,25 @@ impl Direct {
         };
         tracing::debug!(host, open, "registry probed");
         if let Ok(mut m) = self.probed.lock() {
-            m.insert(host.to_owned(), (Instant::now(), open));
+            let at = Instant::now();
+            m.insert(
+                host.to_owned(),
+                Probe {
+                    at,
+                    open,
+                    challenge,
+                },
+            );
         }
         open
+    }
+
+    /// How `host` asked for credentials at its last probe, if it did in a scheme we speak.
+    pub(super) fn challenge(&self, host: &str) -> Option<Challenge> {
+        self.probed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(host).and_then(|p| p.challenge.clone()))
     }
 
     /// Forgets what `host` answered (it refused a request), so the next request probes again.
@@ -100,6 +132,7 @@ impl Direct {
         image: &Reference,
         accept: &[&str],
         max: usize,
+        auth: Option<&HeaderValue>,
     ) -> Result<Bytes, OciDistributionError> {
         let host = image.resolve_registry();
         let reference = image.digest().or(image.tag()).unwrap_or("latest");
@@ -112,7 +145,41 @@ impl Direct {
             .http(config, host)
             .get(&url)
             .header(reqwest::header::ACCEPT, accept.join(", "));
-        send(req, &url, max).await
+        send(authorized(req, auth), &url, max).await
+    }
+
+    /// The OCI referrers API answer for the manifest `image` names by digest (`GET
+    /// /v2/<name>/referrers/<digest>`), read under `max` bytes; `None` when the registry has no
+    /// such API (404).
+    pub(super) async fn referrers(
+        &self,
+        config: &RegistryConfig,
+        image: &Reference,
+        artifact_type: Option<&str>,
+        max: usize,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Option<Bytes>, OciDistributionError> {
+        let host = image.resolve_registry();
+        let digest = image.digest().ok_or_else(|| {
+            OciDistributionError::GenericError(Some("referrers of a tag".to_owned()))
+        })?;
+        let url = format!(
+            "{}://{host}/v2/{}/referrers/{digest}",
+            scheme(config, host),
+            image.repository()
+        );
+        let mut req = self.http(config, host).get(&url).header(
+            reqwest::header::ACCEPT,
+            chunksnap_format::artifact::OCI_INDEX_MEDIA_TYPE,
+        );
+        if let Some(t) = artifact_type {
+            req = req.query(&[("artifactType", t)]);
+        }
+        let (status, body) = fetch(authorized(req, auth), max).await?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        answer(status, body, &url).map(Some)
     }
 
     /// One page of `image`'s repository tags: up to `n` after `last`.
@@ -122,6 +189,7 @@ impl Direct {
         image: &Reference,
         n: usize,
         last: Option<&str>,
+        auth: Option<&HeaderValue>,
     ) -> Result<Vec<String>, OciDistributionError> {
         #[derive(serde::Deserialize)]
         struct TagList {
@@ -139,7 +207,7 @@ impl Direct {
             query.push(("last", last.to_owned()));
         }
         let req = self.http(config, host).get(&url).query(&query);
-        let body = send(req, &url, super::MAX_MANIFEST_SIZE).await?;
+        let body = send(authorized(req, auth), &url, super::MAX_MANIFEST_SIZE).await?;
         if body.len() > super::MAX_MANIFEST_SIZE {
             return Err(OciDistributionError::GenericError(Some(format!(
                 "tag list larger than {} bytes",
@@ -161,14 +229,31 @@ fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
     }
 }
 
+fn authorized(req: reqwest::RequestBuilder, auth: Option<&HeaderValue>) -> reqwest::RequestBuilder {
+    match auth {
+        Some(h) => req.header(reqwest::header::AUTHORIZATION, h.clone()),
+        None => req,
+    }
+}
+
 /// Sends `req` and reads a `200` body, stopping once it is longer than `max` bytes (the caller
 /// reports such a body as too large). Other answers become the errors `oci-client` gives for
 /// them, so the retry policy classifies both paths alike.
-async fn send(
+pub(super) async fn send(
     req: reqwest::RequestBuilder,
     url: &str,
     max: usize,
 ) -> Result<Bytes, OciDistributionError> {
+    let (status, body) = fetch(req, max).await?;
+    answer(status, body, url)
+}
+
+/// Sends `req` and reads the answer's body chunk by chunk, stopping once it is longer than
+/// `max` bytes: whatever the registry sends, at most `max` + one chunk is held.
+async fn fetch(
+    req: reqwest::RequestBuilder,
+    max: usize,
+) -> Result<(reqwest::StatusCode, Bytes), OciDistributionError> {
     let mut resp = req.send().await?;
     let status = resp.status();
     let mut body = BytesMut::new();
@@ -177,7 +262,15 @@ async fn send(
     {
         body.extend_from_slice(&chunk);
     }
-    let body = body.freeze();
+    Ok((status, body.freeze()))
+}
+
+/// A `200` answer's body, or the error `oci-client` gives for the others.
+fn answer(
+    status: reqwest::StatusCode,
+    body: Bytes,
+    url: &str,
+) -> Result<Bytes, OciDistributionError> {
     let err = |code: u16| OciDistributionError::ServerError {
         code,
         url: url.to_owned(),

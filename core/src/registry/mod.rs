@@ -22,6 +22,7 @@ mod platform;
 pub use platform::{Platform, choose_platform};
 pub mod referrers;
 mod retry;
+mod token;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -244,9 +245,8 @@ struct Clients {
 pub(crate) struct ClientHandle {
     clients: Arc<Clients>,
     insecure: bool,
-    /// The host asks for no authentication: its credentials are not stored in `oci-client`,
-    /// and manifest GETs go through [`direct`].
-    open: bool,
+    /// The `Authorization` header of [`direct`] requests to a host that asks for credentials.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl std::ops::Deref for ClientHandle {
@@ -268,6 +268,7 @@ struct Inner {
     open_clients: Arc<Clients>,
     auth: Mutex<HashMap<String, (std::time::Instant, RegistryAuth)>>,
     direct: direct::Direct,
+    tokens: token::Tokens,
 }
 
 fn build_clients(config: &RegistryConfig) -> Result<Clients, RegistryError> {
@@ -333,6 +334,7 @@ impl RegistryClient {
                 open_clients,
                 auth: Mutex::new(HashMap::new()),
                 direct,
+                tokens: token::Tokens::default(),
             }),
         })
     }
@@ -380,6 +382,7 @@ impl RegistryClient {
                     if let Ok(mut m) = self.inner.auth.lock() {
                         m.clear();
                     }
+                    self.inner.tokens.forget(&host);
                 }
                 if let Ok(mut m) = self.inner.auth.lock() {
                     m.insert(host.clone(), (std::time::Instant::now(), a.clone()));
@@ -402,15 +405,43 @@ impl RegistryClient {
                 .map(|c| c.clone())
                 .map_err(|_| RegistryError::Client("client lock poisoned".into()))?
         };
-        let handle = ClientHandle {
+        let mut handle = ClientHandle {
             insecure: config.insecure_hosts.contains(&host),
             clients,
-            open,
+            authorization: None,
         };
         if !open {
             handle.store_auth_if_needed(&host, &auth).await;
+            if let Some(c) = self.credential(image, &auth).await? {
+                // `oci-client` then uses it for blobs instead of asking the realm itself.
+                handle
+                    .tokens
+                    .insert(image, oci_client::RegistryOperation::Pull, c.oci.clone())
+                    .await;
+                handle.authorization = Some(c.header);
+            }
         }
         Ok((handle, auth))
+    }
+
+    /// The pull credential for `image` under the challenge its host answered the probe with
+    /// (none known: the request goes out without one, and a refusal probes again).
+    async fn credential(
+        &self,
+        image: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<Option<token::Credential>, RegistryError> {
+        let host = image.resolve_registry();
+        let Some(challenge) = self.inner.direct.challenge(host) else {
+            return Ok(None);
+        };
+        let http = self.inner.direct.http(&self.inner.config, host);
+        let got = self
+            .retry("authenticate", host, || {
+                self.inner.tokens.pull(http, image, auth, &challenge)
+            })
+            .await;
+        self.forget_if_refused(image, got)?
     }
 
     async fn retry<T, F, Fut>(&self, op: &'static str, what: &str, f: F) -> Result<T, RegistryError>
@@ -437,6 +468,7 @@ impl RegistryClient {
     ) -> Result<T, RegistryError> {
         if let Err(RegistryError::Auth { .. }) = &result {
             self.inner.direct.forget(image.resolve_registry());
+            self.inner.tokens.forget(image.resolve_registry());
         }
         result
     }
@@ -445,28 +477,21 @@ impl RegistryClient {
     /// checked against it; otherwise `digest` is the sha256 of the bytes served.
     #[tracing::instrument(skip(self), fields(image = %image))]
     pub async fn resolve(&self, image: &Reference) -> Result<RawManifest, RegistryError> {
-        let (client, auth) = self.prepare(image).await?;
+        let (client, _) = self.prepare(image).await?;
         let what = image.whole();
-        let bytes = if client.open {
-            let direct = &self.inner.direct;
-            let got = self
-                .retry("pull manifest", &what, || {
-                    direct.manifest(
-                        &self.inner.config,
-                        image,
-                        ACCEPTED_MANIFESTS,
-                        MAX_MANIFEST_SIZE,
-                    )
-                })
-                .await;
-            self.forget_if_refused(image, got)?
-        } else {
-            self.retry("pull manifest", &what, || {
-                client.pull_manifest_raw(image, &auth, ACCEPTED_MANIFESTS)
+        let direct = &self.inner.direct;
+        let got = self
+            .retry("pull manifest", &what, || {
+                direct.manifest(
+                    &self.inner.config,
+                    image,
+                    ACCEPTED_MANIFESTS,
+                    MAX_MANIFEST_SIZE,
+                    client.authorization.as_ref(),
+                )
             })
-            .await?
-            .0
-        };
+            .await;
+        let bytes = self.forget_if_refused(image, got)?;
         if bytes.len() > MAX_MANIFEST_SIZE {
             return Err(RegistryError::TooLarge {
                 what,
@@ -583,26 +608,24 @@ impl RegistryClient {
 
     /// Every tag of `image`'s repository (paginated, 1000 per request).
     pub async fn list_tags(&self, image: &Reference) -> Result<Vec<String>, RegistryError> {
-        let (client, auth) = self.prepare(image).await?;
+        let (client, _) = self.prepare(image).await?;
         let what = image.repository().to_owned();
         let mut tags: Vec<String> = Vec::new();
+        let direct = &self.inner.direct;
         loop {
             let last = tags.last().cloned();
-            let page = if client.open {
-                let direct = &self.inner.direct;
-                let got = self
-                    .retry("list tags", &what, || {
-                        direct.tags_page(&self.inner.config, image, 1000, last.as_deref())
-                    })
-                    .await;
-                self.forget_if_refused(image, got)?
-            } else {
-                self.retry("list tags", &what, || {
-                    client.list_tags(image, &auth, Some(1000), last.as_deref())
+            let got = self
+                .retry("list tags", &what, || {
+                    direct.tags_page(
+                        &self.inner.config,
+                        image,
+                        1000,
+                        last.as_deref(),
+                        client.authorization.as_ref(),
+                    )
                 })
-                .await?
-                .tags
-            };
+                .await;
+            let page = self.forget_if_refused(image, got)?;
             let n = page.len();
             // Stop on a short page, or a registry that ignores `last` and repeats itself.
             let repeated = page.last() == tags.last();

@@ -2,7 +2,8 @@
 //!
 //! Listing uses the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`) and, where the
 //! registry lacks it (404, e.g. distribution 2.8), the referrers tag schema: tag `sha256-<hex>`
-//! holding an OCI image index of referrer descriptors (`oci-client` does both).
+//! holding an OCI image index of referrer descriptors. Both answers are read under
+//! `MAX_MANIFEST_SIZE` (see `direct`).
 //!
 //! Linking pushes the artifact manifest (with its `subject`), then lists the subject's referrers:
 //! if the artifact is listed (the registry indexed it, or the tag index already has it) nothing
@@ -67,19 +68,44 @@ impl RegistryClient {
     ) -> Result<Vec<Descriptor>, RegistryError> {
         let (client, _) = self.prepare(image).await?;
         let target = self.with_digest(image, &subject.to_string());
-        let index = self
-            .retry("list referrers", &target.whole(), || {
-                client.pull_referrers(&target, artifact_type)
+        let what = target.whole();
+        let direct = &self.inner.direct;
+        let got = self
+            .retry("list referrers", &what, || {
+                direct.referrers(
+                    &self.inner.config,
+                    &target,
+                    artifact_type,
+                    super::MAX_MANIFEST_SIZE,
+                    client.authorization.as_ref(),
+                )
             })
-            .await?;
-        let mut out = Vec::with_capacity(index.manifests.len());
-        for entry in index.manifests {
-            let d: Descriptor = serde_json::from_value(serde_json::to_value(entry)?)?;
-            if artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t)) {
-                out.push(d);
+            .await;
+        let manifests = match self.forget_if_refused(image, got)? {
+            Some(body) if body.len() > super::MAX_MANIFEST_SIZE => {
+                return Err(RegistryError::TooLarge {
+                    what,
+                    limit: super::MAX_MANIFEST_SIZE as u64,
+                });
             }
-        }
-        Ok(out)
+            Some(body) => serde_json::from_slice::<ReferrersIndex>(&body)?.manifests,
+            // No referrers API: the referrers tag schema. An absent tag, or one that is not an
+            // image index, lists nothing (as the distribution spec recommends).
+            None => match self
+                .resolve(&self.with_tag(image, &referrers_tag(subject)))
+                .await
+            {
+                Ok(raw) => serde_json::from_slice::<ReferrersIndex>(&raw.bytes)
+                    .map(|i| i.manifests)
+                    .unwrap_or_default(),
+                Err(RegistryError::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(manifests
+            .into_iter()
+            .filter(|d| artifact_type.is_none_or(|t| d.artifact_type.as_deref() == Some(t)))
+            .collect())
     }
 
     /// Pushes the artifact manifest `manifest` (whose `subject` is `subject`) by digest and makes

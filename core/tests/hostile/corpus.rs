@@ -9,20 +9,22 @@ use std::fs;
 use std::path::PathBuf;
 
 use chunksnap_format::artifact::{self, Descriptor, LayerEntry, OCI_MANIFEST_MEDIA_TYPE};
+use chunksnap_format::delta::{compress_index_delta, decompress_index_delta};
 use chunksnap_format::digest::Digest;
 use chunksnap_format::index::encode;
 use chunksnap_format::pb::{EntryType, Xattr};
 use prost::Message;
 
-use crate::harness::{check_artifact, check_index, check_tar};
+use crate::harness::{check_artifact, check_index, check_index_delta, check_tar, delta_input};
 use crate::{Layer, entry};
 
 /// A fuzz target's check.
 type Check = fn(&[u8]);
 
 /// (fuzz target, check) pairs; the target name is the corpus directory.
-const TARGETS: [(&str, Check); 3] = [
+const TARGETS: [(&str, Check); 4] = [
     ("index", check_index),
+    ("index_delta", check_index_delta),
     ("tarscan", check_tar),
     ("artifact", check_artifact),
 ];
@@ -40,6 +42,13 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         let index = layer.build().index;
         out.push(("index", format!("seed-{name}.zst"), encode(&index)));
         out.push(("index", format!("seed-{name}.pb"), index.encode_to_vec()));
+    }
+    for (name, base, raw) in index_deltas() {
+        out.push((
+            "index_delta",
+            format!("seed-{name}.bin"),
+            delta_seed(&base, &raw),
+        ));
     }
     for (name, tar) in tars() {
         out.push(("tarscan", format!("seed-{name}.tar"), tar));
@@ -71,6 +80,24 @@ fn layers() -> Vec<(&'static str, Layer)> {
     let mut zeros = Layer::default();
     zeros.file("sparse", &[0u8; 9000]);
     vec![("all-types", all), ("empty", empty), ("zeros", zeros)]
+}
+
+/// Index deltas between the seed layers' raw indexes, as nodes receive them: (name, base raw
+/// index, raw index).
+fn index_deltas() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let raw = |name: &str| {
+        let (_, layer) = layers().into_iter().find(|(n, _)| *n == name).unwrap();
+        layer.build().index.encode_to_vec()
+    };
+    let (all, zeros, empty) = (raw("all-types"), raw("zeros"), raw("empty"));
+    vec![
+        ("zeros-to-all-types", zeros.clone(), all),
+        ("empty-to-zeros", empty, zeros),
+    ]
+}
+
+fn delta_seed(base: &[u8], raw: &[u8]) -> Vec<u8> {
+    delta_input(base, &compress_index_delta(base, raw).unwrap().unwrap())
 }
 
 fn tars() -> Vec<(&'static str, Vec<u8>)> {
@@ -209,6 +236,13 @@ fn seeds_exercise_the_interesting_paths() {
     for (name, layer) in layers() {
         let index = layer.build().index;
         chunksnap_format::index::validate(&index).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (name, base, raw) in index_deltas() {
+        // Past the digest check and into `decode_raw`: the output validates.
+        let frame = compress_index_delta(&base, &raw).unwrap().unwrap();
+        let out = decompress_index_delta(&frame, &base, 1 << 20, &Digest::of(&raw))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        chunksnap_format::index::decode_raw(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     for (name, tar) in tars() {
         let mut content = Vec::new();

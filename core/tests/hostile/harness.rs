@@ -12,10 +12,12 @@ use chunksnap_core::assemble::{ChunkReader, WhiteoutMode, assemble_layer};
 use chunksnap_core::store::StoreError;
 use chunksnap_core::tarscan::scan_tar;
 use chunksnap_format::FormatError;
+use chunksnap_format::PackError;
 use chunksnap_format::artifact::{self, ArtifactError, LayerEntry};
 use chunksnap_format::chunker::{ChunkerError, ChunkerParams, chunk_stream};
+use chunksnap_format::delta::decompress_index_delta;
 use chunksnap_format::digest::Digest;
-use chunksnap_format::index::{FORMAT_VERSION, decode, is_safe_path, validate};
+use chunksnap_format::index::{FORMAT_VERSION, decode, decode_raw, is_safe_path, validate};
 use chunksnap_format::pack::{PackBuilder, compress_chunk};
 use chunksnap_format::pb::{Chunk, EntryType, LayerIndex, Pack, Source};
 use prost::Message;
@@ -45,6 +47,47 @@ pub fn check_index(data: &[u8]) {
         round_trip(&index);
         assemble_contained(&index);
     }
+}
+
+/// Largest raw index [`check_index_delta`] lets a frame declare (nodes allow `MAX_INDEX_SIZE`;
+/// smaller keeps executions fast, and the bound is the same code).
+const DELTA_MAX: u64 = 16 << 20;
+
+/// Target `index_delta`: `data` as an index delta input, `[base length: u32 LE][base][frame]`
+/// (see [`delta_input`]). The frame must never inflate past the bound, must be refused under a
+/// digest it does not match, and must decode again under the digest it does; what it decodes
+/// to goes through `decode_raw` as a node's would.
+pub fn check_index_delta(data: &[u8]) {
+    let Some((base, frame)) = split_delta_input(data) else {
+        return;
+    };
+    // A fuzzer cannot forge a sha256: ask under a wrong one, and learn the real one from the
+    // refusal.
+    let wrong = Digest::of(b"not the index");
+    let actual = match decompress_index_delta(frame, base, DELTA_MAX, &wrong) {
+        Ok(raw) => panic!("{} bytes accepted under a wrong digest", raw.len()),
+        Err(PackError::DigestMismatch { actual, .. }) => actual,
+        Err(_) => return,
+    };
+    let raw = decompress_index_delta(frame, base, DELTA_MAX, &actual)
+        .expect("a frame decodes again under its own digest");
+    assert!(raw.len() as u64 <= DELTA_MAX, "inflated past the bound");
+    assert_eq!(Digest::of(&raw), actual);
+    if let Ok(index) = decode_raw(&raw) {
+        round_trip(&index);
+    }
+}
+
+/// `[base length: u32 LE][base][frame]`, the input form of [`check_index_delta`].
+pub fn delta_input(base: &[u8], frame: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(base.len()).expect("base under 4 GiB");
+    [&len.to_le_bytes()[..], base, frame].concat()
+}
+
+fn split_delta_input(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = data.split_first_chunk::<4>()?;
+    let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+    (len <= rest.len()).then(|| rest.split_at(len))
 }
 
 /// Target `tarscan`: `data` as a layer tar. A scan that succeeds must give safe, unique paths

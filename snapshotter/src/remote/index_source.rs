@@ -167,8 +167,12 @@ impl IndexSource {
             }
         };
         let want = *layer;
-        let ix =
-            tokio::task::spawn_blocking(move || decode_for(&blob, &want, index::decode)).await??;
+        let permit = decode_permit().await;
+        let ix = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            decode_for(&blob, &want, index::decode)
+        })
+        .await??;
         Ok(self.remember_index((*layer, desc.digest.clone()), ix))
     }
 
@@ -203,7 +207,9 @@ impl IndexSource {
             }
         };
         let want = *layer;
+        let permit = decode_permit().await;
         let rebuilt = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
                 .map_err(|e| e.to_string())?;
             decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())
@@ -266,7 +272,9 @@ impl IndexSource {
         }
         let dir = self.index_dir.clone()?;
         let want = *layer;
+        let permit = decode_permit().await;
         let ix = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let blob = index_files::load(&dir, &want)?;
             match decode_for(&blob, &want, index::decode) {
                 Ok(ix) => Some(ix),
@@ -290,6 +298,16 @@ fn artifact_key(image: &Reference, manifest: &Digest) -> ArtifactKey {
         format!("{}/{}", image.registry(), image.repository()),
         *manifest,
     )
+}
+
+/// Index decodes running at once. Each may hold up to `chunksnap_format::budget::MAX_INDEX_MEMORY`,
+/// and sibling prefetch asks for every layer of an image together.
+static INDEX_DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A turn to decode an index (held by the blocking task that decodes). The semaphore is never
+/// closed, so `None` cannot happen in practice; it would only lift the limit.
+async fn decode_permit() -> Option<tokio::sync::SemaphorePermit<'static>> {
+    INDEX_DECODES.acquire().await.ok()
 }
 
 /// Decodes a stored or fetched index (with `decode`: a blob, or raw bytes) and checks that it

@@ -65,13 +65,15 @@ impl ChunkRemote {
         }
         let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
-        let ix2 = ix.clone();
+        let (ix2, claim) = (ix.clone(), req.claim.clone());
         let (seeding, needed) = tokio::task::spawn_blocking(move || {
-            let seeding = Seeding::plan(&ix2, seeds);
+            // An abandoned prepare stops planning too, as it stops assembling.
+            let seeding = Seeding::plan_cancellable(&ix2, seeds, claim.flag())
+                .map_err(|_| chunksnap_core::assemble::AssembleError::Cancelled)?;
             let needed = seeding.needed_chunks(&ix2);
-            (seeding, needed)
+            Ok::<_, RemoteError>((seeding, needed))
         })
-        .await?;
+        .await??;
         let pin = self.store.pin(chunk_digests(&ix));
         let started = Instant::now();
         let plan_ms = t0.elapsed().as_millis() as u64 - artifact_ms - index_ms;

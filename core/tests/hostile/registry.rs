@@ -1,0 +1,173 @@
+//! Registry answers that never end: a manifest, referrers list or token answer streamed forever
+//! (chunked) or declared as 1 GiB. Each must fail with a size error once its cap is passed, the
+//! client having read no more than the cap and one chunk (the server sees the connection close
+//! after sending little more than the cap plus socket buffers).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chunksnap_core::registry::{RegistryClient, RegistryConfig, RegistryError};
+use chunksnap_format::digest::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// How the hostile answer's body is framed.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// Chunked, never ending.
+    Endless,
+    /// `Content-Length: 1 GiB`.
+    Declared,
+}
+
+const GIB: u64 = 1 << 30;
+/// What the server may manage to send before the client hangs up: the largest cap (4 MiB)
+/// plus loopback socket buffers, far below what it offers.
+const SENT_BOUND: u64 = 64 << 20;
+
+/// A registry on 127.0.0.1 that answers `GET /v2/` (open, or with a bearer challenge whose
+/// realm it also serves) and everything else with a hostile body. Each hostile answer reports
+/// the bytes it sent once the client hung up.
+struct Hostile {
+    addr: SocketAddr,
+    sent: mpsc::UnboundedReceiver<u64>,
+}
+
+impl Hostile {
+    async fn start(challenge: bool, framing: Framing) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, sent) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    if let Some(n) = answer(sock, addr, challenge, framing).await {
+                        let _ = tx.send(n);
+                    }
+                });
+            }
+        });
+        Self { addr, sent }
+    }
+
+    fn client(&self) -> RegistryClient {
+        RegistryClient::new(RegistryConfig {
+            plain_http_hosts: vec![self.addr.to_string()],
+            docker_config: None,
+            retries: 0,
+            ..RegistryConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// Bytes the hostile answer sent before the client hung up.
+    async fn sent(&mut self) -> u64 {
+        tokio::time::timeout(Duration::from_secs(30), self.sent.recv())
+            .await
+            .expect("the client hung up")
+            .expect("server running")
+    }
+}
+
+/// Serves one request; returns the body bytes sent for a hostile answer.
+async fn answer(
+    mut sock: TcpStream,
+    addr: SocketAddr,
+    challenge: bool,
+    framing: Framing,
+) -> Option<u64> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() > 64 << 10 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let path = head.split(|b| *b == b' ').nth(1)?.to_vec();
+    if path == b"/v2/" {
+        let reply = if challenge {
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"hostile\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        } else {
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+        };
+        let _ = sock.write_all(reply.as_bytes()).await;
+        return None;
+    }
+    let framing_header = match framing {
+        Framing::Endless => "Transfer-Encoding: chunked".to_owned(),
+        Framing::Declared => format!("Content-Length: {GIB}"),
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\n{framing_header}\r\nConnection: close\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.ok()?;
+    let block = vec![b' '; 64 << 10];
+    let mut sent = 0u64;
+    loop {
+        let written = match framing {
+            Framing::Endless => {
+                let mut chunk = format!("{:x}\r\n", block.len()).into_bytes();
+                chunk.extend_from_slice(&block);
+                chunk.extend_from_slice(b"\r\n");
+                sock.write_all(&chunk).await
+            }
+            Framing::Declared if sent >= GIB => return Some(sent),
+            Framing::Declared => sock.write_all(&block).await,
+        };
+        if written.is_err() {
+            return Some(sent);
+        }
+        sent += block.len() as u64;
+    }
+}
+
+fn assert_too_large(r: Result<impl std::fmt::Debug, RegistryError>, what: &str) {
+    match r {
+        Err(RegistryError::TooLarge { what: w, .. }) if w.contains(what) => {}
+        other => panic!("expected TooLarge for {what}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn endless_manifest_answers_are_cut_at_the_cap() {
+    for framing in [Framing::Endless, Framing::Declared] {
+        let mut server = Hostile::start(false, framing).await;
+        let client = server.client();
+        let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+        assert_too_large(client.resolve(&image).await, "app:v1");
+        let sent = server.sent().await;
+        assert!(sent < SENT_BOUND, "{framing:?}: server sent {sent} bytes");
+    }
+}
+
+#[tokio::test]
+async fn endless_referrers_answers_are_cut_at_the_cap() {
+    let mut server = Hostile::start(false, Framing::Endless).await;
+    let client = server.client();
+    let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+    let subject = Digest::of(b"subject");
+    assert_too_large(
+        client.referrers(&image, &subject, None).await,
+        &subject.to_string(),
+    );
+    let sent = server.sent().await;
+    assert!(sent < SENT_BOUND, "server sent {sent} bytes");
+}
+
+#[tokio::test]
+async fn endless_token_answers_are_cut_at_the_cap() {
+    for framing in [Framing::Endless, Framing::Declared] {
+        let mut server = Hostile::start(true, framing).await;
+        let client = server.client();
+        let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+        assert_too_large(client.resolve(&image).await, "token answer");
+        let sent = server.sent().await;
+        assert!(sent < SENT_BOUND, "{framing:?}: server sent {sent} bytes");
+    }
+}

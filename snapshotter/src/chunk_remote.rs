@@ -36,6 +36,8 @@ use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_proto::index::{EntryType, LayerIndex};
 use oci_client::Reference;
 
+use crate::artifact_cache::BoundedMap;
+use crate::cancel::unless_cancelled;
 use crate::claims::DirClaim;
 use crate::index_files;
 use crate::metrics::Metrics;
@@ -50,6 +52,9 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const INDEX_CACHE_ENTRIES: usize = 64;
 /// Layer indexes kept on disk (for seeding after a restart); the least recently used go.
 const INDEX_FILES: usize = 256;
+/// Artifact lookups kept (per manifest digest), and for how long.
+const ARTIFACT_ENTRIES: usize = 256;
+const ARTIFACT_TTL: Duration = Duration::from_secs(3600);
 
 /// Why a remote prepare could not assemble the layer (logged, then falls back).
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +92,7 @@ pub struct ChunkRemote {
     inflight: Inflight,
     fetch: FetchOptions,
     metrics: Metrics,
-    artifacts: Mutex<HashMap<Digest, ArtifactEntry>>,
+    artifacts: Mutex<BoundedMap<Digest, ArtifactEntry>>,
     indexes: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
     /// Layers whose chunks are being fetched in the background.
     prefetching: Mutex<HashSet<Digest>>,
@@ -132,7 +137,7 @@ impl ChunkRemote {
             inflight: Inflight::with_request_limit(fetch.parallelism),
             fetch,
             metrics,
-            artifacts: Mutex::new(HashMap::new()),
+            artifacts: Mutex::new(BoundedMap::new(ARTIFACT_ENTRIES, ARTIFACT_TTL)),
             indexes: Mutex::new(HashMap::new()),
             prefetching: Mutex::new(HashSet::new()),
             mirrors: node.mirrors,
@@ -411,6 +416,11 @@ impl ChunkRemote {
         self.prefetch_siblings(&image, &artifact, req);
         let artifact_ms = t0.elapsed().as_millis() as u64;
         let ix = self.layer_index(&image, &artifact, &layer).await?;
+        chunksnap_core::fetch::check_layer(
+            &ix,
+            self.store.stats().budget,
+            self.fetch.max_layer_content,
+        )?;
         let index_ms = t0.elapsed().as_millis() as u64 - artifact_ms;
         let seeds = self.seeds(&req.seeds).await;
         let ix2 = ix.clone();
@@ -434,8 +444,10 @@ impl ChunkRemote {
                 ix.clone(),
                 fetch_failed.clone(),
             );
+            let token = req.claim.token();
             tokio::spawn(async move {
-                let result = this.fetch_chunks(&image, &ix, Some(&needed)).await;
+                let fetch = this.fetch_chunks(&image, &ix, Some(&needed));
+                let result = unless_cancelled(&token, fetch).await;
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -566,11 +578,12 @@ impl ChunkReader for FetchingReader {
             .map(|c| c.digest.as_slice() == digest.as_bytes().as_slice())
             .collect();
         let _pin = self.remote.store.pin([*digest]);
-        let fetched = self.runtime.block_on(self.remote.fetch_chunks(
-            &self.image,
-            &self.index,
-            Some(&needed),
-        ));
+        let fetch = self
+            .remote
+            .fetch_chunks(&self.image, &self.index, Some(&needed));
+        let fetched = self
+            .runtime
+            .block_on(unless_cancelled(&self.claim.token(), fetch));
         if let Err(e) = fetched {
             tracing::warn!(%digest, cause = %e, "fetching a chunk while assembling failed");
             return Err(StoreError::Missing(*digest));

@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifact_cache;
+pub mod cancel;
 pub mod chunk_remote;
 pub mod claims;
 pub mod config;

@@ -7,3 +7,4 @@ mod crash;
 mod disk;
 mod faults;
 mod security;
+mod slow_registry;

@@ -59,9 +59,9 @@ impl Permits {
         let sem = {
             let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
             if !hosts.contains_key(host) {
-                // Hosts with nothing in flight hold no state: the map stays as small as the
-                // set of hosts being fetched from.
-                hosts.retain(|_, s| s.available_permits() < self.per_host);
+                // Hosts nothing holds or waits for (their permits and waiters keep a clone)
+                // are dropped: the map stays as small as the set of hosts being fetched from.
+                hosts.retain(|_, s| Arc::strong_count(s) > 1);
             }
             Arc::clone(
                 hosts

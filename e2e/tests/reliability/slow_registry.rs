@@ -86,14 +86,16 @@ async fn slow_loris_registry_does_not_stall_other_pulls() -> Result<()> {
         .await
         .context("the slow-loris image's pull wedged")??;
     let slow_time = slow_started.elapsed();
+    let trickled = node.faults.injected();
     node.faults.set_plan(None);
     slow_result.context("the slow-loris image's pull failed")?;
     let fallback = node.prepares("fallback").await?;
     eprintln!(
         "slow-loris pull: done in {:.1} s, {fallback} fallback prepares, {} trickled reads",
         slow_time.as_secs_f64(),
-        node.faults.injected()
+        trickled
     );
+    ensure!(trickled > 0, "no pack read was trickled");
     ensure!(fallback >= 1.0, "the slow image's layers did not fall back");
     ensure!(
         node.log().contains("no complete answer within"),

@@ -97,6 +97,8 @@ def main(case, text):
             check(any(args[i:i + 2] == [a, b] for i in range(len(args))), f"missing {a} {b}")
         check(config["docker_config"] == "/run/chunksnap/pull-secrets.json", "daemon reads pull secrets")
         check(pod["automountServiceAccountToken"] is True, "API token mounted for pull secrets")
+        check(args.index("team-a") < args.index("team-b"), "namespaces keep their precedence order")
+        check(pod_namespace_env(main_c), "pull-secrets knows its own namespace (POD_NAMESPACE)")
     elif case == "plainhttp-resources-values":
         check(pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "builds",
                                       "effect": "NoSchedule"}], "custom tolerations")
@@ -120,9 +122,15 @@ def main(case, text):
               f"minimal cluster rule: {cr['rules']}")
         check("Role" not in by_kind and len(by_kind.get("ClusterRoleBinding", [])) == 1, "one ClusterRoleBinding")
         check("--all-namespaces" in main_c["command"], "pull-secrets watches all namespaces")
+        check(pod_namespace_env(main_c), "all namespaces: the release namespace wins (POD_NAMESPACE)")
         check(not monitors, "no ServiceMonitor unless enabled")
     else:
         fail(f"unknown case {case}")
+
+
+def pod_namespace_env(container):
+    return {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} \
+        in container.get("env", [])
 
 
 if __name__ == "__main__":

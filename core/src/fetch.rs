@@ -9,7 +9,12 @@
 //!
 //! [`Inflight`] is shared process-wide so that concurrent fetches needing the same chunk fetch
 //! it once: the first claims it, the others wait for it; if the first fails, a waiter claims
-//! and fetches it itself.
+//! and fetches it itself, and one that waited [`claim_wait`] fetches it itself regardless.
+//!
+//! A slow registry costs the others nothing ([`limits`]): each Range request ends within
+//! [`request_deadline`] (a floor plus its size at [`FetchOptions::min_rate`]) in
+//! [`FetchError::Deadline`], and requests take a permit of their registry host before one of
+//! the process-wide pool, so a stalling host holds at most its own share.
 //!
 //! Deltas: a chunk with a [`Delta`](chunksnap_format::pb::Delta) whose base chunks are all
 //! in the store is fetched as its delta frame (usually a small fraction of the chunk) and
@@ -20,16 +25,22 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chunksnap_format::pb::{Compression, LayerIndex};
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 
+mod bounds;
+mod limits;
 mod verify;
+
+pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
+pub use limits::{claim_wait, request_deadline};
 
 /// How many times a chunk another fetch was getting is waited for before giving up.
 const MAX_ROUNDS: usize = 4;
@@ -65,6 +76,24 @@ pub enum FetchError {
     /// A blocking task panicked or was cancelled.
     #[error("verification task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A Range request did not complete within its deadline (a stalling or trickling source).
+    #[error("reading {len} bytes at {offset} of pack {pack}: no complete answer within {after:?}")]
+    Deadline {
+        pack: String,
+        offset: u64,
+        len: u64,
+        after: Duration,
+    },
+    /// The layer would cost more disk than allowed ([`check_layer`]).
+    #[error("{what}: {bytes} bytes, more than the {limit}-byte limit")]
+    TooLarge {
+        what: &'static str,
+        bytes: u64,
+        limit: u64,
+    },
+    /// The fetch was abandoned (its prepare went away).
+    #[error("fetch cancelled")]
+    Cancelled,
 }
 
 impl FetchError {
@@ -86,6 +115,12 @@ impl FetchError {
 
 /// Reads byte ranges of pack blobs (implemented by the registry client, and by test fakes).
 pub trait RangeSource: Send + Sync {
+    /// The registry host the reads go to: requests take a permit of their host (see
+    /// [`Inflight`]). Sources that are not a registry share one.
+    fn host(&self) -> &str {
+        ""
+    }
+
     /// Exactly `len` bytes at `offset` of the pack blob with digest `pack` (`sha256:<hex>`).
     fn read_range(
         &self,
@@ -103,8 +138,15 @@ pub struct FetchOptions {
     pub max_gap: u64,
     /// Largest request in bytes (4 MiB); a single larger chunk still gets its own request.
     pub max_request: u64,
-    /// Requests in flight at once (8).
+    /// Requests in flight at once (8), and per registry host across every fetch.
     pub parallelism: usize,
+    /// Every Range request may take this long whatever its size (20 s), plus its size at
+    /// `min_rate`: see [`request_deadline`].
+    pub request_floor: Duration,
+    /// Slowest transfer rate a request is allowed beyond the floor, bytes/s (64 KiB/s).
+    pub min_rate: u64,
+    /// Largest layer content fetched for ([`MAX_LAYER_CONTENT`]): see [`check_layer`].
+    pub max_layer_content: u64,
 }
 
 impl Default for FetchOptions {
@@ -113,6 +155,9 @@ impl Default for FetchOptions {
             max_gap: 32 << 10,
             max_request: 4 << 20,
             parallelism: 8,
+            request_floor: Duration::from_secs(20),
+            min_rate: 64 << 10,
+            max_layer_content: MAX_LAYER_CONTENT,
         }
     }
 }
@@ -136,6 +181,9 @@ pub struct FetchStats {
     pub chunks_from_deltas: u64,
     /// Deltas that could not be used after all (then the full chunk was fetched).
     pub delta_fallbacks: u64,
+    /// Chunks another fetch had claimed but not delivered within [`claim_wait`], then
+    /// fetched by this one.
+    pub claims_overtaken: u64,
 }
 
 impl FetchStats {
@@ -149,18 +197,20 @@ impl FetchStats {
         self.chunks_waited += other.chunks_waited;
         self.chunks_from_deltas += other.chunks_from_deltas;
         self.delta_fallbacks += other.delta_fallbacks;
+        self.claims_overtaken += other.claims_overtaken;
     }
 }
 
-/// Process-wide registry of chunks being fetched, and the process-wide cap on Range requests in
-/// flight; clone it freely (shared state).
+/// Process-wide registry of chunks being fetched, and the caps on Range requests in flight;
+/// clone it freely (shared state).
 #[derive(Clone)]
 pub struct Inflight {
     map: Arc<Mutex<HashMap<Digest, Arc<Notify>>>>,
     /// One permit per request in flight, over every concurrent fetch: the layers of an image
     /// are fetched side by side, and each response is held in memory until verified, so memory
-    /// stays within `requests × FetchOptions::max_request` however many layers there are.
-    requests: Arc<Semaphore>,
+    /// stays within `2 × limit × FetchOptions::max_request` however many layers there are;
+    /// `limit` of them per registry host.
+    requests: Arc<limits::Permits>,
 }
 
 impl Default for Inflight {
@@ -170,11 +220,12 @@ impl Default for Inflight {
 }
 
 impl Inflight {
-    /// At most `limit` Range requests in flight across every fetch sharing this value.
+    /// At most `limit` Range requests in flight per registry host, and twice that in all,
+    /// across every fetch sharing this value.
     pub fn with_request_limit(limit: usize) -> Self {
         Self {
             map: Arc::default(),
-            requests: Arc::new(Semaphore::new(limit.max(1))),
+            requests: Arc::new(limits::Permits::new(limit)),
         }
     }
 }
@@ -289,7 +340,7 @@ pub async fn fetch_missing(
 }
 
 /// [`fetch_missing`] for only the chunks marked in `needed` (one flag per chunk of `index`;
-/// `None` = all), e.g. those of files that are not seeded.
+/// `None` = all, after [`check_layer`]), e.g. those of files that are not seeded.
 pub async fn fetch_needed(
     index: &LayerIndex,
     needed: Option<&[bool]>,
@@ -298,6 +349,9 @@ pub async fn fetch_needed(
     opts: &FetchOptions,
     inflight: &Inflight,
 ) -> Result<FetchStats, FetchError> {
+    if needed.is_none() {
+        check_layer(index, store.stats().budget, opts.max_layer_content)?;
+    }
     let mut wants: Vec<Want> = Vec::new();
     let mut seen = HashSet::new();
     let mut delta_of: HashMap<Digest, usize> = HashMap::new();
@@ -331,6 +385,8 @@ pub async fn fetch_needed(
     wants.retain(|w| !store.contains(&w.digest));
     stats.chunks_reused = stats.chunks_needed - wants.len() as u64;
     let _bases = use_deltas(index, &delta_of, &mut wants, store)?;
+    // Chunks whose claim outlived `claim_wait`: fetched without waiting for the claim again.
+    let mut overtake: HashSet<Digest> = HashSet::new();
 
     for _ in 0..MAX_ROUNDS {
         if wants.is_empty() {
@@ -349,6 +405,7 @@ pub async fn fetch_needed(
                     continue;
                 }
                 match map.get(&w.digest) {
+                    Some(_) if overtake.contains(&w.digest) => mine.push(w),
                     Some(n) => {
                         // Created under the lock, so the owner's notify_waiters cannot be missed.
                         waits.push(Arc::clone(n).notified_owned());
@@ -390,8 +447,8 @@ pub async fn fetch_needed(
         let fetched: Vec<Fetched> = futures::stream::iter(claimed)
             .map(|(r, claims)| async move {
                 // Never closed, so acquiring cannot fail; without a permit, go on regardless.
-                let _permit = inflight.requests.acquire().await.ok();
-                fetch_request(r, claims, store, source).await
+                let _permit = inflight.requests.acquire(source.host()).await;
+                fetch_request(r, claims, store, source, opts).await
             })
             .buffer_unordered(opts.parallelism.max(1))
             .try_collect()
@@ -403,12 +460,17 @@ pub async fn fetch_needed(
             stats.delta_fallbacks += f.retry.len() as u64;
             wants.extend(f.retry.into_iter().map(Want::into_full));
         }
-        futures::future::join_all(waits).await;
+        // A claim whose owner stalls (a slow registry, an abandoned prepare) is not waited
+        // for longer than its largest request may take: then the chunk is fetched here.
+        let waited = tokio::time::timeout(claim_wait(opts), futures::future::join_all(waits)).await;
         for w in theirs {
             if store.contains(&w.digest) {
                 stats.chunks_waited += 1;
             } else {
-                wants.push(w); // the other fetch failed: try ourselves next round
+                if waited.is_err() && overtake.insert(w.digest) {
+                    stats.claims_overtaken += 1;
+                }
+                wants.push(w); // the other fetch failed or stalls: try ourselves next round
             }
         }
     }
@@ -581,13 +643,22 @@ async fn fetch_request(
     claims: Arc<Claims>,
     store: &Arc<ChunkStore>,
     source: &impl RangeSource,
+    opts: &FetchOptions,
 ) -> Result<Fetched, FetchError> {
     let r = Arc::new(r);
     let mut received = 0;
     let mut attempt = 0;
+    let deadline = request_deadline(opts, r.len);
     loop {
         attempt += 1;
-        let data = source.read_range(&r.pack, r.start, r.len).await?;
+        let data = tokio::time::timeout(deadline, source.read_range(&r.pack, r.start, r.len))
+            .await
+            .map_err(|_| FetchError::Deadline {
+                pack: r.pack.clone(),
+                offset: r.start,
+                len: r.len,
+                after: deadline,
+            })??;
         if data.len() as u64 != r.len {
             return Err(FetchError::ShortRead {
                 pack: r.pack.clone(),

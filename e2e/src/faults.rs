@@ -41,6 +41,9 @@ pub enum Fault {
     Stall(Duration),
     /// Wait this long before answering normally (slow registry, not a failure).
     Delay(Duration),
+    /// Slow loris: send the body one byte per this interval (shorter than any between-reads
+    /// timeout, so only a deadline on the whole request ends it).
+    Trickle(Duration),
 }
 
 /// Which requests a plan may hurt.
@@ -184,7 +187,11 @@ async fn handle(
     let body_fault = fault.filter(|f| {
         matches!(
             f,
-            Fault::ResetMidBody | Fault::Truncate | Fault::FlipByte | Fault::Stall(_)
+            Fault::ResetMidBody
+                | Fault::Truncate
+                | Fault::FlipByte
+                | Fault::Stall(_)
+                | Fault::Trickle(_)
         )
     });
     let Some(fault) = body_fault else {
@@ -214,6 +221,7 @@ async fn handle(
             Step::Data(bytes.slice(half..)),
         ]
         .into(),
+        Fault::Trickle(every) => [Step::Trickle(bytes, every)].into(),
         _ => [Step::Data(bytes)].into(),
     };
     let body = FaultBody {
@@ -230,6 +238,8 @@ async fn handle(
 enum Step {
     Data(Bytes),
     Sleep(Duration),
+    /// These bytes, one per interval.
+    Trickle(Bytes, Duration),
     /// Fail the body: hyper then aborts the connection mid-response.
     Break,
 }
@@ -260,6 +270,13 @@ impl Body for FaultBody {
             None => Poll::Ready(None),
             Some(Step::Data(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
             Some(Step::Break) => Poll::Ready(Some(Err("injected connection reset".into()))),
+            Some(Step::Trickle(b, every)) => {
+                if b.len() > 1 {
+                    self.steps.push_front(Step::Trickle(b.slice(1..), every));
+                    self.steps.push_front(Step::Sleep(every));
+                }
+                Poll::Ready(Some(Ok(Frame::data(b.slice(..b.len().min(1))))))
+            }
             Some(Step::Sleep(d)) => {
                 self.sleep = Some(Box::pin(tokio::time::sleep(d)));
                 self.poll_frame(cx)

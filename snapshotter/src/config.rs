@@ -59,6 +59,11 @@ pub struct Config {
     pub fetch_max_gap_bytes: u64,
     /// Largest single Range request. Default 4 MiB.
     pub fetch_max_request_bytes: u64,
+    /// Every Range request may take this long, plus its size at `fetch_min_rate_bytes`; a
+    /// slower answer fails the fetch (the layer falls back). Default 20.
+    pub fetch_request_floor_seconds: u64,
+    /// Slowest registry transfer rate tolerated beyond the floor, bytes/s. Default 64 KiB.
+    pub fetch_min_rate_bytes: u64,
     /// Log filter (`error`…`trace`, or a `tracing` env-filter directive). Default `info`.
     pub log_level: String,
     /// Size budget of the chunk store in bytes; least recently used chunks are evicted
@@ -85,6 +90,8 @@ impl Default for Config {
             fetch_parallelism: 8,
             fetch_max_gap_bytes: 32 << 10,
             fetch_max_request_bytes: 4 << 20,
+            fetch_request_floor_seconds: 20,
+            fetch_min_rate_bytes: 64 << 10,
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,
             insecure_skip_layer_verification: Vec::new(),
@@ -121,6 +128,9 @@ impl Config {
             max_gap: self.fetch_max_gap_bytes,
             max_request: self.fetch_max_request_bytes.max(1 << 20),
             parallelism: self.fetch_parallelism.max(1),
+            request_floor: std::time::Duration::from_secs(self.fetch_request_floor_seconds),
+            min_rate: self.fetch_min_rate_bytes.max(1),
+            ..Default::default()
         }
     }
 

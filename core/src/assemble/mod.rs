@@ -27,6 +27,7 @@
 mod attrs;
 mod content;
 mod fsops;
+mod recent;
 mod seed;
 mod writer;
 
@@ -252,6 +253,8 @@ pub fn assemble_layer_with(
                 source,
             })
     };
+    let recent = recent::Recent::new(chunks, &index.chunks);
+    let chunks: &dyn ChunkReader = &recent;
     let root = open(dest)?;
     let parents = opts
         .parents

@@ -249,6 +249,10 @@ pub struct RepoRangeSource {
 }
 
 impl crate::fetch::RangeSource for RepoRangeSource {
+    fn host(&self) -> &str {
+        self.repo.resolve_registry()
+    }
+
     async fn read_range(
         &self,
         pack: &str,

@@ -351,6 +351,7 @@ async fn requests_in_flight_are_capped_across_concurrent_fetches() {
         max_gap: 0,
         max_request: 4096,
         parallelism: 8,
+        ..FetchOptions::default()
     };
     let inflight = Inflight::with_request_limit(3);
     let (ra, rb) = tokio::join!(

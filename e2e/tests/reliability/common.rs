@@ -24,6 +24,9 @@ pub struct FaultyNode {
     pub env: Env,
     pub chunksnap: Chunksnap,
     pub faults: FaultProxy,
+    /// `host:port` of the registry itself, bypassing both proxies: a second, healthy registry
+    /// host (plain HTTP for containerd and chunksnap) serving the same repositories.
+    pub direct_host: String,
     /// Held for its drop: removed (or kept) after the daemons above have stopped.
     _dir: NodeDir,
 }
@@ -91,7 +94,8 @@ impl FaultyNode {
         let images = TestImages::new(&registry)?;
         let pause = images.pause().await?;
         let socket = dir.path().join("cs.sock");
-        let mut hosts = vec![registry.host()];
+        let direct_host = upstream.to_string();
+        let mut hosts = vec![registry.host(), direct_host.clone()];
         hosts.extend_from_slice(extra_hosts);
         let containerd = Containerd::start(&ContainerdConfig {
             snapshotter: Snapshotter::chunksnap(&socket),
@@ -119,6 +123,7 @@ impl FaultyNode {
             env,
             chunksnap,
             faults,
+            direct_host,
             _dir: dir,
         })
     }

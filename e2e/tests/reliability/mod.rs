@@ -8,3 +8,4 @@ mod disk;
 mod faults;
 mod forged;
 mod security;
+mod slow_registry;

@@ -85,13 +85,15 @@ struct ContainerdConfigArgs {
 
 #[derive(Debug, Args)]
 struct PullSecretsArgs {
-    /// Namespace whose dockerconfigjson Secrets are used (repeatable).
+    /// Namespace whose dockerconfigjson Secrets are used (repeatable; the first listed wins
+    /// for a host) [default: $POD_NAMESPACE, the daemon's own].
     #[arg(long = "namespace", value_name = "NS")]
     namespaces: Vec<String>,
     /// Only Secrets with this name (repeatable).
     #[arg(long = "name", value_name = "NAME")]
     names: Vec<String>,
-    /// Watch every namespace (needs a ClusterRole).
+    /// Watch every namespace (needs a ClusterRole): $POD_NAMESPACE's secrets win; other
+    /// namespaces' count for a host only where they all agree.
     #[arg(long, conflicts_with = "namespaces")]
     all_namespaces: bool,
     /// docker config.json rewritten (0600) whenever the credentials change; point the daemon's
@@ -203,18 +205,26 @@ fn pull_secrets(args: PullSecretsArgs) -> anyhow::Result<()> {
             }
             token.cancel();
         });
+        // The daemon's own namespace (downward API): the default scope, and the one that
+        // wins in all-namespaces mode.
+        let own: Vec<String> = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty())
+            .into_iter()
+            .collect();
         let options = SyncOptions {
-            namespaces: if args.all_namespaces {
-                Vec::new()
-            } else {
-                args.namespaces
+            namespaces: match (args.all_namespaces, args.namespaces.is_empty()) {
+                (true, _) => Vec::new(),
+                (false, true) => own.clone(),
+                (false, false) => args.namespaces,
             },
+            preferred: own,
             names: args.names,
             output: Some(args.output),
         };
         anyhow::ensure!(
             args.all_namespaces || !options.namespaces.is_empty(),
-            "name at least one --namespace, or --all-namespaces"
+            "name at least one --namespace (or set POD_NAMESPACE), or --all-namespaces"
         );
         run_with_default_client(&options, shutdown)
             .await

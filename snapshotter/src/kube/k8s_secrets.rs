@@ -65,8 +65,11 @@ impl fmt::Debug for Credential {
 
 /// Shared, cheaply cloned map of registry credentials from pull secrets.
 ///
-/// Secrets are kept per `namespace/name`; when several match a host, the first by
-/// namespace then name wins, so the answer does not depend on event order.
+/// Secrets are kept per `namespace/name`. When several match a host, the operator's
+/// namespaces ([`PullSecrets::with_priority`]) rank first, in the order given, then by name;
+/// the answer never depends on event order. Secrets of other namespaces (all-namespaces mode)
+/// only count when they agree: a host whose credentials differ between two of them gets none
+/// from them, so one tenant cannot choose the credentials the node uses for another's host.
 #[derive(Clone, Default)]
 pub struct PullSecrets {
     inner: Arc<RwLock<State>>,
@@ -76,6 +79,46 @@ pub struct PullSecrets {
 struct State {
     /// `(namespace, name)` → the secret's registries.
     secrets: BTreeMap<(String, String), Vec<(HostPattern, Credential)>>,
+    /// The operator's namespaces, highest precedence first.
+    priority: Vec<String>,
+}
+
+impl State {
+    /// Where secrets of `namespace` rank: their position in `priority`, else after them all.
+    fn rank(&self, namespace: &str) -> usize {
+        self.priority
+            .iter()
+            .position(|p| p == namespace)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The credential for the entries `matching` selects, by the precedence above.
+    fn resolve(&self, mut matching: impl FnMut(&HostPattern) -> bool) -> Option<&Credential> {
+        let mut best: Option<(usize, &Credential)> = None;
+        let mut conflict = false;
+        for ((namespace, _), entries) in &self.secrets {
+            let rank = self.rank(namespace);
+            for (pattern, credential) in entries {
+                if !matching(pattern) {
+                    continue;
+                }
+                match best {
+                    Some((r, _)) if r < rank => {}
+                    Some((r, c)) if r == rank => {
+                        conflict |= r == usize::MAX && c != credential;
+                    }
+                    _ => {
+                        best = Some((rank, credential));
+                        conflict = false;
+                    }
+                }
+            }
+        }
+        match best {
+            Some((usize::MAX, _)) if conflict => None,
+            other => other.map(|(_, c)| c),
+        }
+    }
 }
 
 impl fmt::Debug for PullSecrets {
@@ -87,19 +130,21 @@ impl fmt::Debug for PullSecrets {
 }
 
 impl PullSecrets {
+    /// An empty map whose secrets from `namespaces` take precedence, in this order, over those
+    /// of any other namespace.
+    pub fn with_priority(namespaces: Vec<String>) -> Self {
+        let secrets = Self::default();
+        secrets.write().priority = namespaces;
+        secrets
+    }
+
     /// Credentials for a registry `host[:port]` (`docker.io` and its aliases are one host).
     pub fn credentials_for(&self, host: &str) -> Option<Credential> {
         let (host, port) = split_port(&normalize_host(host));
         let state = self.read();
         state
-            .secrets
-            .values()
-            .flatten()
-            .find_map(|(pattern, credential)| {
-                pattern
-                    .matches(&host, port.as_deref())
-                    .then(|| credential.clone())
-            })
+            .resolve(|pattern| pattern.matches(&host, port.as_deref()))
+            .cloned()
     }
 
     /// The registries credentials are known for (no secret values), sorted.
@@ -167,15 +212,19 @@ impl PullSecrets {
         state.secrets.extend(fresh);
     }
 
-    /// The credentials as a docker `config.json` (`{"auths": {host: {"auth": …}}}`), the first
-    /// secret winning per host as in [`Self::credentials_for`]. Holds secrets: write it 0600.
+    /// The credentials as a docker `config.json` (`{"auths": {host: {"auth": …}}}`), one per
+    /// host pattern by the precedence of [`Self::credentials_for`]. Holds secrets: write it 0600.
     pub fn to_docker_config_json(&self) -> String {
+        let state = self.read();
+        let patterns: std::collections::BTreeSet<&HostPattern> =
+            state.secrets.values().flatten().map(|(p, _)| p).collect();
         let mut auths: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        for (pattern, credential) in self.read().secrets.values().flatten() {
-            let auth = BASE64.encode(format!("{}:{}", credential.username, credential.password));
-            auths
-                .entry(pattern.to_string())
-                .or_insert_with(|| serde_json::json!({ "auth": auth }));
+        for pattern in patterns {
+            if let Some(credential) = state.resolve(|p| p == pattern) {
+                let auth =
+                    BASE64.encode(format!("{}:{}", credential.username, credential.password));
+                auths.insert(pattern.to_string(), serde_json::json!({ "auth": auth }));
+            }
         }
         serde_json::json!({ "auths": auths }).to_string()
     }

@@ -24,6 +24,7 @@ use chunksnap_format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_format::pb::LayerIndex;
 use oci_client::Reference;
 
+use super::artifact_cache::BoundedMap;
 use super::chunk_remote::{RemoteError, lock};
 use super::index_files;
 use crate::metrics::Metrics;
@@ -35,6 +36,9 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 const INDEX_CACHE_ENTRIES: usize = 64;
 /// Layer indexes kept on disk (for seeding after a restart); the least recently used go.
 const INDEX_FILES: usize = 256;
+/// Artifact lookups kept (per repository and manifest digest), and for how long.
+const ARTIFACT_ENTRIES: usize = 256;
+const ARTIFACT_TTL: Duration = Duration::from_secs(3600);
 
 /// A found artifact and the repository (origin or mirror) it was found in.
 pub(super) type Found = (Reference, Arc<Artifact>);
@@ -49,7 +53,7 @@ type IndexKey = (Digest, String);
 pub struct IndexSource {
     client: RegistryClient,
     metrics: Metrics,
-    artifacts: Mutex<HashMap<ArtifactKey, ArtifactEntry>>,
+    artifacts: Mutex<BoundedMap<ArtifactKey, ArtifactEntry>>,
     indexes: Mutex<HashMap<IndexKey, Arc<LayerIndex>>>,
     /// Indexes of layers this node assembled and verified, per layer (seeds, delta bases).
     verified: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
@@ -70,7 +74,7 @@ impl IndexSource {
         Self {
             client,
             metrics,
-            artifacts: Mutex::new(HashMap::new()),
+            artifacts: Mutex::new(BoundedMap::new(ARTIFACT_ENTRIES, ARTIFACT_TTL)),
             indexes: Mutex::new(HashMap::new()),
             verified: Mutex::new(HashMap::new()),
             mirrors,

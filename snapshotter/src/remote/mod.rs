@@ -14,6 +14,8 @@
 //! - [`prepare`]: preparing one layer (seeds, fetch, assembly);
 //! - [`prefetch`]: the image's other layers in the background, and `chunksnap prefetch`.
 
+pub mod artifact_cache;
+pub mod cancel;
 pub mod chunk_remote;
 pub mod index_files;
 pub mod index_source;

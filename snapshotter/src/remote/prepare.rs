@@ -22,6 +22,7 @@ use oci_client::Reference;
 
 use chunksnap_core::verify::VerifyError;
 
+use super::cancel::unless_cancelled;
 use super::chunk_remote::{ChunkRemote, RemoteError, chunk_digests, parse_label};
 use super::layer_verify::verify_assembled;
 use crate::remote::{RemoteOutcome, RemoteRequest, SeedCandidate};
@@ -59,6 +60,11 @@ impl ChunkRemote {
         self.prefetch_siblings(&image, &artifact, req);
         let artifact_ms = t0.elapsed().as_millis() as u64;
         let ix = self.source.layer_index(&image, &artifact, &layer).await?;
+        chunksnap_core::fetch::check_layer(
+            &ix,
+            self.store.stats().budget,
+            self.fetch.max_layer_content,
+        )?;
         let verify = !self.verify.skips(asked.registry());
         if verify && ix.tar_split.is_none() {
             return Err(RemoteError::NotVerifiable);
@@ -88,8 +94,10 @@ impl ChunkRemote {
                 ix.clone(),
                 fetch_failed.clone(),
             );
+            let token = req.claim.token();
             tokio::spawn(async move {
-                let result = this.fetch_chunks(&image, &ix, Some(&needed)).await;
+                let fetch = this.fetch_chunks(&image, &ix, Some(&needed));
+                let result = unless_cancelled(&token, fetch).await;
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -222,11 +230,12 @@ impl ChunkReader for FetchingReader {
             .map(|c| c.digest.as_slice() == digest.as_bytes().as_slice())
             .collect();
         let _pin = self.remote.store.pin([*digest]);
-        let fetched = self.runtime.block_on(self.remote.fetch_chunks(
-            &self.image,
-            &self.index,
-            Some(&needed),
-        ));
+        let fetch = self
+            .remote
+            .fetch_chunks(&self.image, &self.index, Some(&needed));
+        let fetched = self
+            .runtime
+            .block_on(unless_cancelled(&self.claim.token(), fetch));
         if let Err(e) = fetched {
             tracing::warn!(%digest, cause = %e, "fetching a chunk while assembling failed");
             return Err(StoreError::Missing(*digest));

@@ -6,13 +6,17 @@
 //! threads still write into it (through directory fds, so a rename does not stop them). A
 //! [`DirClaim`] is shared by everything writing one snapshot's directory: dropping the call
 //! cancels it, the writers check it, and `Remove` waits until the last writer has let go before
-//! it renames and deletes the directory.
+//! it renames and deletes the directory. Cancelling also fires the claim's
+//! [`CancellationToken`], which the prepare's async fetches select on: they stop (closing
+//! their registry requests and releasing their chunk claims) instead of running to the end.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// One snapshot directory's claim; clones share it. Writers hold a clone for as long as they
 /// may write; the claim is released when the last clone is dropped.
@@ -21,7 +25,16 @@ pub struct DirClaim(Arc<ClaimState>);
 
 struct ClaimState {
     cancelled: AtomicBool,
+    /// Fired with `cancelled`, for async work.
+    token: CancellationToken,
     released: Arc<Released>,
+}
+
+impl ClaimState {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.token.cancel();
+    }
 }
 
 #[derive(Default)]
@@ -42,13 +55,20 @@ impl DirClaim {
     pub fn unregistered() -> Self {
         Self(Arc::new(ClaimState {
             cancelled: AtomicBool::new(false),
+            token: CancellationToken::new(),
             released: Arc::default(),
         }))
     }
 
     /// Asks every writer to stop; what they wrote is then incomplete.
     pub fn cancel(&self) {
-        self.0.cancelled.store(true, Ordering::Relaxed);
+        self.0.cancel();
+    }
+
+    /// A token cancelled with the claim; holding it does not hold the claim, so async work
+    /// that selects on it never delays a `Remove`.
+    pub fn token(&self) -> CancellationToken {
+        self.0.token.clone()
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -128,7 +148,7 @@ impl Claims {
         let Some(state) = lock(&self.by_key).get(key).and_then(Weak::upgrade) else {
             return Ok(());
         };
-        state.cancelled.store(true, Ordering::Relaxed);
+        state.cancel();
         let released = Arc::clone(&state.released);
         drop(state);
         let started = Instant::now();

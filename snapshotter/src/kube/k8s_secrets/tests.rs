@@ -130,25 +130,104 @@ fn other_types_and_garbage_are_ignored() {
 }
 
 #[test]
-fn first_secret_by_namespace_and_name_wins() {
-    let secrets = PullSecrets::default();
+fn operator_namespaces_win_in_their_order() {
     let config = |pw: &str| {
         docker_config(serde_json::json!({ "r.example": { "username": "u", "password": pw } }))
     };
-    secrets.apply(&secret("b", "x", DOCKERCONFIGJSON_TYPE, config("from-b")));
+    let secrets = PullSecrets::with_priority(vec!["ops".into(), "a".into()]);
     secrets.apply(&secret("a", "y", DOCKERCONFIGJSON_TYPE, config("from-a")));
+    secrets.apply(&secret(
+        "ops",
+        "x",
+        DOCKERCONFIGJSON_TYPE,
+        config("from-ops"),
+    ));
+    secrets.apply(&secret(
+        "ops",
+        "w",
+        DOCKERCONFIGJSON_TYPE,
+        config("from-ops-w"),
+    ));
+    // The first listed namespace wins over an alphabetically earlier one; within it, by name.
+    assert_eq!(
+        secrets.credentials_for("r.example"),
+        Some(cred("u", "from-ops-w"))
+    );
+
+    // Re-listing namespace `ops` without its secrets leaves the next namespace's.
+    secrets.replace_scope(Some("ops"), None, &[]);
     assert_eq!(
         secrets.credentials_for("r.example"),
         Some(cred("u", "from-a"))
     );
-
-    // Re-listing namespace `a` without `y` removes it; `b` stays.
-    secrets.replace_scope(Some("a"), None, &[]);
-    assert_eq!(
-        secrets.credentials_for("r.example"),
-        Some(cred("u", "from-b"))
-    );
     assert_eq!(secrets.len(), 1);
+}
+
+#[test]
+fn tenants_cannot_choose_the_credentials_of_a_host() {
+    let config = |host: &str, pw: &str| {
+        docker_config(serde_json::json!({ host: { "username": "u", "password": pw } }))
+    };
+    // All namespaces watched, the daemon's own preferred.
+    let secrets = PullSecrets::with_priority(vec!["kube-system".into()]);
+    secrets.apply(&secret(
+        "team-b",
+        "x",
+        DOCKERCONFIGJSON_TYPE,
+        config("r.example", "b"),
+    ));
+    assert_eq!(secrets.credentials_for("r.example"), Some(cred("u", "b")));
+    // A second tenant naming other credentials for the host (from an alphabetically earlier
+    // namespace, which used to win) leaves the host without tenant credentials...
+    secrets.apply(&secret(
+        "aaa-evil",
+        "x",
+        DOCKERCONFIGJSON_TYPE,
+        config("r.example", "evil"),
+    ));
+    assert_eq!(secrets.credentials_for("r.example"), None);
+    let json: serde_json::Value = serde_json::from_str(&secrets.to_docker_config_json()).unwrap();
+    assert_eq!(json["auths"], serde_json::json!({}));
+    // ...tenants that agree are fine...
+    secrets.apply(&secret(
+        "aaa-evil",
+        "x",
+        DOCKERCONFIGJSON_TYPE,
+        config("r.example", "b"),
+    ));
+    assert_eq!(secrets.credentials_for("r.example"), Some(cred("u", "b")));
+    // ...and the operator's namespace decides over any tenant.
+    secrets.apply(&secret(
+        "aaa-evil",
+        "x",
+        DOCKERCONFIGJSON_TYPE,
+        config("r.example", "evil"),
+    ));
+    secrets.apply(&secret(
+        "kube-system",
+        "reg",
+        DOCKERCONFIGJSON_TYPE,
+        config("r.example", "ops"),
+    ));
+    assert_eq!(secrets.credentials_for("r.example"), Some(cred("u", "ops")));
+    let json: serde_json::Value = serde_json::from_str(&secrets.to_docker_config_json()).unwrap();
+    let auth = BASE64.encode("u:ops");
+    assert_eq!(json["auths"]["r.example"]["auth"], serde_json::json!(auth));
+}
+
+#[test]
+fn the_scope_sets_the_precedence() {
+    let listed = SyncOptions {
+        namespaces: vec!["b".into(), "a".into()],
+        preferred: vec!["own".into()],
+        ..SyncOptions::default()
+    };
+    assert_eq!(super::watch::priority(&listed), ["b", "a"]);
+    let all = SyncOptions {
+        preferred: vec!["own".into()],
+        ..SyncOptions::default()
+    };
+    assert_eq!(super::watch::priority(&all), ["own"]);
 }
 
 #[test]
@@ -293,6 +372,7 @@ async fn watcher_follows_list_and_watch_of_a_stub_api_server() {
         namespaces: vec!["team-a".to_owned()],
         names: Vec::new(),
         output: Some(output.clone()),
+        ..SyncOptions::default()
     };
     let secrets = PullSecrets::default();
     let shutdown = CancellationToken::new();
@@ -385,6 +465,7 @@ async fn named_secrets_are_watched_by_name() {
         namespaces: vec!["team-a".to_owned()],
         names: vec!["regcred".to_owned()],
         output: None,
+        ..SyncOptions::default()
     };
     let secrets = PullSecrets::default();
     let shutdown = CancellationToken::new();
@@ -413,6 +494,7 @@ fn scopes_cover_every_namespace_and_name() {
         namespaces: vec!["a".into(), "b".into()],
         names: vec!["x".into(), "y".into()],
         output: None,
+        ..SyncOptions::default()
     };
     let scopes = watch_scopes(&options);
     assert_eq!(scopes.len(), 4);

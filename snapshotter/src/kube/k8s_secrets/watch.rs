@@ -21,8 +21,12 @@ use super::{DOCKERCONFIGJSON_TYPE, Error, PullSecrets};
 /// What to watch (the `chunksnap pull-secrets` flags).
 #[derive(Clone, Debug, Default)]
 pub struct SyncOptions {
-    /// Namespaces watched (`--namespace`, repeatable); empty: all namespaces.
+    /// Namespaces watched (`--namespace`, repeatable), highest precedence first; empty: all
+    /// namespaces.
     pub namespaces: Vec<String>,
+    /// With all namespaces watched: namespaces whose secrets take precedence (the daemon's
+    /// own), in this order; other namespaces' secrets count only where they agree.
+    pub preferred: Vec<String>,
     /// Only these Secret names (`--name`, repeatable); empty: every dockerconfigjson Secret.
     pub names: Vec<String>,
     /// Docker `config.json` rewritten (mode 0600, atomically) whenever the credentials change
@@ -134,7 +138,22 @@ pub async fn run_with_default_client(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let client = kube::Client::try_default().await?;
-    run(client, options, PullSecrets::default(), shutdown).await
+    run(
+        client,
+        options,
+        PullSecrets::with_priority(priority(options)),
+        shutdown,
+    )
+    .await
+}
+
+/// The namespaces whose secrets win, in order: those watched, or else the preferred ones.
+pub fn priority(options: &SyncOptions) -> Vec<String> {
+    if options.namespaces.is_empty() {
+        options.preferred.clone()
+    } else {
+        options.namespaces.clone()
+    }
 }
 
 pub(super) fn scopes(options: &SyncOptions) -> Vec<Scope> {

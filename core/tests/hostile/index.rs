@@ -5,7 +5,7 @@ use std::io::Write;
 
 use chunksnap_core::assemble::{AssembleError, WhiteoutMode, assemble_layer};
 use chunksnap_format::FormatError;
-use chunksnap_format::index::{MAX_INDEX_SIZE, decode, encode, validate};
+use chunksnap_format::index::{FORMAT_VERSION, MAX_INDEX_SIZE, decode, encode, validate};
 use chunksnap_format::pb::{EntryType, LayerIndex};
 use prost::Message;
 
@@ -365,10 +365,10 @@ fn index_blob_decompression_is_capped() {
     assert!(matches!(decode(&blob), Err(FormatError::Decode(_))));
     // Unknown versions and missing parts.
     let mut index = base().build().index;
-    index.version = 2;
+    index.version = FORMAT_VERSION + 1;
     assert!(matches!(
         decode(&encode(&index)),
-        Err(FormatError::UnknownVersion(2))
+        Err(FormatError::UnknownVersion(v)) if v == FORMAT_VERSION + 1
     ));
     index.version = 1;
     index.chunker = None;

@@ -1,4 +1,4 @@
-½
+½
 Gsha256:dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f85Gsha256:40266a5fbe92fbce83ce5fed70c3b8f83f3fdd0eb53fb64eee16bc954f92d8dd&application/vnd.oci.image.layer.v1.tar0Ì
 fastcdc-2020@€ €("
 etc¤0€ øú"&

@@ -17,6 +17,9 @@ const CONFIG: &str = "registry_timeout_seconds = 30\nfetch_max_request_bytes = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_loris_registry_does_not_stall_other_pulls() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
     let node = FaultyNode::start(CONFIG).await?;
     let slow_host = node.env.registry.host();
     let on_healthy = |reference: &str| reference.replacen(&slow_host, &node.direct_host, 1);

@@ -42,8 +42,8 @@ mod plan;
 mod verify;
 
 pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
-pub use inflight::Inflight;
 use inflight::Claims;
+pub use inflight::Inflight;
 pub use limits::{claim_wait, request_deadline};
 pub use plan::estimate;
 use plan::{FullFrame, Request, Want, check_range, plan, use_deltas};

@@ -42,8 +42,8 @@ use nix::errno::Errno;
 
 pub use content::HOLE_BLOCK;
 use fsops::sys;
-use walk::{Context, assemble_entries};
 pub use seed::{PlanCancelled, Seed, Seeding};
+use walk::{Context, assemble_entries};
 
 use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;

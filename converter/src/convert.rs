@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use chunksnap_core::registry::referrers::Link;
-use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient, RegistryError};
-use chunksnap_format::artifact::{self, ARTIFACT_TYPE, Descriptor, IndexDelta, LayerEntry};
+use chunksnap_core::registry::{PlatformManifest, Reference, RegistryClient};
+use chunksnap_format::artifact::{self, ARTIFACT_TYPE, Descriptor, LayerEntry};
 use chunksnap_format::digest::Digest;
-use chunksnap_format::index::{self, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE};
+use chunksnap_format::index::{LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::ConvertError;

@@ -51,6 +51,8 @@ use chunksnap_format::digest::Digest;
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_OPAQUE: &[u8] = b".wh..wh..opq";
 
+type Entry = chunksnap_format::pb::Entry;
+
 /// Gives the uncompressed, verified bytes of a chunk.
 pub trait ChunkReader: Sync {
     /// The bytes of the chunk with `digest` (`size` bytes long).

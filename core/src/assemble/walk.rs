@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::fsops::{Resolve, escape_or_sys, sys};
 use super::{
-    AssembleError, AssembleStats, ChunkReader, EntryPath, Seeding, WHITEOUT_OPAQUE,
+    AssembleError, AssembleStats, ChunkReader, Entry, EntryPath, Seeding, WHITEOUT_OPAQUE,
     WHITEOUT_PREFIX, WhiteoutMode, attrs, content, fsops, join, lossy, split_path, writer,
 };
 
@@ -102,8 +101,6 @@ struct Assembler<'s, 'a> {
     /// Directories whose mtime is set at the end.
     dirs: Vec<(Vec<u8>, TimeSpec)>,
 }
-
-type Entry = chunksnap_format::pb::Entry;
 
 impl<'a> Assembler<'_, 'a> {
     fn entry(&mut self, i: usize, e: &'a Entry) -> Result<(), AssembleError> {

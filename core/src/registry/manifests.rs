@@ -7,8 +7,8 @@ use chunksnap_format::digest::Digest;
 use oci_client::manifest::OciImageManifest;
 
 use super::{
-    ACCEPTED_MANIFESTS, DOCKER_LIST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE, MAX_MANIFEST_SIZE,
-    PlatformManifest, RawManifest, Reference, RegistryClient, RegistryError,
+    ACCEPTED_MANIFESTS, MAX_MANIFEST_SIZE, PlatformManifest, RawManifest, Reference,
+    RegistryClient, RegistryError,
 };
 
 impl RegistryClient {

@@ -44,7 +44,7 @@ pub use auth::default_docker_config;
 pub use oci_client::Reference;
 
 use chunksnap_format::artifact::OCI_INDEX_MEDIA_TYPE;
-use chunksnap_format::digest::{Digest, DigestError};
+use chunksnap_format::digest::Digest;
 
 /// Docker schema 2 manifest list media type.
 pub const DOCKER_LIST_MEDIA_TYPE: &str =

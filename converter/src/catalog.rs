@@ -10,14 +10,38 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use chunksnap_core::registry::{Reference, RegistryClient};
-use chunksnap_format::artifact::{Artifact, Descriptor};
-use chunksnap_format::digest::Digest;
+use chunksnap_core::registry::{Reference, RegistryClient, RegistryError};
+use chunksnap_format::FormatError;
+use chunksnap_format::artifact::{Artifact, ArtifactError, Descriptor};
+use chunksnap_format::digest::{Digest, DigestError};
 use chunksnap_format::index::{self, MAX_INDEX_SIZE};
 use chunksnap_format::pb::{EntryType, LayerIndex};
 
-use crate::ConvertError;
 use crate::layer::{ChunkCatalog, ExistingChunk};
+
+/// Errors from gathering the catalog or loading a layer index; the crate's error wraps them
+/// transparently, so the messages are the same as before.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Registry access failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// An artifact manifest is unusable.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// A layer index blob is unusable.
+    #[error("layer index: {0}")]
+    Format(#[from] FormatError),
+    /// A malformed digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// A layer index that contradicts itself.
+    #[error("bad layer index: {0}")]
+    BadIndex(String),
+    /// Decoding an index on a blocking thread panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// A converted layer found in an artifact: its index blob and what the index says.
 #[derive(Debug, Clone)]
@@ -113,7 +137,7 @@ impl Catalog {
         desc: &Descriptor,
         idx: &LayerIndex,
         sketch: Option<&Descriptor>,
-    ) -> Result<(), ConvertError> {
+    ) -> Result<(), CatalogError> {
         let mut packs = Vec::with_capacity(idx.packs.len());
         for p in &idx.packs {
             let d = Digest::parse(&p.digest)?;
@@ -123,7 +147,7 @@ impl Catalog {
         for c in &idx.chunks {
             let digest = Digest::from_slice(&c.digest)?;
             let Some(&(pack, pack_size)) = packs.get(c.pack as usize) else {
-                return Err(ConvertError::BadIndex(format!(
+                return Err(CatalogError::BadIndex(format!(
                     "{layer_digest}: chunk refers to pack {} of {}",
                     c.pack,
                     packs.len()
@@ -206,7 +230,7 @@ impl Catalog {
         client: &RegistryClient,
         repo: &Reference,
         artifact: &Artifact,
-    ) -> Result<(), ConvertError> {
+    ) -> Result<(), CatalogError> {
         for (layer, desc) in &artifact.indexes {
             if self.layers.contains_key(layer) {
                 continue;
@@ -223,7 +247,7 @@ impl Catalog {
         &mut self,
         client: &RegistryClient,
         image: &Reference,
-    ) -> Result<(), ConvertError> {
+    ) -> Result<(), CatalogError> {
         for pm in client.platform_manifests(image).await? {
             if let Some((_, artifact)) = client.find_artifact(image, &pm.raw.digest).await? {
                 self.add_artifact(client, image, &artifact).await?;
@@ -238,10 +262,10 @@ impl Catalog {
         &mut self,
         client: &RegistryClient,
         image: &Reference,
-    ) -> Result<(), ConvertError> {
+    ) -> Result<(), CatalogError> {
         let mut tags = match client.list_tags(image).await {
             Ok(t) => t,
-            Err(chunksnap_core::registry::RegistryError::NotFound { .. }) => return Ok(()),
+            Err(RegistryError::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         tags.sort();
@@ -262,7 +286,7 @@ pub async fn load_index(
     client: &RegistryClient,
     repo: &Reference,
     desc: &Descriptor,
-) -> Result<LayerIndex, ConvertError> {
+) -> Result<LayerIndex, CatalogError> {
     Ok(load_index_raw(client, repo, desc).await?.1)
 }
 
@@ -271,7 +295,7 @@ pub async fn load_index_raw(
     client: &RegistryClient,
     repo: &Reference,
     desc: &Descriptor,
-) -> Result<(Vec<u8>, LayerIndex), ConvertError> {
+) -> Result<(Vec<u8>, LayerIndex), CatalogError> {
     let bytes = client
         .read_described(repo, desc, MAX_INDEX_SIZE as u64)
         .await?;

@@ -194,7 +194,11 @@ pub async fn run(
         let not_converted = || ExtractError::NotConverted(format!("layer {}", layer.digest));
         let layer_digest = Digest::parse(&layer.digest).map_err(|_| not_converted())?;
         let desc = art.indexes.get(&layer_digest).ok_or_else(not_converted)?;
-        let index = Arc::new(load_index(client, image, desc).await?);
+        let index = Arc::new(
+            load_index(client, image, desc)
+                .await
+                .map_err(ConvertError::from)?,
+        );
         let digests: Vec<Digest> = index
             .chunks
             .iter()

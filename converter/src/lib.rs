@@ -32,6 +32,9 @@ pub enum ConvertError {
     /// Registry access failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// Gathering the dedup catalog or loading a layer index failed.
+    #[error(transparent)]
+    Catalog(#[from] catalog::CatalogError),
     /// Converting a layer failed.
     #[error("layer {layer}: {source}")]
     Layer {

@@ -22,9 +22,9 @@
 //! fetch; a delta that cannot be used after all (a base gone or corrupt, a frame that does not
 //! decode to the chunk) is fetched as the full chunk in the next round, never trusted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,11 +36,17 @@ use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 
 mod bounds;
+mod inflight;
 mod limits;
+mod plan;
 mod verify;
 
 pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
+use inflight::Claims;
+pub use inflight::Inflight;
 pub use limits::{claim_wait, request_deadline};
+pub use plan::estimate;
+use plan::{FullFrame, Request, Want, check_range, plan, use_deltas};
 
 /// How many times a chunk another fetch was getting is waited for before giving up.
 const MAX_ROUNDS: usize = 4;
@@ -201,132 +207,6 @@ impl FetchStats {
     }
 }
 
-/// Process-wide registry of chunks being fetched, and the caps on Range requests in flight;
-/// clone it freely (shared state).
-#[derive(Clone)]
-pub struct Inflight {
-    map: Arc<Mutex<HashMap<Digest, Arc<Notify>>>>,
-    /// One permit per request in flight, over every concurrent fetch: the layers of an image
-    /// are fetched side by side, and each response is held in memory until verified, so memory
-    /// stays within `2 × limit × FetchOptions::max_request` however many layers there are;
-    /// `limit` of them per registry host.
-    requests: Arc<limits::Permits>,
-}
-
-impl Default for Inflight {
-    fn default() -> Self {
-        Self::with_request_limit(FetchOptions::default().parallelism)
-    }
-}
-
-impl Inflight {
-    /// At most `limit` Range requests in flight per registry host, and twice that in all,
-    /// across every fetch sharing this value.
-    pub fn with_request_limit(limit: usize) -> Self {
-        Self {
-            map: Arc::default(),
-            requests: Arc::new(limits::Permits::new(limit)),
-        }
-    }
-}
-
-/// Chunks claimed by one request: each released (its waiters woken) as soon as it is stored,
-/// and every one left on drop, success or not. A claim is only ever removed by its owner (the
-/// same `Notify`), so a late release never drops a claim another fetch made since.
-struct Claims {
-    inflight: Inflight,
-    owned: HashMap<Digest, Arc<Notify>>,
-}
-
-impl Claims {
-    fn release_locked(&self, map: &mut HashMap<Digest, Arc<Notify>>, d: &Digest) {
-        let Some(mine) = self.owned.get(d) else {
-            return;
-        };
-        if map.get(d).is_some_and(|n| Arc::ptr_eq(n, mine)) {
-            map.remove(d);
-            mine.notify_waiters();
-        }
-    }
-
-    /// `d` is in the store: let its waiters go on without waiting for the rest of the request.
-    fn release(&self, d: &Digest) {
-        let mut map = self.inflight.map.lock().unwrap_or_else(|e| e.into_inner());
-        self.release_locked(&mut map, d);
-    }
-}
-
-impl Drop for Claims {
-    fn drop(&mut self) {
-        let mut map = self.inflight.map.lock().unwrap_or_else(|e| e.into_inner());
-        for d in self.owned.keys() {
-            self.release_locked(&mut map, d);
-        }
-    }
-}
-
-/// A chunk to fetch: where it is and what it must decode to.
-#[derive(Debug, Clone)]
-struct Want {
-    digest: Digest,
-    size: u32,
-    pack: u32,
-    offset: u64,
-    stored: u32,
-    how: How,
-    /// The chunk's own frame, kept while `how` is a delta: where to go if the delta fails.
-    full: Option<FullFrame>,
-}
-
-/// What the bytes at a [`Want`]'s range are.
-#[derive(Debug, Clone)]
-enum How {
-    /// The chunk's frame, as the index's `compression` says.
-    Full(Compression),
-    /// A delta frame against these base chunks (digest, size), in order.
-    Delta(Arc<[(Digest, u32)]>),
-}
-
-/// Where a chunk's own frame is.
-#[derive(Debug, Clone, Copy)]
-struct FullFrame {
-    pack: u32,
-    offset: u64,
-    stored: u32,
-    compression: Compression,
-}
-
-impl Want {
-    fn full(digest: Digest, size: u32, f: FullFrame) -> Self {
-        Self {
-            digest,
-            size,
-            pack: f.pack,
-            offset: f.offset,
-            stored: f.stored,
-            how: How::Full(f.compression),
-            full: None,
-        }
-    }
-
-    /// The same chunk as its own frame (after a delta could not be used).
-    fn into_full(self) -> Self {
-        match self.full {
-            Some(f) => Self::full(self.digest, self.size, f),
-            None => self,
-        }
-    }
-}
-
-/// One Range request and the chunks inside it.
-#[derive(Debug)]
-struct Request {
-    pack: String,
-    start: u64,
-    len: u64,
-    chunks: Vec<Want>,
-}
-
 /// Fetches into `store` every chunk of `index` that it lacks. Callers should [`ChunkStore::pin`]
 /// the layer's chunks first so that a tight budget cannot evict them before assembly.
 pub async fn fetch_missing(
@@ -481,148 +361,6 @@ pub async fn fetch_needed(
     }
 }
 
-/// What fetching the chunks of `index` for which `wanted` holds (each distinct digest once)
-/// would cost with `opts`: (requests, bytes read including coalescing gaps). For tuning.
-pub fn estimate(
-    index: &LayerIndex,
-    mut wanted: impl FnMut(&Digest) -> bool,
-    opts: &FetchOptions,
-) -> (u64, u64) {
-    let mut seen = HashSet::new();
-    let wants: Vec<Want> = index
-        .chunks
-        .iter()
-        .filter_map(|c| {
-            let digest = Digest::from_slice(&c.digest).ok()?;
-            let frame = FullFrame {
-                pack: c.pack,
-                offset: c.pack_offset,
-                stored: c.stored_size,
-                compression: Compression::try_from(c.compression).ok()?,
-            };
-            (seen.insert(digest) && wanted(&digest) && (c.pack as usize) < index.packs.len())
-                .then(|| Want::full(digest, c.size, frame))
-        })
-        .collect();
-    let requests = plan(&wants, index, opts);
-    let bytes = requests.iter().map(|r| r.len).sum();
-    (requests.len() as u64, bytes)
-}
-
-/// Groups chunks per pack, by offset, into coalesced requests.
-fn plan(wants: &[Want], index: &LayerIndex, opts: &FetchOptions) -> Vec<Request> {
-    let mut per_pack: BTreeMap<u32, Vec<Want>> = BTreeMap::new();
-    for w in wants {
-        per_pack.entry(w.pack).or_default().push(w.clone());
-    }
-    let mut out = Vec::new();
-    for (pack, mut chunks) in per_pack {
-        chunks.sort_by_key(|w| w.offset);
-        let pack = index.packs[pack as usize].digest.clone();
-        let mut cur: Option<Request> = None;
-        for w in chunks {
-            let end = w.offset + u64::from(w.stored);
-            if let Some(r) = cur.as_mut() {
-                let r_end = r.start + r.len;
-                let gap = w.offset.saturating_sub(r_end);
-                if gap <= opts.max_gap && end - r.start <= opts.max_request && w.offset >= r.start {
-                    r.len = r.len.max(end - r.start);
-                    r.chunks.push(w);
-                    continue;
-                }
-            }
-            if let Some(r) = cur.take() {
-                out.push(r);
-            }
-            cur = Some(Request {
-                pack: pack.clone(),
-                start: w.offset,
-                len: u64::from(w.stored),
-                chunks: vec![w],
-            });
-        }
-        out.extend(cur);
-    }
-    out
-}
-
-/// Index sanity for a frame's pack range: `plan` adds offsets and sizes, so an unvalidated
-/// index must not make that overflow or point past the pack list.
-fn check_range(
-    index: &LayerIndex,
-    chunk: usize,
-    pack: u32,
-    offset: u64,
-    stored: u32,
-) -> Result<(), FetchError> {
-    if pack as usize >= index.packs.len() {
-        return Err(FetchError::BadIndex(format!(
-            "chunk {chunk}: pack {pack} out of range"
-        )));
-    }
-    if offset.checked_add(u64::from(stored)).is_none() {
-        return Err(FetchError::BadIndex(format!(
-            "chunk {chunk}: pack range {offset}+{stored} overflows"
-        )));
-    }
-    Ok(())
-}
-
-/// Switches every want whose chunk has a delta with all bases in the store to that delta, and
-/// pins those bases (the returned guard) so that eviction cannot take them mid-fetch.
-fn use_deltas(
-    index: &LayerIndex,
-    delta_of: &HashMap<Digest, usize>,
-    wants: &mut [Want],
-    store: &ChunkStore,
-) -> Result<Option<crate::store::PinGuard>, FetchError> {
-    if delta_of.is_empty() {
-        return Ok(None);
-    }
-    let mut pinned = Vec::new();
-    for w in wants.iter_mut() {
-        let Some(&i) = delta_of.get(&w.digest) else {
-            continue;
-        };
-        let Some(d) = index.chunks.get(i).and_then(|c| c.delta.as_ref()) else {
-            continue;
-        };
-        let first = d.base_first as usize;
-        let Some(bases) = index
-            .delta_bases
-            .get(first..first.saturating_add(d.base_count as usize))
-        else {
-            return Err(FetchError::BadIndex(format!(
-                "chunk {i}: delta bases out of range"
-            )));
-        };
-        let bases = bases
-            .iter()
-            .map(|b| Ok((Digest::from_slice(&b.digest)?, b.size)))
-            .collect::<Result<Vec<_>, chunksnap_format::digest::DigestError>>()
-            .map_err(|e| FetchError::BadIndex(format!("chunk {i}: delta base: {e}")))?;
-        if bases.is_empty() || !bases.iter().all(|(b, _)| store.contains(b)) {
-            continue;
-        }
-        check_range(index, i, d.pack, d.pack_offset, d.stored_size)?;
-        pinned.extend(bases.iter().map(|(b, _)| *b));
-        let How::Full(compression) = w.how else {
-            continue;
-        };
-        w.full = Some(FullFrame {
-            pack: w.pack,
-            offset: w.offset,
-            stored: w.stored,
-            compression,
-        });
-        w.pack = d.pack;
-        w.offset = d.pack_offset;
-        w.stored = d.stored_size;
-        w.how = How::Delta(bases.into());
-    }
-    Ok((!pinned.is_empty()).then(|| store.pin(pinned)))
-}
-
 /// What one request brought.
 struct Fetched {
     /// Chunks stored.
@@ -695,74 +433,4 @@ async fn fetch_request(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use chunksnap_format::pb::{Chunk, Pack};
-
-    use super::*;
-
-    /// One pack holding one raw chunk; the first `corrupt` reads come back with a flipped byte.
-    struct Flaky {
-        pack: Bytes,
-        reads: AtomicU64,
-        corrupt: u64,
-    }
-
-    impl RangeSource for Flaky {
-        async fn read_range(&self, _: &str, offset: u64, len: u64) -> Result<Bytes, FetchError> {
-            let n = self.reads.fetch_add(1, Ordering::SeqCst);
-            let mut data = self
-                .pack
-                .slice(offset as usize..(offset + len) as usize)
-                .to_vec();
-            if n < self.corrupt {
-                data[0] ^= 0x40;
-            }
-            Ok(Bytes::from(data))
-        }
-    }
-
-    async fn fetch_with(corrupt: u64) -> (Result<FetchStats, FetchError>, u64, bool) {
-        let data = vec![7u8; 4096];
-        let digest = Digest::of(&data);
-        let ix = LayerIndex {
-            chunks: vec![Chunk {
-                digest: digest.as_bytes().to_vec(),
-                size: 4096,
-                pack: 0,
-                pack_offset: 0,
-                stored_size: 4096,
-                compression: Compression::None as i32,
-                delta: None,
-            }],
-            packs: vec![Pack {
-                digest: "sha256:00".into(),
-                size: 4096,
-            }],
-            ..LayerIndex::default()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(ChunkStore::open(dir.path(), None).unwrap());
-        let src = Flaky {
-            pack: Bytes::from(data),
-            reads: AtomicU64::new(0),
-            corrupt,
-        };
-        let opts = FetchOptions::default();
-        let r = fetch_missing(&ix, &store, &src, &opts, &Inflight::default()).await;
-        (r, src.reads.load(Ordering::SeqCst), store.contains(&digest))
-    }
-
-    #[tokio::test]
-    async fn damaged_bytes_are_read_once_more() {
-        let (r, reads, stored) = fetch_with(1).await;
-        assert_eq!(r.unwrap().chunks_fetched, 1);
-        assert_eq!(reads, 2);
-        assert!(stored);
-        let (r, reads, stored) = fetch_with(2).await;
-        assert!(matches!(r, Err(FetchError::Store(StoreError::Corrupt(_)))));
-        assert_eq!(reads, 2);
-        assert!(!stored);
-    }
-}
+mod tests;

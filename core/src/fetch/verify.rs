@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chunksnap_format::pb::Compression;
 
-use super::{How, Request, Want};
+use super::plan::{How, Request, Want};
 use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::delta::decompress_delta;
 use chunksnap_format::digest::Digest;

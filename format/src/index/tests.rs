@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::chunker::ChunkerParams;
-use crate::pb::{Chunker, Pack, Source, Xattr};
+use crate::delta::MAX_DELTA_BASE;
+use crate::digest::Digest;
+use crate::pb::{Chunk, Chunker, Delta, Entry, EntryType, Pack, Source, Xattr};
 
 fn entry(path: &str, kind: EntryType) -> Entry {
     Entry {

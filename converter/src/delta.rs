@@ -35,8 +35,7 @@ use serde::Serialize;
 
 pub use plan::{PlanOptions, Sketches, Try, plan};
 
-use crate::ConvertError;
-use crate::catalog::{Catalog, load_index_raw};
+use crate::catalog::{Catalog, CatalogError, load_index_raw};
 use crate::sketch;
 
 /// Tuning of the delta pass.
@@ -101,6 +100,16 @@ pub enum DeltaError {
     BadDigest(usize),
     #[error("a delta worker panicked")]
     WorkerPanicked,
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Registry(#[from] chunksnap_core::registry::RegistryError),
+    #[error(transparent)]
+    Digest(#[from] chunksnap_format::digest::DigestError),
+    #[error("layer index: {0}")]
+    Format(#[from] chunksnap_format::FormatError),
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A delta is kept when it is under this fraction (num/den) of the chunk's stored size: a
@@ -157,7 +166,7 @@ pub async fn add_deltas(
     new_packs: &[(Digest, u64)],
     sketches: &[sketch::Sketch],
     opts: &DeltaOptions,
-) -> Result<(DeltaReport, Option<Reference>), ConvertError> {
+) -> Result<(DeltaReport, Option<Reference>), DeltaError> {
     let mut report = DeltaReport::default();
     if !opts.enabled {
         return Ok((report, None));
@@ -345,7 +354,7 @@ pub fn attach(
     reference: &LayerIndex,
     frames: Vec<(Picked, Vec<u8>)>,
     pack_size: u64,
-) -> Result<Vec<(Digest, Vec<u8>)>, ConvertError> {
+) -> Result<Vec<(Digest, Vec<u8>)>, DeltaError> {
     if frames.is_empty() {
         return Ok(Vec::new());
     }

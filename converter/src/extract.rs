@@ -103,6 +103,22 @@ pub struct ExtractLayer {
     pub assemble_seconds: f64,
 }
 
+impl ExtractLayer {
+    /// The layer's fetch figures (the rest zero), whether it was assembled or written as a tar.
+    fn fetched(digest: &str, f: &FetchStats) -> Self {
+        Self {
+            digest: digest.to_owned(),
+            chunks: f.chunks_needed,
+            fetched_chunks: f.chunks_fetched,
+            delta_chunks: f.chunks_from_deltas,
+            reused_chunks: f.chunks_reused + f.chunks_waited,
+            fetched_bytes: f.bytes_fetched,
+            requests: f.requests,
+            ..Self::default()
+        }
+    }
+}
+
 /// What `extract` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtractSummary {
@@ -223,15 +239,8 @@ pub async fn run(
                 tokio::task::spawn_blocking(move || write_layer_tar(&idx, &st, &path, &want))
                     .await??;
             layers.push(ExtractLayer {
-                digest: layer.digest.clone(),
-                chunks: fetched.chunks_needed,
-                fetched_chunks: fetched.chunks_fetched,
-                delta_chunks: fetched.chunks_from_deltas,
-                reused_chunks: fetched.chunks_reused + fetched.chunks_waited,
-                fetched_bytes: fetched.bytes_fetched,
-                requests: fetched.requests,
                 bytes_written: stats,
-                ..ExtractLayer::default()
+                ..ExtractLayer::fetched(&layer.digest, &fetched)
             });
             continue;
         }
@@ -257,13 +266,6 @@ pub async fn run(
             "layer extracted"
         );
         layers.push(ExtractLayer {
-            digest: layer.digest.clone(),
-            chunks: fetched.chunks_needed,
-            fetched_chunks: fetched.chunks_fetched,
-            delta_chunks: fetched.chunks_from_deltas,
-            reused_chunks: fetched.chunks_reused + fetched.chunks_waited,
-            fetched_bytes: fetched.bytes_fetched,
-            requests: fetched.requests,
             files: assembled.files,
             dirs: assembled.dirs,
             links: assembled.symlinks + assembled.hardlinks,
@@ -271,6 +273,7 @@ pub async fn run(
             bytes_written: assembled.bytes_written,
             hole_bytes: assembled.hole_bytes,
             assemble_seconds,
+            ..ExtractLayer::fetched(&layer.digest, &fetched)
         });
     }
     Ok(ExtractSummary {

@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 
+use super::pace;
 use super::{Reference, RegistryClient, RegistryError};
 use chunksnap_format::digest::Digest;
 
@@ -39,12 +40,18 @@ impl RegistryClient {
         digest: &Digest,
         max: u64,
     ) -> Result<Vec<u8>, RegistryError> {
-        let (len, stream) = self.blob_stream(image, digest).await?;
         let what = digest.to_string();
-        if len.is_some_and(|l| l > max) {
-            return Err(RegistryError::TooLarge { what, limit: max });
-        }
-        let bytes = collect_capped(stream, max, &what).await?;
+        let bytes = pace::within(&self.inner.config, "pull blob", &what, async {
+            let (len, stream) = self.blob_stream(image, digest).await?;
+            if len.is_some_and(|l| l > max) {
+                return Err(RegistryError::TooLarge {
+                    what: what.clone(),
+                    limit: max,
+                });
+            }
+            collect_capped(stream, max, &what).await
+        })
+        .await?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(RegistryError::DigestMismatch {
@@ -224,6 +231,7 @@ async fn collect_capped(
 ) -> Result<Bytes, RegistryError> {
     let mut out = BytesMut::new();
     while let Some(chunk) = stream.next().await {
+        pace::received(chunk.as_ref().map_or(0, Bytes::len));
         let chunk = chunk.map_err(|e| RegistryError::Oci {
             op: "read blob",
             source: e.into(),

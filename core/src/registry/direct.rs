@@ -260,6 +260,7 @@ async fn fetch(
     while body.len() <= max
         && let Some(chunk) = resp.chunk().await?
     {
+        super::pace::received(chunk.len());
         body.extend_from_slice(&chunk);
     }
     Ok((status, body.freeze()))

@@ -63,6 +63,17 @@ pub enum RegistryError {
         /// The cap.
         limit: u64,
     },
+    /// A read the client holds whole (manifest, referrers, tags, token, index, artifact) did
+    /// not arrive within its deadline (a grace period plus its bytes at a minimum rate).
+    #[error("{op} {what}: registry too slow, gave up after {seconds} s")]
+    TooSlow {
+        /// The operation.
+        op: &'static str,
+        /// Reference or digest.
+        what: String,
+        /// Seconds waited.
+        seconds: u64,
+    },
     /// A Range read returned a different length than asked for.
     #[error("range read of {digest} at {offset}: got {got} bytes, expected {expected}")]
     ShortRange {

@@ -19,8 +19,11 @@ impl RegistryClient {
         let (client, _) = self.prepare(image).await?;
         let what = image.whole();
         let direct = &self.inner.direct;
-        let got = self
-            .retry("pull manifest", &what, || {
+        let got = super::pace::within(
+            &self.inner.config,
+            "pull manifest",
+            &what,
+            self.retry("pull manifest", &what, || {
                 direct.manifest(
                     &self.inner.config,
                     image,
@@ -28,8 +31,9 @@ impl RegistryClient {
                     MAX_MANIFEST_SIZE,
                     client.authorization.as_ref(),
                 )
-            })
-            .await;
+            }),
+        )
+        .await;
         let bytes = self.forget_if_refused(image, got)?;
         if bytes.len() > MAX_MANIFEST_SIZE {
             return Err(RegistryError::TooLarge {
@@ -153,8 +157,11 @@ impl RegistryClient {
         let direct = &self.inner.direct;
         loop {
             let last = tags.last().cloned();
-            let got = self
-                .retry("list tags", &what, || {
+            let got = super::pace::within(
+                &self.inner.config,
+                "list tags",
+                &what,
+                self.retry("list tags", &what, || {
                     direct.tags_page(
                         &self.inner.config,
                         image,
@@ -162,8 +169,9 @@ impl RegistryClient {
                         last.as_deref(),
                         client.authorization.as_ref(),
                     )
-                })
-                .await;
+                }),
+            )
+            .await;
             let page = self.forget_if_refused(image, got)?;
             let n = page.len();
             // Stop on a short page, or a registry that ignores `last` and repeats itself.

@@ -19,6 +19,7 @@ mod blobs;
 mod direct;
 mod error;
 mod manifests;
+mod pace;
 pub use blobs::{BlobStream, RepoRangeSource};
 pub use error::RegistryError;
 pub use manifests::parse_image_manifest;
@@ -84,6 +85,11 @@ pub struct RegistryConfig {
     pub retries: u32,
     /// First backoff wait; doubles each retry. Default: 200 ms.
     pub backoff: Duration,
+    /// Reads the client holds whole (manifests, referrers, tags, tokens, indexes, artifacts)
+    /// must, after this grace period, average at least `min_rate`. Default: 20 s.
+    pub slow_grace: Duration,
+    /// Minimum average rate of such reads after `slow_grace`, bytes/s. Default: 64 KiB/s.
+    pub min_rate: u64,
     /// How long looked-up credentials are used before the docker config (which a pull-secret
     /// watcher may rewrite) and credential helpers are asked again. Default: 60 s.
     pub credentials_ttl: Duration,
@@ -101,6 +107,8 @@ impl Default for RegistryConfig {
             retries: 4,
             backoff: Duration::from_millis(200),
             credentials_ttl: Duration::from_secs(60),
+            slow_grace: Duration::from_secs(20),
+            min_rate: 64 << 10,
         }
     }
 }
@@ -336,11 +344,15 @@ impl RegistryClient {
             return Ok(None);
         };
         let http = self.inner.direct.http(&self.inner.config, host);
-        let got = self
-            .retry("authenticate", host, || {
+        let got = pace::within(
+            &self.inner.config,
+            "authenticate",
+            host,
+            self.retry("authenticate", host, || {
                 self.inner.tokens.pull(http, image, auth, &challenge)
-            })
-            .await;
+            }),
+        )
+        .await;
         self.forget_if_refused(image, got)?
     }
 

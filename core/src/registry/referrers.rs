@@ -70,8 +70,11 @@ impl RegistryClient {
         let target = self.with_digest(image, &subject.to_string());
         let what = target.whole();
         let direct = &self.inner.direct;
-        let got = self
-            .retry("list referrers", &what, || {
+        let got = super::pace::within(
+            &self.inner.config,
+            "list referrers",
+            &what,
+            self.retry("list referrers", &what, || {
                 direct.referrers(
                     &self.inner.config,
                     &target,
@@ -79,8 +82,9 @@ impl RegistryClient {
                     super::MAX_MANIFEST_SIZE,
                     client.authorization.as_ref(),
                 )
-            })
-            .await;
+            }),
+        )
+        .await;
         let manifests = match self.forget_if_refused(image, got)? {
             Some(body) if body.len() > super::MAX_MANIFEST_SIZE => {
                 return Err(RegistryError::TooLarge {

@@ -19,6 +19,9 @@ enum Framing {
     Endless,
     /// `Content-Length: 1 GiB`.
     Declared,
+    /// Chunked, one byte every 100 ms forever: never idle long enough for the between-reads
+    /// timeout, far below any useful rate.
+    Trickle,
 }
 
 const GIB: u64 = 1 << 30;
@@ -62,6 +65,18 @@ impl Hostile {
         .unwrap()
     }
 
+    /// A client giving slow answers `grace` before they must reach the default minimum rate.
+    fn impatient_client(&self, grace: Duration) -> RegistryClient {
+        RegistryClient::new(RegistryConfig {
+            plain_http_hosts: vec![self.addr.to_string()],
+            docker_config: None,
+            retries: 0,
+            slow_grace: grace,
+            ..RegistryConfig::default()
+        })
+        .unwrap()
+    }
+
     /// Bytes the hostile answer sent before the client hung up.
     async fn sent(&mut self) -> u64 {
         tokio::time::timeout(Duration::from_secs(30), self.sent.recv())
@@ -100,7 +115,7 @@ async fn answer(
         return None;
     }
     let framing_header = match framing {
-        Framing::Endless => "Transfer-Encoding: chunked".to_owned(),
+        Framing::Endless | Framing::Trickle => "Transfer-Encoding: chunked".to_owned(),
         Framing::Declared => format!("Content-Length: {GIB}"),
     };
     let head = format!(
@@ -116,6 +131,14 @@ async fn answer(
                 chunk.extend_from_slice(&block);
                 chunk.extend_from_slice(b"\r\n");
                 sock.write_all(&chunk).await
+            }
+            Framing::Trickle => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if sock.write_all(b"1\r\n \r\n").await.is_err() {
+                    return Some(sent);
+                }
+                sent += 1;
+                continue;
             }
             Framing::Declared if sent >= GIB => return Some(sent),
             Framing::Declared => sock.write_all(&block).await,
@@ -169,5 +192,46 @@ async fn endless_token_answers_are_cut_at_the_cap() {
         assert_too_large(client.resolve(&image).await, "token answer");
         let sent = server.sent().await;
         assert!(sent < SENT_BOUND, "{framing:?}: server sent {sent} bytes");
+    }
+}
+
+fn assert_too_slow(r: Result<impl std::fmt::Debug, RegistryError>, what: &str) {
+    match r {
+        Err(RegistryError::TooSlow { what: w, .. }) if w.contains(what) => {}
+        other => panic!("expected TooSlow for {what}, got {other:?}"),
+    }
+}
+
+/// Manifests, referrers lists, token answers and small blobs (indexes, artifacts) trickled a
+/// byte at a time are given up after the grace period: the between-reads timeout never fires.
+#[tokio::test]
+async fn trickled_answers_are_given_up_after_the_grace_period() {
+    let grace = Duration::from_secs(1);
+    // Generous for a loaded machine, far below what the trickle would take to reach any cap.
+    let bound = Duration::from_secs(15);
+    let subject = Digest::of(b"subject");
+    for challenge in [false, true] {
+        let server = Hostile::start(challenge, Framing::Trickle).await;
+        let client = server.impatient_client(grace);
+        let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+        let what = if challenge { "127.0.0.1" } else { "app:v1" };
+        let t = std::time::Instant::now();
+        assert_too_slow(client.resolve(&image).await, what);
+        assert!(t.elapsed() < bound, "manifest took {:?}", t.elapsed());
+        if challenge {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        assert_too_slow(
+            client.referrers(&image, &subject, None).await,
+            &subject.to_string(),
+        );
+        assert!(t.elapsed() < bound, "referrers took {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        assert_too_slow(
+            client.read_blob(&image, &subject, 64 << 20).await,
+            &subject.to_string(),
+        );
+        assert!(t.elapsed() < bound, "blob took {:?}", t.elapsed());
     }
 }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use chunksnap_core::registry::{Reference, RegistryClient};
 use chunksnap_format::digest::Digest;
+use chunksnap_format::index::encode;
+use chunksnap_format::pb::LayerIndex;
 use serde::Serialize;
 
 use crate::ConvertError;
@@ -25,6 +27,11 @@ pub struct InspectLayer {
     pub content_bytes: u64,
     /// Compressed source layer bytes.
     pub layer_bytes: u64,
+    /// Bytes of the index blob.
+    pub index_bytes: u64,
+    /// What the tar-split records (which let a node prove the layer by its diffID) add to the
+    /// encoded index: its size minus the size of the same index encoded without them.
+    pub tar_split_bytes: u64,
 }
 
 /// One platform manifest's artifact.
@@ -50,6 +57,18 @@ pub struct InspectManifest {
     pub base_chunks: Option<u64>,
     /// Stored bytes of those chunks.
     pub base_stored_bytes: Option<u64>,
+}
+
+/// The encoded size `index`'s tar-split records account for.
+fn tar_split_bytes(index: &LayerIndex) -> u64 {
+    if index.tar_split.is_none() {
+        return 0;
+    }
+    let without = LayerIndex {
+        tar_split: None,
+        ..index.clone()
+    };
+    (encode(index).len() as u64).saturating_sub(encode(&without).len() as u64)
 }
 
 /// Inspects the artifacts of `image`'s platform manifests, comparing with `base` if given.
@@ -89,6 +108,8 @@ pub async fn inspect(
                 chunks: idx.chunks.len() as u64,
                 content_bytes: source.content_size,
                 layer_bytes: source.compressed_size,
+                index_bytes: desc.size,
+                tar_split_bytes: tar_split_bytes(&idx),
             });
         }
         // Artifact order is image layer order; the map is by digest.

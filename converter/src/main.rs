@@ -331,12 +331,14 @@ fn print_inspect(report: &[InspectManifest]) {
         );
         for l in &m.layers {
             println!(
-                "  {} entries {:>6} chunks {:>6} content {:>10} layer {:>10}",
+                "  {} entries {:>6} chunks {:>6} content {:>10} layer {:>10} index {:>8} (tar-split {})",
                 short(&l.digest),
                 l.entries,
                 l.chunks,
                 l.content_bytes,
-                l.layer_bytes
+                l.layer_bytes,
+                l.index_bytes,
+                l.tar_split_bytes
             );
         }
         println!(

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::BuiltImage;
+use crate::{BuiltImage, ContainerdVersion};
 use case::{Blobs, Case, Mode};
 use node::{Kind, RunResult};
 use profile::{Network, Profile};
@@ -51,6 +51,12 @@ pub struct Settings {
     pub trim: bool,
     /// Where each chunksnap run's log is kept (`<profile>-<case>-run<N>.chunksnap.log`).
     pub logs: PathBuf,
+    /// The containerd every node runs (`CHUNKSNAP_E2E_CONTAINERD`, default 1.6).
+    pub containerd: ContainerdVersion,
+    /// Other containerd versions whose plain pull is also timed, as more baselines.
+    pub baselines: Vec<ContainerdVersion>,
+    /// Also time chunksnap with layer verification off, on update cases over shaped links.
+    pub verify_cost: bool,
 }
 
 /// Figures of a case that do not depend on the network.
@@ -66,6 +72,11 @@ pub struct CaseOffline {
     pub zstd_floor_bytes: u64,
     /// `chunkconv convert` of v2 after v1: bytes pushed.
     pub convert_v2_bytes_pushed: u64,
+    /// What the tar-split records add to the index blobs of v2's changed layers (`chunkconv
+    /// inspect`): an upper bound of what verification adds to the bytes of an update.
+    pub v2_tar_split_bytes: u64,
+    /// `chunkconv extract --tar` of v2 wrote every layer's tar byte for byte as the source.
+    pub extract_tar_identical: bool,
     pub assembly: Option<Assembly>,
 }
 
@@ -111,6 +122,10 @@ pub struct ProfileRuns {
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
     pub runs_per_figure: usize,
+    /// containerd `major.minor` of every node.
+    pub containerd: String,
+    /// Versions of the extra plain-pull baselines.
+    pub baselines: Vec<String>,
     /// Filesystem the nodes' state and the assembly extracts were on: [`nodefs::LOOP_LABEL`] or
     /// [`nodefs::HOST_LABEL`].
     pub node_fs: String,
@@ -210,6 +225,38 @@ fn casync_and_zstd(case: &Case, work: &Path) -> Result<(u64, u64)> {
     Ok((casync, zstd))
 }
 
+/// The verification figures of a converted v2: what tar-split adds to its changed layers'
+/// indexes, and whether `chunkconv extract --tar` rebuilds every layer's tar exactly.
+fn verification_figures(
+    reference: &str,
+    changed: &[String],
+    v2_tars: &[PathBuf],
+    work: &Path,
+) -> Result<(u64, bool)> {
+    let split = tools::inspect_tar_split_bytes(reference, changed)?;
+    let dir = fresh_dir(&work.join("extract-tar"))?;
+    let written = tools::extract_tars(reference, &dir)?;
+    anyhow::ensure!(
+        written.len() == v2_tars.len(),
+        "extract --tar wrote {} tars for {} layers",
+        written.len(),
+        v2_tars.len()
+    );
+    let mut identical = true;
+    for (got, want) in written.iter().zip(v2_tars) {
+        if !tools::same_bytes(got, want)? {
+            eprintln!(
+                "bench: extract --tar: {} differs from {}",
+                got.display(),
+                want.display()
+            );
+            identical = false;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((split, identical))
+}
+
 /// `sync(1)`, untimed, so a timed run does not pay for the previous one's writeback.
 fn sync() -> Result<()> {
     let st = std::process::Command::new("sync")
@@ -299,7 +346,7 @@ pub async fn run(s: &Settings) -> Result<Results> {
         );
         let (c, work) = (case.clone(), s.work.clone());
         let (casync_bytes, zstd_floor_bytes) = blocking(move || casync_and_zstd(&c, &work)).await?;
-        let (_, v2, c1, c2) = push_and_convert(&off, &blobs, case, &case.name).await?;
+        let (v1, v2, c1, c2) = push_and_convert(&off, &blobs, case, &case.name).await?;
         convert_rss = convert_rss.max(c1.max_rss).max(c2.max_rss);
         let v2_tar_bytes = Case::tar_bytes(&case.v2)?;
         let assembly = if case.mode == Mode::Update {
@@ -311,6 +358,20 @@ pub async fn run(s: &Settings) -> Result<Results> {
         } else {
             None
         };
+        let (r, changed, v2_tars, work) = (
+            v2.reference.clone(),
+            v2.layers
+                .iter()
+                .filter(|l| {
+                    case.mode == Mode::Cold || !v1.layers.iter().any(|b| b.digest == l.digest)
+                })
+                .map(|l| l.digest.clone())
+                .collect::<Vec<_>>(),
+            case.v2.clone(),
+            s.work.clone(),
+        );
+        let (v2_tar_split_bytes, extract_tar_identical) =
+            blocking(move || verification_figures(&r, &changed, &v2_tars, &work)).await?;
         offline.push(CaseOffline {
             name: case.name.clone(),
             mode: case.mode,
@@ -319,6 +380,8 @@ pub async fn run(s: &Settings) -> Result<Results> {
             casync_bytes,
             zstd_floor_bytes,
             convert_v2_bytes_pushed: c2.bytes_pushed,
+            v2_tar_split_bytes,
+            extract_tar_identical,
             assembly,
         });
     }
@@ -392,28 +455,38 @@ pub async fn run(s: &Settings) -> Result<Results> {
                 runs: Vec::new(),
                 errors: Vec::new(),
             };
+            let mut kinds = vec![(Kind::Plain, s.containerd), (Kind::Chunksnap, s.containerd)];
+            if s.verify_cost && case.mode == Mode::Update && *profile != Profile::Loopback {
+                kinds.push((Kind::Unverified, s.containerd));
+            }
+            kinds.extend(s.baselines.iter().map(|v| (Kind::Plain, *v)));
             for r in 0..s.runs {
-                // Interleaved, so drifting machine load hits both alike.
-                for kind in [Kind::Plain, Kind::Chunksnap] {
+                // Interleaved, so drifting machine load hits every kind alike.
+                for &(kind, version) in &kinds {
                     let log = s.logs.join(format!(
-                        "{}-{}-run{}.chunksnap.log",
+                        "{}-{}-{}-run{}.chunksnap.log",
                         pr.profile,
                         case.name,
+                        kind.name(),
                         r + 1
                     ));
-                    let res = node::run_once(kind, &net, case, &v1, &v2, &s.node_tmp, &log).await;
+                    let res =
+                        node::run_once(kind, version, &net, case, &v1, &v2, &s.node_tmp, &log)
+                            .await;
                     trim(s).await;
                     match res {
-                        Ok(res) => {
+                        Ok(mut res) => {
+                            res.baseline = version != s.containerd;
                             eprintln!(
-                                "bench: {} {} {} run {}: {:.2}s, {} bytes served{}",
+                                "bench: {} {} {} (containerd {}) run {}: {:.2}s, {} bytes served{}",
                                 pr.profile,
                                 case.name,
                                 kind.name(),
+                                version.name(),
                                 r + 1,
                                 res.seconds,
                                 res.bytes_served,
-                                if res.layer_blob_fetched && kind == Kind::Chunksnap {
+                                if res.layer_blob_fetched && kind != Kind::Plain {
                                     " (FELL BACK: whole layer blob fetched)"
                                 } else {
                                     ""
@@ -423,14 +496,19 @@ pub async fn run(s: &Settings) -> Result<Results> {
                         }
                         Err(e) => {
                             eprintln!(
-                                "bench: {} {} {} run {}: ERROR {e:#}",
+                                "bench: {} {} {} (containerd {}) run {}: ERROR {e:#}",
                                 pr.profile,
                                 case.name,
                                 kind.name(),
+                                version.name(),
                                 r + 1
                             );
-                            cr.errors
-                                .push(format!("{} run {}: {e:#}", kind.name(), r + 1));
+                            cr.errors.push(format!(
+                                "{} (containerd {}) run {}: {e:#}",
+                                kind.name(),
+                                version.name(),
+                                r + 1
+                            ));
                         }
                     }
                 }
@@ -444,6 +522,8 @@ pub async fn run(s: &Settings) -> Result<Results> {
     }
     Ok(Results {
         runs_per_figure: s.runs,
+        containerd: s.containerd.name().to_owned(),
+        baselines: s.baselines.iter().map(|v| v.name().to_owned()).collect(),
         node_fs: s.node_fs.clone(),
         cases: offline,
         convert,

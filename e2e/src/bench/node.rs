@@ -12,7 +12,7 @@ use crate::bench::profile::Network;
 use crate::bench::tools::du;
 use crate::chunksnap::Chunksnap;
 use crate::oci::BuiltImage;
-use crate::{Containerd, ContainerdConfig, Snapshotter};
+use crate::{Containerd, ContainerdConfig, ContainerdVersion, Snapshotter};
 
 /// Which snapshotter a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -21,6 +21,8 @@ pub enum Kind {
     /// containerd's overlayfs snapshotter: the plain pull.
     Plain,
     Chunksnap,
+    /// chunksnap with `insecure_skip_layer_verification = ["*"]`: what verification costs.
+    Unverified,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
         match self {
             Self::Plain => "plain",
             Self::Chunksnap => "chunksnap",
+            Self::Unverified => "unverified",
         }
     }
 }
@@ -41,15 +44,27 @@ struct Node {
 }
 
 impl Node {
-    /// A node whose state (chunksnap's dir, containerd's root and state) lives under `base`.
-    async fn start(kind: Kind, net: &Network, base: &Path) -> Result<Self> {
+    /// A node running containerd `version` whose state (chunksnap's dir, containerd's root and
+    /// state) lives under `base`.
+    async fn start(
+        kind: Kind,
+        version: ContainerdVersion,
+        net: &Network,
+        base: &Path,
+    ) -> Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("chunksnap-bench-node.")
             .tempdir_in(base)?;
         dir.disable_cleanup(crate::util::keep_temp_dirs());
         let (snapshotter, chunksnap) = match kind {
             Kind::Plain => (Snapshotter::Overlayfs, None),
-            Kind::Chunksnap => {
+            Kind::Chunksnap | Kind::Unverified => {
+                if kind == Kind::Unverified {
+                    std::fs::write(
+                        dir.path().join("config.toml"),
+                        "insecure_skip_layer_verification = [\"*\"]\n",
+                    )?;
+                }
                 let mut cs = Chunksnap::new(dir.path(), vec![net.registry.host()])?;
                 cs.start().await?;
                 (Snapshotter::chunksnap(cs.socket()), Some(cs))
@@ -60,7 +75,7 @@ impl Node {
                 snapshotter,
                 plain_http_registries: vec![net.registry.host()],
                 sandbox_image: net.pause.reference.clone(),
-                version: crate::ContainerdVersion::from_env()?,
+                version,
                 pull_progress_timeout: None,
             },
             base,
@@ -130,6 +145,11 @@ impl Drop for Node {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub kind: Kind,
+    /// containerd `major.minor` the node ran.
+    pub containerd: String,
+    /// A plain pull on another containerd than the bench's own (`BENCH_BASELINES`): shown as
+    /// a baseline, left out of every other figure.
+    pub baseline: bool,
     /// CRI PullImage(v2) until a container of v2 has read the case's file.
     pub seconds: f64,
     /// Of `seconds`, the CRI `PullImage` (the rest is sandbox, container start and exec, a cost
@@ -155,8 +175,10 @@ pub struct RunResult {
 
 /// One run: fresh node (its state under `base`), pause (and v1 for updates) pulled untimed,
 /// then v2 timed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_once(
     kind: Kind,
+    version: ContainerdVersion,
     net: &Network,
     case: &Case,
     v1: &BuiltImage,
@@ -164,7 +186,7 @@ pub async fn run_once(
     base: &Path,
     keep_log: &Path,
 ) -> Result<RunResult> {
-    let node = Node::start(kind, net, base).await?;
+    let node = Node::start(kind, version, net, base).await?;
     let hint = node.log_hint();
     let result = async {
         let cri = node.containerd.cri().await?;
@@ -196,6 +218,8 @@ pub async fn run_once(
         });
         Ok::<_, anyhow::Error>(RunResult {
             kind,
+            containerd: version.name().to_owned(),
+            baseline: false,
             seconds,
             pull_seconds,
             bytes_served: requests.iter().map(|r| r.bytes).sum(),
@@ -219,7 +243,7 @@ pub async fn run_once(
                         .map(|l| l.digest.as_str())
                         .collect::<Vec<_>>(),
                 ),
-                Kind::Chunksnap => None,
+                Kind::Chunksnap | Kind::Unverified => None,
             },
         })
     }

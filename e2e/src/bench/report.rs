@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::bench::case::Mode;
 use crate::bench::node::{Kind, RunResult};
-use crate::bench::{CaseRuns, Results};
+use crate::bench::{CaseOffline, CaseRuns, Results};
 
 /// Median of `v` (mean of the middle two for even lengths); `None` when empty.
 pub fn median(v: &[f64]) -> Option<f64> {
@@ -28,7 +28,21 @@ pub fn median(v: &[f64]) -> Option<f64> {
 }
 
 fn runs(c: &CaseRuns, kind: Kind) -> Vec<&RunResult> {
-    c.runs.iter().filter(|r| r.kind == kind).collect()
+    c.runs
+        .iter()
+        .filter(|r| r.kind == kind && !r.baseline)
+        .collect()
+}
+
+/// Median of `f` over the plain pulls on baseline containerd `version`.
+fn baseline_med(c: &CaseRuns, version: &str, f: impl Fn(&RunResult) -> f64) -> Option<f64> {
+    let v: Vec<f64> = c
+        .runs
+        .iter()
+        .filter(|r| r.kind == Kind::Plain && r.baseline && r.containerd == version)
+        .map(f)
+        .collect();
+    median(&v)
 }
 
 fn med(c: &CaseRuns, kind: Kind, f: impl Fn(&RunResult) -> f64) -> Option<f64> {
@@ -120,6 +134,25 @@ pub fn targets(r: &Results) -> Vec<Target> {
                     Mode::Update => {}
                 }
             }
+            verification_targets(&mut t, &p.profile, c, off);
+            for v in &r.baselines {
+                if let (Some(ts), Some(tb), Mode::Update, false) = (
+                    ts,
+                    baseline_med(c, v, |x| x.seconds),
+                    c.mode,
+                    p.profile == "loopback",
+                ) {
+                    t.push(Target::new(
+                        format!(
+                            "{} {}: time-to-running chunksnap/plain {v} <= 0.3",
+                            p.profile, c.case
+                        ),
+                        ts / tb,
+                        0.3,
+                        true,
+                    ));
+                }
+            }
         }
     }
     for o in &r.cases {
@@ -169,6 +202,47 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ));
     }
     t
+}
+
+/// What proving each layer by its diffID costs: time against chunksnap without verification,
+/// bytes against the same update without the tar-split records; and `extract --tar` exactness.
+fn verification_targets(t: &mut Vec<Target>, profile: &str, c: &CaseRuns, off: &CaseOffline) {
+    let ts = med(c, Kind::Chunksnap, |x| x.seconds);
+    if let (Some(ts), Some(tu)) = (ts, med(c, Kind::Unverified, |x| x.seconds)) {
+        t.push(Target::new(
+            format!(
+                "{profile} {}: time-to-running verified/unverified <= 1.1",
+                c.case
+            ),
+            ts / tu,
+            1.1,
+            true,
+        ));
+    }
+    if let Some(b) = med(c, Kind::Chunksnap, |x| x.bytes_served as f64)
+        && c.mode == Mode::Update
+        && off.v2_tar_split_bytes > 0
+        && b > off.v2_tar_split_bytes as f64
+    {
+        t.push(Target::new(
+            format!(
+                "{profile} {}: v2 bytes with/without tar-split <= 1.1",
+                c.case
+            ),
+            b / (b - off.v2_tar_split_bytes as f64),
+            1.1,
+            true,
+        ));
+    }
+    if profile == "loopback" || c.mode == Mode::Cold {
+        // Once per case is enough: it does not depend on the network.
+        t.push(Target::new(
+            format!("{}: extract --tar == source layer tars (1 = yes)", c.case),
+            f64::from(u8::from(off.extract_tar_identical)),
+            1.0,
+            false,
+        ));
+    }
 }
 
 fn mb(x: Option<f64>) -> String {
@@ -285,6 +359,7 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
             let _ = writeln!(s, "{}", row(&cells));
         }
     }
+    baselines_table(&mut s, r);
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -368,6 +443,65 @@ pub fn table(r: &Results, targets: &[Target]) -> String {
     s
 }
 
+/// Time to running against the other containerd versions' plain pulls, and chunksnap with
+/// layer verification off (what proving every layer by its diffID costs).
+fn baselines_table(s: &mut String, r: &Results) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Baselines and verification (medians, s = time to running): containerd {} above; plain \
+         pulls on {}; chunksnap unverified = insecure_skip_layer_verification = [\"*\"]; the \
+         tar-split bytes bound what verification adds to an update's bytes:",
+        r.containerd,
+        if r.baselines.is_empty() {
+            "no other version".to_owned()
+        } else {
+            r.baselines.join(", ")
+        }
+    );
+    for p in &r.profiles {
+        for c in &p.cases {
+            let ct = med(c, Kind::Chunksnap, |x| x.seconds);
+            let mut line = format!("  {:<13} {:<16}", p.profile, c.case);
+            for v in &r.baselines {
+                let bt = baseline_med(c, v, |x| x.seconds);
+                let bp = baseline_med(c, v, |x| x.pull_seconds);
+                let bb = baseline_med(c, v, |x| x.bytes_served as f64);
+                let _ = write!(
+                    line,
+                    " | plain {v}: {} s (pull {}), {} MB, chunksnap/plain {v} {}",
+                    secs(bt),
+                    secs(bp),
+                    mb(bb),
+                    ratio(ct, bt)
+                );
+            }
+            let ut = med(c, Kind::Unverified, |x| x.seconds);
+            if ut.is_some() {
+                let _ = write!(
+                    line,
+                    " | unverified {} s, verified/unverified {}",
+                    secs(ut),
+                    ratio(ct, ut)
+                );
+            }
+            if let Some(o) = r.cases.iter().find(|o| o.name == c.case) {
+                let _ = write!(
+                    line,
+                    " | tar-split {} MB | extract --tar {}",
+                    mb(Some(o.v2_tar_split_bytes as f64)),
+                    if o.extract_tar_identical {
+                        "identical"
+                    } else {
+                        "DIFFERS"
+                    }
+                );
+            }
+            let _ = writeln!(s, "{line}");
+        }
+    }
+}
+
 /// Writes `results.json` (results + targets) under `out`.
 pub fn write_json(r: &Results, targets: &[Target], out: &Path) -> Result<()> {
     let v = serde_json::json!({ "results": r, "targets": targets });
@@ -448,6 +582,7 @@ fn containerd_apply(r: &Results, name: &str) -> Option<f64> {
         .flat_map(|p| &p.cases)
         .filter(|c| c.case == name)
         .flat_map(|c| &c.runs)
+        .filter(|run| !run.baseline)
         .filter_map(|run| run.containerd_apply_seconds)
         .collect();
     median(&all)

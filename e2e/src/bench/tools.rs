@@ -205,3 +205,65 @@ pub fn zstd_size(base: Option<&Path>, new: &Path, out: &Path) -> Result<u64> {
     let _ = std::fs::remove_file(out);
     Ok(n)
 }
+
+/// `chunkconv inspect --json REF`: the tar-split bytes of the index of each layer in `layers`.
+pub fn inspect_tar_split_bytes(reference: &str, layers: &[String]) -> Result<u64> {
+    let t = timed(
+        &bin_dir()?.join("chunkconv"),
+        &["inspect", "--plain-http", "--json", reference],
+    )?;
+    let v: Value = serde_json::from_slice(&t.stdout).context("chunkconv inspect --json")?;
+    let manifests = v.as_array().context("inspect: not a list")?;
+    Ok(manifests
+        .iter()
+        .flat_map(|m| m["layers"].as_array().cloned().unwrap_or_default())
+        .filter(|l| layers.iter().any(|d| l["digest"].as_str() == Some(d)))
+        .filter_map(|l| l["tar_split_bytes"].as_u64())
+        .sum())
+}
+
+/// `chunkconv extract --tar REF DIR` (fresh store): the tars it wrote, bottom layer first.
+pub fn extract_tars(reference: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let store = dir.join("store");
+    let out = dir.join("tars");
+    std::fs::create_dir_all(&out)?;
+    timed(
+        &bin_dir()?.join("chunkconv"),
+        &[
+            "extract",
+            "--plain-http",
+            "--tar",
+            "--store",
+            &store.to_string_lossy(),
+            reference,
+            &out.to_string_lossy(),
+        ],
+    )?;
+    let mut tars: Vec<PathBuf> = std::fs::read_dir(&out)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    // `NN-<diffID>.tar`: NN is the layer's position.
+    tars.sort();
+    Ok(tars)
+}
+
+/// Whether two files hold the same bytes.
+pub fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    use std::io::Read;
+    if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
+        return Ok(false);
+    }
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}

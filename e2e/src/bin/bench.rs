@@ -1,7 +1,9 @@
 //! `make bench` driver: `bench [sweep]`. Settings come from the environment:
 //! `BENCH_RUNS` (default 3), `BENCH_PROFILES` (comma list, default `loopback,100mbit-20ms`),
 //! `BENCH_CASES` (default: every directory under `bench/cases`), `BENCH_OUT` (default
-//! `target/bench`). Binaries come from `CHUNKSNAP_BIN_DIR` (bench/run.sh sets it).
+//! `target/bench`), `CHUNKSNAP_E2E_CONTAINERD` (the nodes' containerd, default 1.6),
+//! `BENCH_BASELINES` (more containerd versions whose plain pull is timed, default 2.1),
+//! `BENCH_VERIFY_COST` (1, default: also time chunksnap without layer verification). Binaries come from `CHUNKSNAP_BIN_DIR` (bench/run.sh sets it).
 //!
 //! A run keeps node state and the assembly extracts on a journaled ext4 loop filesystem it
 //! mounts on `BENCH_OUT/nodefs.PID` and removes at the end, also on SIGINT/SIGTERM and errors
@@ -10,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use chunksnap_e2e::ContainerdVersion;
 use chunksnap_e2e::bench::nodefs::{self, NodeFs};
 use chunksnap_e2e::bench::profile::Profile;
 use chunksnap_e2e::bench::{Settings, report, sweep};
@@ -51,6 +54,24 @@ fn settings() -> Result<(Settings, PathBuf)> {
             names
         }
     };
+    let containerd = ContainerdVersion::from_env()?;
+    // Plain pulls on the newest containerd too by default: that is the pull users compare with.
+    let baselines = match std::env::var("BENCH_BASELINES") {
+        Ok(v) => v
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(ContainerdVersion::parse)
+            .collect::<Result<Vec<_>>>()?,
+        Err(_) => vec![ContainerdVersion::V2_1],
+    }
+    .into_iter()
+    .filter(|v| *v != containerd)
+    .collect();
+    let verify_cost = match std::env::var("BENCH_VERIFY_COST").as_deref() {
+        Ok("0") => false,
+        Ok("1") | Err(_) => true,
+        Ok(other) => bail!("BENCH_VERIFY_COST={other}: expected 0 or 1"),
+    };
     let out = std::env::var_os("BENCH_OUT")
         .map_or_else(|| workspace().join("target/bench"), PathBuf::from);
     std::fs::create_dir_all(&out)?;
@@ -67,6 +88,9 @@ fn settings() -> Result<(Settings, PathBuf)> {
             node_fs: nodefs::HOST_LABEL.to_owned(),
             trim: false,
             logs: out.join("logs"),
+            containerd,
+            baselines,
+            verify_cost,
         },
         out,
     ))

@@ -198,3 +198,47 @@ async fn push_forged(copy: &BuiltImage, source: &BuiltImage, forge: Option<Forge
         .await?;
     Ok(())
 }
+
+/// `insecure_skip_layer_verification` does what its warning says: with it, a forged header is
+/// committed as the artifact describes it (no verification failure, no fallback). The opt-out is
+/// for operators who trust every writer of a registry; this test keeps the documented danger
+/// true, and shows that the default (above) is what stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_opt_out_commits_unverified_layers() -> Result<()> {
+    if chunksnap_e2e::skip_unless_root() {
+        return Ok(());
+    }
+    let node = FaultyNode::start("insecure_skip_layer_verification = [\"*\"]\n").await?;
+    let oracle = oracle(&node.env).await?;
+    let cri = node.env.containerd.cri().await?;
+    let real = unique_image(&node.env, "optout-real", SEED + 7, FILES, FILE_SIZE).await?;
+    convert(&real.reference).await?;
+    let copy = unique_image(&node.env, "optout-copy", SEED + 7, FILES, FILE_SIZE).await?;
+    let (_, mode) = HEADER_FORGERIES
+        .iter()
+        .find(|(n, _)| *n == "mode")
+        .context("mode forgery")?;
+    push_forged(&copy, &real, Some(*mode)).await?;
+    cri.pull_image(&copy.reference).await?;
+    ensure!(
+        node.chunksnap
+            .metric("chunksnap_verify_failures_total")
+            .await
+            .unwrap_or(0.0)
+            == 0.0,
+        "nothing is verified with the opt-out"
+    );
+    ensure!(
+        node.prepares("remote").await? == copy.layers.len() as f64,
+        "the unverified layers should be committed as assembled"
+    );
+    ensure!(
+        oracle_differences(&node.env.containerd, &oracle, &copy).await? > 0,
+        "the forged mode should be in the committed layer"
+    );
+    ensure!(
+        node.log().contains("insecure_skip_layer_verification"),
+        "the opt-out should be warned about at start"
+    );
+    Ok(())
+}

@@ -8,4 +8,5 @@ mod disk;
 mod faults;
 mod forged;
 mod security;
+mod seeded_links;
 mod slow_registry;

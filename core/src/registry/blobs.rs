@@ -3,9 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
-use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 
+use super::direct_blobs::BlobAnswer;
 use super::pace;
 use super::{Reference, RegistryClient, RegistryError};
 use chunksnap_format::digest::Digest;
@@ -42,7 +42,22 @@ impl RegistryClient {
     ) -> Result<Vec<u8>, RegistryError> {
         let what = digest.to_string();
         let bytes = pace::within(&self.inner.config, "pull blob", &what, async {
-            let (len, stream) = self.blob_stream(image, digest).await?;
+            let (client, _) = self.prepare(image).await?;
+            let direct = &self.inner.direct;
+            let answer = self
+                .retry("pull blob", &what, || {
+                    direct.blob(
+                        &self.inner.config,
+                        image,
+                        &what,
+                        None,
+                        client.authorization.as_ref(),
+                    )
+                })
+                .await;
+            let answer = self.forget_if_refused(image, answer)?;
+            let len = answer.content_length();
+            let stream = answer.into_stream();
             if len.is_some_and(|l| l > max) {
                 return Err(RegistryError::TooLarge {
                     what: what.clone(),
@@ -101,20 +116,31 @@ impl RegistryClient {
         };
         // A connection broken or stalled mid-body, or a short answer, is as transient as a
         // failed request: the whole range is read again (`IoError` classifies as transient).
+        let direct = &self.inner.direct;
         let read = || async {
-            let resp = client
-                .pull_blob_stream_partial(image, d.as_str(), offset, Some(len))
+            let answer = direct
+                .blob(
+                    &self.inner.config,
+                    image,
+                    &d,
+                    Some((offset, len)),
+                    client.authorization.as_ref(),
+                )
                 .await?;
-            let (got, partial) = match resp {
-                BlobResponse::Partial(s) => match collect_capped(s.stream, len, &d).await {
-                    Ok(b) => (b, true),
-                    Err(RegistryError::Oci {
-                        source: OciDistributionError::IoError(e),
-                        ..
-                    }) => return Err(OciDistributionError::IoError(e)),
-                    Err(e) => return Ok(Err(e)),
-                },
-                BlobResponse::Full(s) => (take_range(s.stream, offset, len).await?, false),
+            let (got, partial) = match answer {
+                part @ BlobAnswer::Part(_) => {
+                    match collect_capped(part.into_stream(), len, &d).await {
+                        Ok(b) => (b, true),
+                        Err(RegistryError::Oci {
+                            source: OciDistributionError::IoError(e),
+                            ..
+                        }) => return Err(OciDistributionError::IoError(e)),
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                whole @ BlobAnswer::Whole(_) => {
+                    (take_range(whole.into_stream(), offset, len).await?, false)
+                }
             };
             if got.len() as u64 != len {
                 return Err(OciDistributionError::IoError(std::io::Error::new(

@@ -221,7 +221,7 @@ impl Direct {
 }
 
 /// `http` or `https` for `host`, as the `oci-client` clients choose it.
-fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
+pub(super) fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
     if config.plain_http_all || config.plain_http_hosts.iter().any(|h| h == host) {
         "http"
     } else {
@@ -229,7 +229,10 @@ fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
     }
 }
 
-fn authorized(req: reqwest::RequestBuilder, auth: Option<&HeaderValue>) -> reqwest::RequestBuilder {
+pub(super) fn authorized(
+    req: reqwest::RequestBuilder,
+    auth: Option<&HeaderValue>,
+) -> reqwest::RequestBuilder {
     match auth {
         Some(h) => req.header(reqwest::header::AUTHORIZATION, h.clone()),
         None => req,
@@ -267,7 +270,7 @@ async fn fetch(
 }
 
 /// A `200` answer's body, or the error `oci-client` gives for the others.
-fn answer(
+pub(super) fn answer(
     status: reqwest::StatusCode,
     body: Bytes,
     url: &str,

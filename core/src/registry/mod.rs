@@ -17,6 +17,7 @@
 mod auth;
 mod blobs;
 mod direct;
+mod direct_blobs;
 mod error;
 mod manifests;
 mod pace;

@@ -19,6 +19,8 @@ enum Framing {
     Endless,
     /// `Content-Length: 1 GiB`.
     Declared,
+    /// A `404` whose body is chunked and never ends.
+    EndlessError,
     /// Chunked, one byte every 100 ms forever: never idle long enough for the between-reads
     /// timeout, far below any useful rate.
     Trickle,
@@ -115,18 +117,24 @@ async fn answer(
         return None;
     }
     let framing_header = match framing {
-        Framing::Endless | Framing::Trickle => "Transfer-Encoding: chunked".to_owned(),
+        Framing::Endless | Framing::Trickle | Framing::EndlessError => {
+            "Transfer-Encoding: chunked".to_owned()
+        }
         Framing::Declared => format!("Content-Length: {GIB}"),
     };
+    let status = match framing {
+        Framing::EndlessError => "404 Not Found",
+        _ => "200 OK",
+    };
     let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\n{framing_header}\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 {status}\r\nContent-Type: application/vnd.oci.image.index.v1+json\r\n{framing_header}\r\nConnection: close\r\n\r\n"
     );
     sock.write_all(head.as_bytes()).await.ok()?;
     let block = vec![b' '; 64 << 10];
     let mut sent = 0u64;
     loop {
         let written = match framing {
-            Framing::Endless => {
+            Framing::Endless | Framing::EndlessError => {
                 let mut chunk = format!("{:x}\r\n", block.len()).into_bytes();
                 chunk.extend_from_slice(&block);
                 chunk.extend_from_slice(b"\r\n");
@@ -234,4 +242,28 @@ async fn trickled_answers_are_given_up_after_the_grace_period() {
         );
         assert!(t.elapsed() < bound, "blob took {:?}", t.elapsed());
     }
+}
+
+/// Blob requests (small blobs read whole, and Range reads of packs) answered with an error
+/// whose body never ends: the error is reported after at most `MAX_ERROR_BODY` of it.
+#[tokio::test]
+async fn endless_error_bodies_of_blob_answers_are_not_read_whole() {
+    let mut server = Hostile::start(false, Framing::EndlessError).await;
+    let client = server.client();
+    let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+    let blob = Digest::of(b"blob");
+    let r = client.read_blob(&image, &blob, 64 << 20).await;
+    assert!(
+        matches!(r, Err(RegistryError::NotFound { .. })),
+        "whole blob: {r:?}"
+    );
+    let sent = server.sent().await;
+    assert!(sent < SENT_BOUND, "whole blob: server sent {sent} bytes");
+    let r = client.read_range(&image, &blob, 1 << 20, 4096).await;
+    assert!(
+        matches!(r, Err(RegistryError::NotFound { .. })),
+        "range: {r:?}"
+    );
+    let sent = server.sent().await;
+    assert!(sent < SENT_BOUND, "range: server sent {sent} bytes");
 }

@@ -11,51 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tonic::transport::Channel;
 
-use crate::containerd_toml::{ContainerdVersion, write_config};
+use crate::containerd_toml::{ContainerdConfig, ContainerdVersion, write_config};
 use crate::cri::Cri;
 use crate::native::Native;
 use crate::util::{Poller, keep_temp_dirs, unmount_below};
-
-/// Which snapshotter CRI uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Snapshotter {
-    /// containerd's built-in overlayfs snapshotter (the reference).
-    Overlayfs,
-    /// A proxy snapshotter plugin named `name` served on `socket` (chunksnap).
-    Proxy { name: String, socket: PathBuf },
-}
-
-impl Snapshotter {
-    /// The chunksnap proxy plugin at `socket`.
-    pub fn chunksnap(socket: impl Into<PathBuf>) -> Self {
-        Self::Proxy {
-            name: "chunksnap".into(),
-            socket: socket.into(),
-        }
-    }
-
-    /// The name CRI and the snapshots API know it by.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Overlayfs => "overlayfs",
-            Self::Proxy { name, .. } => name,
-        }
-    }
-}
-
-/// How to configure a [`Containerd`].
-#[derive(Debug, Clone)]
-pub struct ContainerdConfig {
-    pub snapshotter: Snapshotter,
-    /// Registry hosts (`127.0.0.1:PORT`) to pull from over plain HTTP.
-    pub plain_http_registries: Vec<String>,
-    /// CRI's pod sandbox ("pause") image, e.g. from [`crate::images::TestImages::pause`].
-    pub sandbox_image: String,
-    /// Which containerd runs, and so which config style it gets.
-    pub version: ContainerdVersion,
-    /// CRI's `image_pull_progress_timeout` (1.7+; ignored on 1.6); containerd's default when `None`.
-    pub pull_progress_timeout: Option<Duration>,
-}
 
 /// A running containerd.
 #[derive(Debug)]

@@ -2,14 +2,13 @@
 //! `make deps` unpacks under `/opt/chunksnap-test`) and the config file each one expects:
 //! `version = 2` with CRI under `io.containerd.grpc.v1.cri` and registry `mirrors` on 1.x;
 //! `version = 3` with CRI split into `io.containerd.cri.v1.images` / `.runtime` and registry
-//! hosts in `config_path` hosts.toml files on 2.x.
+//! hosts in `config_path` hosts.toml files on 2.x; and what a test configures
+//! ([`ContainerdConfig`], [`Snapshotter`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-
-use crate::containerd::{ContainerdConfig, Snapshotter};
 
 /// Environment variable choosing the containerd of tests that do not pick one: `1.6` (default),
 /// `1.7` or `2.1`.
@@ -17,6 +16,47 @@ pub const VERSION_ENV: &str = "CHUNKSNAP_E2E_CONTAINERD";
 /// Where `scripts/install-containerd.sh` puts `containerd-<minor>/usr/bin/containerd`.
 const PREFIX_ENV: &str = "CHUNKSNAP_CONTAINERD_PREFIX";
 const DEFAULT_PREFIX: &str = "/opt/chunksnap-test";
+
+/// Which snapshotter CRI uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshotter {
+    /// containerd's built-in overlayfs snapshotter (the reference).
+    Overlayfs,
+    /// A proxy snapshotter plugin named `name` served on `socket` (chunksnap).
+    Proxy { name: String, socket: PathBuf },
+}
+
+impl Snapshotter {
+    /// The chunksnap proxy plugin at `socket`.
+    pub fn chunksnap(socket: impl Into<PathBuf>) -> Self {
+        Self::Proxy {
+            name: "chunksnap".into(),
+            socket: socket.into(),
+        }
+    }
+
+    /// The name CRI and the snapshots API know it by.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Overlayfs => "overlayfs",
+            Self::Proxy { name, .. } => name,
+        }
+    }
+}
+
+/// How to configure a [`Containerd`].
+#[derive(Debug, Clone)]
+pub struct ContainerdConfig {
+    pub snapshotter: Snapshotter,
+    /// Registry hosts (`127.0.0.1:PORT`) to pull from over plain HTTP.
+    pub plain_http_registries: Vec<String>,
+    /// CRI's pod sandbox ("pause") image, e.g. from [`crate::images::TestImages::pause`].
+    pub sandbox_image: String,
+    /// Which containerd runs, and so which config style it gets.
+    pub version: ContainerdVersion,
+    /// CRI's `image_pull_progress_timeout` (1.7+; ignored on 1.6); containerd's default when `None`.
+    pub pull_progress_timeout: Option<Duration>,
+}
 
 /// A containerd release line the e2e matrix runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

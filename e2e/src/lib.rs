@@ -50,8 +50,8 @@ pub mod stock_config;
 pub mod treecmp;
 pub mod util;
 
-pub use containerd::{Containerd, ContainerdConfig, Snapshotter};
-pub use containerd_toml::ContainerdVersion;
+pub use containerd::Containerd;
+pub use containerd_toml::{ContainerdConfig, ContainerdVersion, Snapshotter};
 pub use cri::{Cri, ExecOutput};
 pub use env::Env;
 pub use images::TestImages;

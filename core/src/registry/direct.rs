@@ -20,11 +20,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use oci_client::errors::{OciDistributionError, OciEnvelope};
+use bytes::Bytes;
+use oci_client::errors::OciDistributionError;
 
 use reqwest::header::HeaderValue;
 
+use super::http::{answer, authorized, fetch, scheme, send};
 use super::token::Challenge;
 use super::{Reference, RegistryConfig, RegistryError};
 
@@ -217,81 +218,5 @@ impl Direct {
         let list: TagList = serde_json::from_slice(&body)
             .map_err(|e| OciDistributionError::GenericError(Some(format!("tag list: {e}"))))?;
         Ok(list.tags.unwrap_or_default())
-    }
-}
-
-/// `http` or `https` for `host`, as the `oci-client` clients choose it.
-pub(super) fn scheme(config: &RegistryConfig, host: &str) -> &'static str {
-    if config.plain_http_all || config.plain_http_hosts.iter().any(|h| h == host) {
-        "http"
-    } else {
-        "https"
-    }
-}
-
-pub(super) fn authorized(
-    req: reqwest::RequestBuilder,
-    auth: Option<&HeaderValue>,
-) -> reqwest::RequestBuilder {
-    match auth {
-        Some(h) => req.header(reqwest::header::AUTHORIZATION, h.clone()),
-        None => req,
-    }
-}
-
-/// Sends `req` and reads a `200` body, stopping once it is longer than `max` bytes (the caller
-/// reports such a body as too large). Other answers become the errors `oci-client` gives for
-/// them, so the retry policy classifies both paths alike.
-pub(super) async fn send(
-    req: reqwest::RequestBuilder,
-    url: &str,
-    max: usize,
-) -> Result<Bytes, OciDistributionError> {
-    let (status, body) = fetch(req, max).await?;
-    answer(status, body, url)
-}
-
-/// Sends `req` and reads the answer's body chunk by chunk, stopping once it is longer than
-/// `max` bytes: whatever the registry sends, at most `max` + one chunk is held.
-async fn fetch(
-    req: reqwest::RequestBuilder,
-    max: usize,
-) -> Result<(reqwest::StatusCode, Bytes), OciDistributionError> {
-    let mut resp = req.send().await?;
-    let status = resp.status();
-    let mut body = BytesMut::new();
-    while body.len() <= max
-        && let Some(chunk) = resp.chunk().await?
-    {
-        super::pace::received(chunk.len());
-        body.extend_from_slice(&chunk);
-    }
-    Ok((status, body.freeze()))
-}
-
-/// A `200` answer's body, or the error `oci-client` gives for the others.
-pub(super) fn answer(
-    status: reqwest::StatusCode,
-    body: Bytes,
-    url: &str,
-) -> Result<Bytes, OciDistributionError> {
-    let err = |code: u16| OciDistributionError::ServerError {
-        code,
-        url: url.to_owned(),
-        message: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
-    };
-    match status {
-        reqwest::StatusCode::OK => Ok(body),
-        reqwest::StatusCode::UNAUTHORIZED => Err(OciDistributionError::UnauthorizedError {
-            url: url.to_owned(),
-        }),
-        s if s.is_client_error() => match serde_json::from_slice::<OciEnvelope>(&body) {
-            Ok(envelope) => Err(OciDistributionError::RegistryError {
-                envelope,
-                url: url.to_owned(),
-            }),
-            Err(_) => Err(err(s.as_u16())),
-        },
-        s => Err(err(s.as_u16())),
     }
 }

@@ -11,7 +11,8 @@ use futures::{Stream, TryStreamExt};
 use oci_client::errors::OciDistributionError;
 use reqwest::header::HeaderValue;
 
-use super::direct::{Direct, answer, authorized, scheme};
+use super::direct::Direct;
+use super::http::{answer, authorized, scheme};
 use super::{Reference, RegistryConfig};
 
 /// The most of an error answer's body that is read (for its message and error codes).

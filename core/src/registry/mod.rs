@@ -19,6 +19,7 @@ mod blobs;
 mod direct;
 mod direct_blobs;
 mod error;
+mod http;
 mod manifests;
 mod pace;
 pub use blobs::{BlobStream, RepoRangeSource};

@@ -116,7 +116,7 @@ impl Tokens {
                 if let RegistryAuth::Basic(user, password) = auth {
                     req = req.basic_auth(user, Some(password));
                 }
-                let body = super::direct::send(req, realm, MAX_TOKEN_ANSWER)
+                let body = super::http::send(req, realm, MAX_TOKEN_ANSWER)
                     .await
                     .map_err(|e| match e {
                         OciDistributionError::ServerError { code, message, .. } => {

@@ -25,7 +25,7 @@ use chunksnap_format::pb::LayerIndex;
 use oci_client::Reference;
 
 use super::artifact_cache::BoundedMap;
-use super::chunk_remote::{RemoteError, lock};
+use super::error::{RemoteError, lock};
 use super::index_files;
 use crate::metrics::Metrics;
 

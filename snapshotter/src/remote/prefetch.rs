@@ -10,7 +10,8 @@ use chunksnap_format::artifact::Artifact;
 use chunksnap_format::digest::Digest;
 use oci_client::Reference;
 
-use super::chunk_remote::{ChunkRemote, RemoteError, chunk_digests, lock, parse_label};
+use super::chunk_remote::ChunkRemote;
+use super::error::{RemoteError, chunk_digests, lock, parse_label};
 use crate::labels::LABEL_CRI_IMAGE_LAYERS;
 use crate::remote::RemoteRequest;
 

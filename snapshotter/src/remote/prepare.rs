@@ -23,7 +23,8 @@ use oci_client::Reference;
 use chunksnap_core::verify::VerifyError;
 
 use super::cancel::unless_cancelled;
-use super::chunk_remote::{ChunkRemote, RemoteError, chunk_digests, parse_label};
+use super::chunk_remote::ChunkRemote;
+use super::error::{RemoteError, chunk_digests, parse_label};
 use super::layer_verify::verify_assembled;
 use crate::remote::{RemoteOutcome, RemoteRequest, SeedCandidate};
 use crate::snapshots::claims::DirClaim;

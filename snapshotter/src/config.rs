@@ -31,7 +31,9 @@ pub enum ConfigError {
     #[error("credential_provider_config and credential_provider_bin_dir must be set together")]
     CredentialProviderPair,
     #[error(transparent)]
-    CredentialProviders(#[from] chunksnap_core::registry::credential_provider::CredentialProviderError),
+    CredentialProviders(
+        #[from] chunksnap_core::registry::credential_provider::CredentialProviderError,
+    ),
 }
 
 /// The configuration; `Default` gives every documented default.
@@ -240,7 +242,13 @@ mod tests {
             Config::parse(&both, p).unwrap().registry(),
             Err(ConfigError::CredentialProviders(_))
         ));
-        assert!(Config::default().registry().unwrap().credential_providers.is_none());
+        assert!(
+            Config::default()
+                .registry()
+                .unwrap()
+                .credential_providers
+                .is_none()
+        );
     }
 
     #[test]

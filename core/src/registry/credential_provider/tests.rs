@@ -291,3 +291,121 @@ fn debug_output_names_providers_only() {
     let text = format!("{:?}", f.providers());
     assert!(text.contains("test-provider"), "{text}");
 }
+
+/// A registry on 127.0.0.1 asking for a bearer token from its own realm, which wants basic
+/// credentials `u`/`right`; records the `Authorization` of every token request.
+async fn bearer_registry() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(n) if n > 0 && head.len() < 64 << 10 => {
+                            head.extend_from_slice(&buf[..n])
+                        }
+                        _ => return,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                use base64::Engine as _;
+                let right = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("u:right")
+                );
+                let challenge = format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"stub\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let ok = |ty: &str, body: &str| {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let reply = if path.starts_with("/token") {
+                    record.lock().unwrap().push(auth.clone());
+                    if auth == right {
+                        ok(
+                            "application/json",
+                            r#"{"token":"tok-abc","expires_in":300}"#,
+                        )
+                    } else {
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_owned()
+                    }
+                } else if path == "/v2/app/manifests/v1" && auth == "Bearer tok-abc" {
+                    let manifest = format!(
+                        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[]}}"#,
+                        "0".repeat(64)
+                    );
+                    ok("application/vnd.oci.image.manifest.v1+json", &manifest)
+                } else {
+                    challenge
+                };
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn provider_credentials_are_exchanged_for_a_bearer_token() {
+    use crate::registry::{RegistryClient, RegistryConfig, RegistryError};
+    let (addr, seen) = bearer_registry().await;
+    let host = addr.to_string();
+    let client_with = |password: &str| {
+        let f = Fixture::recording(&[&host], "1h");
+        f.respond("Registry", None, auth(&[(&host, "u", password)]));
+        let client = RegistryClient::new(RegistryConfig {
+            plain_http_hosts: vec![host.clone()],
+            docker_config: None,
+            retries: 0,
+            credential_providers: Some(std::sync::Arc::new(f.providers())),
+            ..RegistryConfig::default()
+        })
+        .unwrap();
+        (f, client)
+    };
+    let image: crate::registry::Reference = format!("{host}/app:v1").parse().unwrap();
+
+    let (f, client) = client_with("right");
+    let manifest = client.resolve(&image).await.unwrap();
+    assert_eq!(
+        manifest.media_type,
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(f.calls(), 1);
+    use base64::Engine as _;
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("u:right")
+    );
+    assert_eq!(seen.lock().unwrap().as_slice(), [want]);
+
+    // A wrong password from the provider: refused at the realm, a typed error.
+    let (_f, client) = client_with("wrong");
+    assert!(matches!(
+        client.resolve(&image).await,
+        Err(RegistryError::Auth { .. })
+    ));
+}

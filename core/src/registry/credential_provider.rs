@@ -17,7 +17,8 @@
 //!   cached answer (the kubelet's singleflight, extended across images of one registry).
 //!
 //! A failing plugin (timeout, exit status, bad output: [`CredentialProviderError`]) is logged
-//! without its output and yields no credential, as in the kubelet.
+//! without its output and yields no credential, as in the kubelet; the image then gets no
+//! credential from that provider for [`FAILURE_BACKOFF`] without another run.
 
 mod config;
 mod exec;
@@ -39,6 +40,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_OUTPUT: usize = 1 << 20;
 /// Cache entries kept per provider before expired ones are dropped (and, if none expired, all).
 const MAX_CACHE_ENTRIES: usize = 4096;
+/// How long a failed run stands for the image: the registry client asks on every request of
+/// a pull, which must not each wait for (or spawn) a failing plugin.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Errors of loading the provider config or running a plugin. Messages name the file, plugin
 /// and status, never a credential or the plugin's output.
@@ -190,8 +194,9 @@ impl CredentialProviders {
         None
     }
 
-    /// [`lookup`](Self::lookup) of the first provider only, with its error (for tests).
-    pub async fn lookup_first(
+    /// [`lookup`](Self::lookup) of the first provider only, with its error.
+    #[cfg(test)]
+    async fn lookup_first(
         &self,
         image: &str,
     ) -> Result<Option<RegistryAuth>, CredentialProviderError> {
@@ -224,7 +229,13 @@ impl Provider {
             return Ok(select(&c, image));
         }
         tracing::debug!(provider = %self.spec.name, image, "running credential provider");
-        let response = exec::run(&self.spec, image, limits).await?;
+        let response = match exec::run(&self.spec, image, limits).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.store(image_key(image), Credentials::default(), FAILURE_BACKOFF);
+                return Err(e);
+            }
+        };
         let mut credentials = response.auth;
         // The kubelet's keyring order: reverse-sorted keys, so `host/team` precedes `host`.
         credentials.sort_by(|a, b| normalize(&b.0).cmp(normalize(&a.0)));

@@ -254,8 +254,24 @@ async fn a_hanging_plugin_is_killed_with_its_children() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!alive(), "the plugin's child {child} survived");
-    // A failed plugin yields no credential through `lookup`.
+}
+
+#[tokio::test]
+async fn a_failed_run_stands_for_the_backoff() {
+    let f = Fixture::new(
+        &["reg.io"],
+        "1h",
+        "#!/bin/sh\necho call >> $DIR/calls\nexit 1\n",
+    );
+    let p = f.providers();
+    assert!(p.lookup_first("reg.io/a").await.is_err());
+    // Within the backoff: no credential, no new run (every request of a pull asks).
     assert_eq!(p.lookup("reg.io/a").await, None);
+    assert_eq!(p.lookup("reg.io/a").await, None);
+    assert_eq!(f.calls(), 1);
+    // Another image is asked for.
+    assert_eq!(p.lookup("reg.io/b").await, None);
+    assert_eq!(f.calls(), 2);
 }
 
 #[tokio::test]

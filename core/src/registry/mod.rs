@@ -80,6 +80,9 @@ pub struct RegistryConfig {
     /// docker `config.json` to read credentials from. Default: [`default_docker_config`];
     /// `None` means anonymous access only.
     pub docker_config: Option<PathBuf>,
+    /// kubelet credential-provider plugins, asked for images the docker config has no
+    /// credential for. Default: none.
+    pub credential_providers: Option<Arc<credential_provider::CredentialProviders>>,
     /// TCP connect timeout. Default: 10 s.
     pub connect_timeout: Duration,
     /// Timeout between reads of a response. Default: 60 s.
@@ -91,9 +94,6 @@ pub struct RegistryConfig {
     /// How long looked-up credentials are used before the docker config (which a pull-secret
     /// watcher may rewrite) and credential helpers are asked again. Default: 60 s.
     pub credentials_ttl: Duration,
-    /// kubelet credential-provider plugins, asked for images the docker config has no
-    /// credential for. Default: none.
-    pub credential_providers: Option<Arc<credential_provider::CredentialProviders>>,
 }
 
 impl Default for RegistryConfig {
@@ -103,12 +103,12 @@ impl Default for RegistryConfig {
             plain_http_hosts: Vec::new(),
             insecure_hosts: Vec::new(),
             docker_config: default_docker_config(),
+            credential_providers: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retries: 4,
             backoff: Duration::from_millis(200),
             credentials_ttl: Duration::from_secs(60),
-            credential_providers: None,
         }
     }
 }

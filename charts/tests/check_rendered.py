@@ -14,7 +14,8 @@ RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 # Keys snapshotter/src/config.rs accepts today (it rejects unknown keys).
 DAEMON_KEYS = {"root", "address", "metrics_address", "plain_http", "log_level", "store_budget_bytes"}
 # Keys the chart renders only when their feature is used; the daemon must learn them.
-PENDING_KEYS = {"insecure", "docker_config", "mirrors"}
+PENDING_KEYS = {"insecure", "docker_config", "mirrors", "credential_provider_config",
+                "credential_provider_bin_dir"}
 
 
 def fail(msg):
@@ -96,6 +97,9 @@ def main(case, text):
         for a, b in [("--namespace", "team-a"), ("--namespace", "team-b"), ("--name", "regcred")]:
             check(any(args[i:i + 2] == [a, b] for i in range(len(args))), f"missing {a} {b}")
         check(config["docker_config"] == "/run/chunksnap/pull-secrets.json", "daemon reads pull secrets")
+        check(config["credential_provider_config"] == "/etc/eks/image-credential-provider/config.json"
+              and config["credential_provider_bin_dir"] == "/etc/eks/image-credential-provider",
+              "daemon runs the node's kubelet credential providers")
         check(pod["automountServiceAccountToken"] is True, "API token mounted for pull secrets")
         check(args.index("team-a") < args.index("team-b"), "namespaces keep their precedence order")
         check(pod_namespace_env(main_c), "pull-secrets knows its own namespace (POD_NAMESPACE)")

@@ -28,6 +28,12 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    #[error("credential_provider_config and credential_provider_bin_dir must be set together")]
+    CredentialProviderPair,
+    #[error(transparent)]
+    CredentialProviders(
+        #[from] chunksnap_core::registry::credential_provider::CredentialProviderError,
+    ),
 }
 
 /// The configuration; `Default` gives every documented default.
@@ -74,6 +80,12 @@ pub struct Config {
     /// push a chunksnap artifact next to a copy of an image can then change its files on this
     /// node. Default none (every layer is verified).
     pub insecure_skip_layer_verification: Vec<String>,
+    /// kubelet `CredentialProviderConfig` file (the kubelet's `--image-credential-provider-config`):
+    /// exec plugins asked for credentials the docker config lacks. Default none.
+    pub credential_provider_config: Option<PathBuf>,
+    /// Directory of the plugins it names (the kubelet's `--image-credential-provider-bin-dir`);
+    /// required with `credential_provider_config`. Default none.
+    pub credential_provider_bin_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -95,6 +107,8 @@ impl Default for Config {
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,
             insecure_skip_layer_verification: Vec::new(),
+            credential_provider_config: None,
+            credential_provider_bin_dir: None,
         }
     }
 }
@@ -108,8 +122,9 @@ impl Config {
         })
     }
 
-    /// Registry client settings from this config.
-    pub fn registry(&self) -> chunksnap_core::registry::RegistryConfig {
+    /// Registry client settings from this config; loads and validates the credential
+    /// provider config, if any.
+    pub fn registry(&self) -> Result<chunksnap_core::registry::RegistryConfig, ConfigError> {
         let mut r = chunksnap_core::registry::RegistryConfig {
             plain_http_hosts: self.plain_http.clone(),
             insecure_hosts: self.insecure.clone(),
@@ -119,7 +134,29 @@ impl Config {
         if self.docker_config.is_some() {
             r.docker_config = self.docker_config.clone();
         }
-        r
+        r.credential_providers = self.credential_providers()?;
+        Ok(r)
+    }
+
+    fn credential_providers(
+        &self,
+    ) -> Result<
+        Option<std::sync::Arc<chunksnap_core::registry::credential_provider::CredentialProviders>>,
+        ConfigError,
+    > {
+        use chunksnap_core::registry::credential_provider::CredentialProviders;
+        match (
+            &self.credential_provider_config,
+            &self.credential_provider_bin_dir,
+        ) {
+            (None, None) => Ok(None),
+            (Some(config), Some(bin_dir)) => {
+                let providers = CredentialProviders::load(config, bin_dir)?;
+                tracing::info!(providers = ?providers.names(), "kubelet credential providers loaded");
+                Ok(Some(std::sync::Arc::new(providers)))
+            }
+            _ => Err(ConfigError::CredentialProviderPair),
+        }
     }
 
     /// Fetch tuning from this config.
@@ -181,6 +218,37 @@ mod tests {
         assert_eq!(c.address, Config::default().address);
         assert!(Config::parse("roots = \"/r\"", p).is_err());
         assert!(Config::parse("metrics_address = \"nope\"", p).is_err());
+    }
+
+    #[test]
+    fn credential_provider_keys() {
+        let p = Path::new("t.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let only = format!(
+            "credential_provider_config = \"{}\"",
+            dir.path().join("c.yaml").display()
+        );
+        let c = Config::parse(&only, p).unwrap();
+        assert!(matches!(
+            c.registry(),
+            Err(ConfigError::CredentialProviderPair)
+        ));
+        let both = format!(
+            "{only}\ncredential_provider_bin_dir = \"{}\"",
+            dir.path().display()
+        );
+        // Both set, the file missing: the daemon must not start.
+        assert!(matches!(
+            Config::parse(&both, p).unwrap().registry(),
+            Err(ConfigError::CredentialProviders(_))
+        ));
+        assert!(
+            Config::default()
+                .registry()
+                .unwrap()
+                .credential_providers
+                .is_none()
+        );
     }
 
     #[test]

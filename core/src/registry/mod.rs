@@ -16,6 +16,7 @@
 
 mod auth;
 mod blobs;
+pub mod credential_provider;
 mod direct;
 mod direct_blobs;
 mod error;
@@ -59,6 +60,9 @@ const USER_AGENT: &str = concat!("chunksnap/", env!("CARGO_PKG_VERSION"));
 /// Manifests larger than this are refused (the distribution spec suggests 4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
+/// (host, repository) pairs whose last credential is remembered for change detection.
+const MAX_USED_ENTRIES: usize = 4096;
+
 /// Media types we accept when resolving a reference.
 const ACCEPTED_MANIFESTS: &[&str] = &[
     chunksnap_format::artifact::OCI_MANIFEST_MEDIA_TYPE,
@@ -79,6 +83,9 @@ pub struct RegistryConfig {
     /// docker `config.json` to read credentials from. Default: [`default_docker_config`];
     /// `None` means anonymous access only.
     pub docker_config: Option<PathBuf>,
+    /// kubelet credential-provider plugins, asked for images the docker config has no
+    /// credential for. Default: none.
+    pub credential_providers: Option<Arc<credential_provider::CredentialProviders>>,
     /// TCP connect timeout. Default: 10 s.
     pub connect_timeout: Duration,
     /// Timeout between reads of a response. Default: 60 s.
@@ -104,6 +111,7 @@ impl Default for RegistryConfig {
             plain_http_hosts: Vec::new(),
             insecure_hosts: Vec::new(),
             docker_config: default_docker_config(),
+            credential_providers: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             retries: 4,
@@ -177,6 +185,8 @@ struct Inner {
     /// does not bring the per-request probe back when it is open again.
     open_clients: Arc<Clients>,
     auth: Mutex<HashMap<String, (std::time::Instant, RegistryAuth)>>,
+    /// The credential last used per (host, repository): a change reconnects.
+    used: Mutex<HashMap<(String, String), RegistryAuth>>,
     direct: direct::Direct,
     tokens: token::Tokens,
 }
@@ -243,6 +253,7 @@ impl RegistryClient {
                 clients: std::sync::RwLock::new(Arc::new(clients)),
                 open_clients,
                 auth: Mutex::new(HashMap::new()),
+                used: Mutex::new(HashMap::new()),
                 direct,
                 tokens: token::Tokens::default(),
             }),
@@ -261,45 +272,37 @@ impl RegistryClient {
     }
 
     /// The `oci-client` for `image`'s host with its credentials registered, unless the host asks
-    /// for none (see [`direct`]). Credentials are looked up again after `credentials_ttl`; when
-    /// they changed, fresh clients replace the old ones (operations in flight keep theirs).
+    /// for none (see [`direct`]). When the credential for the image's repository changed since
+    /// its last use, fresh clients replace the old ones (operations in flight keep theirs).
     async fn prepare(
         &self,
         image: &Reference,
     ) -> Result<(ClientHandle, RegistryAuth), RegistryError> {
         let host = image.resolve_registry().to_owned();
-        let cached = self
-            .inner
-            .auth
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&host).cloned());
-        let auth = match cached {
-            Some((at, a)) if at.elapsed() < self.inner.config.credentials_ttl => a,
-            previous => {
-                let path = self.inner.config.docker_config.clone();
-                let h = host.clone();
-                // May spawn a credential helper: keep it off the async threads.
-                let a = tokio::task::spawn_blocking(move || auth::lookup(path.as_deref(), &h))
-                    .await
-                    .map_err(|e| RegistryError::Task(e.to_string()))??;
-                if previous.is_some_and(|(_, old)| old != a) {
-                    tracing::info!(host = %host, "registry credentials changed; reconnecting");
-                    let fresh = Arc::new(build_clients(&self.inner.config)?);
-                    if let Ok(mut c) = self.inner.clients.write() {
-                        *c = fresh;
-                    }
-                    if let Ok(mut m) = self.inner.auth.lock() {
-                        m.clear();
-                    }
-                    self.inner.tokens.forget(&host);
-                }
-                if let Ok(mut m) = self.inner.auth.lock() {
-                    m.insert(host.clone(), (std::time::Instant::now(), a.clone()));
-                }
-                a
+        let auth = self.credentials_for(image).await?;
+        let key = (host.clone(), image.repository().to_owned());
+        let previous = self.inner.used.lock().ok().and_then(|mut m| {
+            if m.len() >= MAX_USED_ENTRIES {
+                // Only change detection is lost: a stale token is refused and dropped anyway.
+                m.clear();
             }
-        };
+            m.insert(key, auth.clone())
+        });
+        if previous.is_some_and(|old| old != auth) {
+            tracing::info!(host = %host, "registry credentials changed; reconnecting");
+            let fresh = Arc::new(build_clients(&self.inner.config)?);
+            if let Ok(mut c) = self.inner.clients.write() {
+                *c = fresh;
+            }
+            if let Ok(mut m) = self.inner.auth.lock() {
+                m.clear();
+            }
+            if let Ok(mut m) = self.inner.used.lock() {
+                m.retain(|(h, _), _| h != &host);
+                m.insert((host.clone(), image.repository().to_owned()), auth.clone());
+            }
+            self.inner.tokens.forget(&host);
+        }
         let config = &self.inner.config;
         let open = self
             .inner
@@ -332,6 +335,46 @@ impl RegistryClient {
             }
         }
         Ok((handle, auth))
+    }
+
+    /// The credential for `image`: the docker config's for its host (looked up again after
+    /// `credentials_ttl`), else, if it has none, the credential providers' (cached by their
+    /// own rules, so asking them on every request is cheap).
+    async fn credentials_for(&self, image: &Reference) -> Result<RegistryAuth, RegistryError> {
+        let host = image.resolve_registry().to_owned();
+        let cached = self
+            .inner
+            .auth
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&host).cloned());
+        let docker = match cached {
+            Some((at, a)) if at.elapsed() < self.inner.config.credentials_ttl => a,
+            _ => {
+                let path = self.inner.config.docker_config.clone();
+                let h = host.clone();
+                // May spawn a credential helper: keep it off the async threads.
+                let a = tokio::task::spawn_blocking(move || auth::lookup(path.as_deref(), &h))
+                    .await
+                    .map_err(|e| RegistryError::Task(e.to_string()))??;
+                if let Ok(mut m) = self.inner.auth.lock() {
+                    m.insert(host, (std::time::Instant::now(), a.clone()));
+                }
+                a
+            }
+        };
+        if docker != RegistryAuth::Anonymous {
+            return Ok(docker);
+        }
+        let Some(providers) = &self.inner.config.credential_providers else {
+            return Ok(docker);
+        };
+        // What the kubelet sends: the image's repository with its registry, no tag or digest.
+        let name = format!("{}/{}", image.registry(), image.repository());
+        Ok(providers
+            .lookup(&name)
+            .await
+            .unwrap_or(RegistryAuth::Anonymous))
     }
 
     /// The pull credential for `image` under the challenge its host answered the probe with

@@ -4,6 +4,7 @@
 pub(crate) mod common;
 mod concurrency;
 pub(crate) mod crash;
+mod credential_provider;
 mod disk;
 mod faults;
 mod forged;

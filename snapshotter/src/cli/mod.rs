@@ -114,6 +114,12 @@ struct ServeArgs {
     /// Registry host reached over plain HTTP; repeatable, added to config `plain_http`.
     #[arg(long, value_name = "HOST")]
     plain_http: Vec<String>,
+    /// kubelet CredentialProviderConfig file (config `credential_provider_config`).
+    #[arg(long, value_name = "FILE")]
+    image_credential_provider_config: Option<PathBuf>,
+    /// Directory of its plugins (config `credential_provider_bin_dir`).
+    #[arg(long, value_name = "DIR")]
+    image_credential_provider_bin_dir: Option<PathBuf>,
 }
 
 /// Parses the command line and runs the subcommand.
@@ -135,6 +141,12 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 config.metrics_address = addr;
             }
             config.plain_http.extend(args.plain_http);
+            if args.image_credential_provider_config.is_some() {
+                config.credential_provider_config = args.image_credential_provider_config;
+            }
+            if args.image_credential_provider_bin_dir.is_some() {
+                config.credential_provider_bin_dir = args.image_credential_provider_bin_dir;
+            }
             serve::run(config)?;
             Ok(ExitCode::SUCCESS)
         }

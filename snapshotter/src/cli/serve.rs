@@ -58,7 +58,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || ChunkStore::open(&chunks, Some(budget)))
         .await?
         .with_context(|| format!("opening chunk store {}", config.chunks_dir().display()))?;
-    let client = RegistryClient::new(config.registry()).context("registry client")?;
+    let client = RegistryClient::new(config.registry().context("registry settings")?)
+        .context("registry client")?;
     let verify = VerifyPolicy::new(&config.insecure_skip_layer_verification);
     verify.log_start();
     let node = NodeOptions {

@@ -69,7 +69,8 @@ pub fn prefetch(config: &Config, image: &str) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let store = Arc::new(open_store(config)?);
     rt.block_on(async {
-        let client = RegistryClient::new(config.registry()).context("registry client")?;
+        let client = RegistryClient::new(config.registry().context("registry settings")?)
+            .context("registry client")?;
         let remote = ChunkRemote::new(client, store, config.fetch(), Metrics::new());
         let stats = remote
             .prefetch_image(image)

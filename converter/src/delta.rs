@@ -16,6 +16,7 @@
 //! ```
 //! Deterministic: the same layer, catalog and options give the same frames and packs.
 
+pub mod files;
 mod plan;
 
 use std::collections::BTreeSet;

@@ -1,8 +1,10 @@
 //! File delta probe: where an update's bytes go. For two versions of a layer (uncompressed
 //! tars) prints what a node holding v1 fetches for v2 with today's chunk deltas, with chunk
 //! deltas against a window of each changed file's base file (several window sizes and levels),
-//! and with one `--patch-from`-style frame per changed file (whole file against whole base file,
-//! level 19): `cargo run --release -p chunkconv --example file_delta_probe -- V1.tar V2.tar`.
+//! with one `--patch-from`-style frame per changed file (whole file against whole base file,
+//! level 6 and 19), and with one frame per run of consecutive changed chunks of a file:
+//! `cargo run --release -p chunkconv --example file_delta_probe -- V1.tar V2.tar [EXPERIMENT...]`
+//! (experiments: plan6 plan12 plan19 windows runs files6 files19; none: all).
 //! The layer floor (`zstd -19 --long --patch-from`) is `zstd`'s own figure, printed by the bench.
 
 mod common;
@@ -10,7 +12,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use chunkconv::delta::files::{chunk_range, file_window, match_files, starts};
+use chunkconv::delta::files::{Found, chunk_range, file_window, match_files, starts};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
 use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunkconv::sketch::{Sketch, sketch};
@@ -28,8 +30,10 @@ fn stream(tar: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [v1, v2] = args.as_slice() else {
-        anyhow::bail!("usage: file_delta_probe V1.tar V2.tar");
+    let [v1, v2, experiments @ ..] = args.as_slice() else {
+        anyhow::bail!(
+            "usage: file_delta_probe V1.tar V2.tar [plan12 plan19 windows runs files6 files19 ...]"
+        );
     };
     let (d1, in1) = common::read_layer(v1)?;
     let (d2, in2) = common::read_layer(v2)?;
@@ -109,32 +113,52 @@ fn main() -> anyhow::Result<()> {
         reference: &k1,
     };
 
-    // Today: the converter's plan and encoder.
-    let t = Instant::now();
-    let tries = plan(
-        &i2,
-        &candidate,
-        &i1,
-        &PlanOptions::default(),
-        Some(sketches),
-    );
-    let kept = encode(&i2, &tries, &i1, &chunks, &DeltaOptions::default())?;
-    let today: HashMap<usize, u64> = kept
-        .iter()
-        .map(|(p, f)| (p.chunk, f.len() as u64))
-        .collect();
     let total = |per: &HashMap<usize, u64>| -> u64 {
         missing
             .iter()
             .map(|&i| per.get(&i).copied().unwrap_or(stored(i)).min(stored(i)))
             .sum()
     };
-    println!(
-        "today (chunk deltas): {} B, {} deltas, {:.1} s",
-        total(&today),
-        kept.len(),
-        t.elapsed().as_secs_f64()
-    );
+    let on = |name: &str| experiments.is_empty() || experiments.iter().any(|e| e == name);
+
+    // The converter's plan and encoder: without base files (before issue 19), and as now, at
+    // several levels.
+    let mut today = HashMap::new();
+    let rows: &[(&str, u64, i32)] = &[
+        ("no base files", 0, 6),
+        ("default plan", PlanOptions::default().file_window, 6),
+        ("default plan", PlanOptions::default().file_window, 12),
+        ("default plan", PlanOptions::default().file_window, 19),
+    ];
+    for &(name, file_window, level) in rows {
+        if !(file_window == 0 || on(&format!("plan{level}"))) {
+            continue;
+        }
+        let t = Instant::now();
+        let p = PlanOptions {
+            file_window,
+            ..PlanOptions::default()
+        };
+        let tries = plan(&i2, &candidate, &i1, &p, Some(sketches));
+        let d = DeltaOptions {
+            level,
+            ..DeltaOptions::default()
+        };
+        let kept = encode(&i2, &tries, &i1, &chunks, &d)?;
+        let per: HashMap<usize, u64> = kept
+            .iter()
+            .map(|(p, f)| (p.chunk, f.len() as u64))
+            .collect();
+        println!(
+            "chunk deltas, {name}, level {level}: {} B, {} deltas, {:.1} s",
+            total(&per),
+            kept.len(),
+            t.elapsed().as_secs_f64()
+        );
+        if file_window == 0 {
+            today = per;
+        }
+    }
 
     // Changed files and their bases.
     let matches = match_files(&i2, &i1, 1, Some(sketches));
@@ -144,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             of_chunk.entry(k).or_insert(n);
         }
     }
+    let count = |f: Found| matches.iter().filter(|m| m.found == f).count();
     let in_files: u64 = missing
         .iter()
         .filter(|i| of_chunk.contains_key(i))
@@ -152,76 +177,133 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{} changed files with a base ({} same path, {} renamed, {} similar); their chunks to fetch: {in_files} B stored",
         matches.len(),
-        matches
-            .iter()
-            .filter(|m| m.found == chunkconv::delta::files::Found::SamePath)
-            .count(),
-        matches
-            .iter()
-            .filter(|m| m.found == chunkconv::delta::files::Found::Renamed)
-            .count(),
-        matches
-            .iter()
-            .filter(|m| m.found == chunkconv::delta::files::Found::Similar)
-            .count(),
+        count(Found::SamePath),
+        count(Found::Renamed),
+        count(Found::Similar),
     );
+    let base_of = |run: std::ops::Range<usize>| {
+        &s1[st1[run.start] as usize
+            ..(st1[run.end - 1] + u64::from(i1.chunks[run.end - 1].size)) as usize]
+    };
 
-    // Chunk deltas against a window of the base file.
-    println!("window KiB | level | file deltas | with today's: node fetches B | seconds");
-    for (window, level) in [(1024u64, 6), (4096, 6), (8192, 6), (8192, 3), (8192, 12)] {
-        let t = Instant::now();
-        let mut per = today.clone();
-        let mut n = 0;
-        for &i in &missing {
-            let Some(&f) = of_chunk.get(&i) else { continue };
-            let range = st2[i]..st2[i] + u64::from(i2.chunks[i].size);
-            let Some(run) = file_window(&matches[f], &range, &st1, window << 10) else {
-                continue;
-            };
-            let base = &s1[st1[run.start] as usize
-                ..(st1[run.end - 1] + u64::from(i1.chunks[run.end - 1].size)) as usize];
-            let data = &s2[range.start as usize..range.end as usize];
-            let frame = compress_delta(base, data, level)?.len() as u64;
-            let e = per.entry(i).or_insert(u64::MAX);
-            if frame < *e {
-                *e = frame;
-                n += 1;
+    // Chunk deltas against a window of the base file only (with today's where smaller).
+    if on("windows") {
+        println!("window KiB | level | file deltas | with today's: node fetches B | seconds");
+        for (window, level) in [(1024u64, 6), (4096, 6), (8192, 6), (1024, 12)] {
+            let t = Instant::now();
+            let mut per = today.clone();
+            let mut n = 0;
+            for &i in &missing {
+                let Some(&f) = of_chunk.get(&i) else { continue };
+                let range = st2[i]..st2[i] + u64::from(i2.chunks[i].size);
+                let Some(run) = file_window(&matches[f], &range, &st1, window << 10) else {
+                    continue;
+                };
+                let data = &s2[range.start as usize..range.end as usize];
+                let frame = compress_delta(base_of(run), data, level)?.len() as u64;
+                let e = per.entry(i).or_insert(u64::MAX);
+                if frame < *e {
+                    *e = frame;
+                    n += 1;
+                }
             }
+            println!(
+                "{window:>10} | {level:>5} | {n:>11} | {:>28} | {:>7.1}",
+                total(&per),
+                t.elapsed().as_secs_f64()
+            );
         }
-        println!(
-            "{window:>10} | {level:>5} | {n:>11} | {:>28} | {:>7.1}",
-            total(&per),
-            t.elapsed().as_secs_f64()
-        );
+    }
+
+    // Runs of consecutive chunks to fetch inside one changed file as one frame, against the base
+    // file's window around the run (a node would decode the run to get any of its chunks).
+    if on("runs") {
+        println!("run KiB | window KiB | level | node fetches B | seconds");
+        for (run_max, extra, level) in [
+            (1024u64, 1024u64, 6),
+            (4096, 1024, 6),
+            (1024, 1024, 19),
+            (4096, 4096, 19),
+        ] {
+            let t = Instant::now();
+            let mut fetched = 0u64;
+            let mut k = 0;
+            while k < missing.len() {
+                let i = missing[k];
+                let Some(&f) = of_chunk.get(&i) else {
+                    fetched += today.get(&i).copied().unwrap_or(stored(i)).min(stored(i));
+                    k += 1;
+                    continue;
+                };
+                // Extend the run over consecutive chunks of the same file.
+                let mut j = k + 1;
+                let mut len = u64::from(i2.chunks[i].size);
+                while j < missing.len()
+                    && missing[j] == missing[j - 1] + 1
+                    && of_chunk.get(&missing[j]) == Some(&f)
+                    && len + u64::from(i2.chunks[missing[j]].size) <= run_max << 10
+                {
+                    len += u64::from(i2.chunks[missing[j]].size);
+                    j += 1;
+                }
+                let range = st2[i]..st2[i] + len;
+                let window = len + (extra << 10);
+                let stored_run: u64 = missing[k..j].iter().map(|&c| stored(c)).sum();
+                let frame = match file_window(&matches[f], &range, &st1, window) {
+                    Some(run) => compress_delta(
+                        base_of(run),
+                        &s2[range.start as usize..range.end as usize],
+                        level,
+                    )?
+                    .len() as u64,
+                    None => u64::MAX,
+                };
+                let chunked: u64 = missing[k..j]
+                    .iter()
+                    .map(|&c| today.get(&c).copied().unwrap_or(stored(c)).min(stored(c)))
+                    .sum();
+                fetched += frame.min(chunked).min(stored_run);
+                k = j;
+            }
+            println!(
+                "{run_max:>7} | {extra:>10} | {level:>5} | {fetched:>14} | {:>7.1}",
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
 
     // One frame per changed file against its whole base file: the per-file patch-from.
-    let t = Instant::now();
-    let mut file_bytes = 0u64;
-    let mut covered: HashSet<usize> = HashSet::new();
-    for m in &matches {
-        let ks: Vec<usize> = chunk_range(&st2, &m.new.range)
-            .filter(|k| candidate[*k])
-            .collect();
-        if ks.is_empty() {
+    for level in [6, 19] {
+        if !on(&format!("files{level}")) {
             continue;
         }
-        let base = &s1[m.base.range.start as usize..m.base.range.end as usize];
-        let data = &s2[m.new.range.start as usize..m.new.range.end as usize];
-        file_bytes += compress_delta(base, data, 19)?.len() as u64;
-        covered.extend(ks);
+        let t = Instant::now();
+        let mut file_bytes = 0u64;
+        let mut covered: HashSet<usize> = HashSet::new();
+        for m in &matches {
+            let ks: Vec<usize> = chunk_range(&st2, &m.new.range)
+                .filter(|k| candidate[*k])
+                .collect();
+            if ks.is_empty() {
+                continue;
+            }
+            let base = &s1[m.base.range.start as usize..m.base.range.end as usize];
+            let data = &s2[m.new.range.start as usize..m.new.range.end as usize];
+            file_bytes += compress_delta(base, data, level)?.len() as u64;
+            covered.extend(ks);
+        }
+        let rest: u64 = missing
+            .iter()
+            .filter(|i| !covered.contains(i))
+            .map(|&i| today.get(&i).copied().unwrap_or(stored(i)).min(stored(i)))
+            .sum();
+        println!(
+            "per-file patch-from (level {level}, whole files): {} B ({file_bytes} B for {} files, {rest} B other chunks), {:.1} s",
+            file_bytes + rest,
+            matches.len(),
+            t.elapsed().as_secs_f64()
+        );
     }
-    let rest: u64 = missing
-        .iter()
-        .filter(|i| !covered.contains(i))
-        .map(|&i| today.get(&i).copied().unwrap_or(stored(i)).min(stored(i)))
-        .sum();
-    println!(
-        "per-file patch-from (level 19, whole files): {} B ({file_bytes} B for {} files, {rest} B other chunks), {:.1} s",
-        file_bytes + rest,
-        matches.len(),
-        t.elapsed().as_secs_f64()
-    );
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! with one `--patch-from`-style frame per changed file (whole file against whole base file,
 //! level 6 and 19), and with one frame per run of consecutive changed chunks of a file:
 //! `cargo run --release -p chunkconv --example file_delta_probe -- V1.tar V2.tar [EXPERIMENT...]`
-//! (experiments: plan6 plan12 plan19 windows runs files6 files19; none: all).
+//! (experiments: plan6/0 plan6/12 plan6/19 plan12/0 plan19/0 windows runs files6 files19;
+//! none: all).
 //! The layer floor (`zstd -19 --long --patch-from`) is `zstd`'s own figure, printed by the bench.
 
 mod common;
@@ -32,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [v1, v2, experiments @ ..] = args.as_slice() else {
         anyhow::bail!(
-            "usage: file_delta_probe V1.tar V2.tar [plan12 plan19 windows runs files6 files19 ...]"
+            "usage: file_delta_probe V1.tar V2.tar [plan6/19 windows runs files6 files19 ...]"
         );
     };
     let (d1, in1) = common::read_layer(v1)?;
@@ -124,14 +125,17 @@ fn main() -> anyhow::Result<()> {
     // The converter's plan and encoder: without base files (before issue 19), and as now, at
     // several levels.
     let mut today = HashMap::new();
-    let rows: &[(&str, u64, i32)] = &[
-        ("no base files", 0, 6),
-        ("default plan", PlanOptions::default().file_window, 6),
-        ("default plan", PlanOptions::default().file_window, 12),
-        ("default plan", PlanOptions::default().file_window, 19),
+    let window = PlanOptions::default().file_window;
+    let rows: &[(&str, u64, i32, i32)] = &[
+        ("no base files", 0, 6, 0),
+        ("default plan", window, 6, 0),
+        ("default plan", window, 6, 12),
+        ("default plan", window, 6, 19),
+        ("default plan", window, 12, 0),
+        ("default plan", window, 19, 0),
     ];
-    for &(name, file_window, level) in rows {
-        if !(file_window == 0 || on(&format!("plan{level}"))) {
+    for &(name, file_window, level, final_level) in rows {
+        if !(file_window == 0 || on(&format!("plan{level}/{final_level}"))) {
             continue;
         }
         let t = Instant::now();
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         let tries = plan(&i2, &candidate, &i1, &p, Some(sketches));
         let d = DeltaOptions {
             level,
+            final_level,
             ..DeltaOptions::default()
         };
         let kept = encode(&i2, &tries, &i1, &chunks, &d)?;
@@ -150,7 +155,7 @@ fn main() -> anyhow::Result<()> {
             .map(|(p, f)| (p.chunk, f.len() as u64))
             .collect();
         println!(
-            "chunk deltas, {name}, level {level}: {} B, {} deltas, {:.1} s",
+            "chunk deltas, {name}, level {level} then {final_level}: {} B, {} deltas, {:.1} s",
             total(&per),
             kept.len(),
             t.elapsed().as_secs_f64()

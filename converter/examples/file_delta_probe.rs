@@ -4,7 +4,7 @@
 //! with one `--patch-from`-style frame per changed file (whole file against whole base file,
 //! level 6 and 19), and with one frame per run of consecutive changed chunks of a file:
 //! `cargo run --release -p chunkconv --example file_delta_probe -- V1.tar V2.tar [EXPERIMENT...]`
-//! (experiments: plan6/0 plan6/12 plan6/19 plan12/0 plan19/0 windows runs files6 files19;
+//! (experiments: plan6/0 plan6/12 plan6/16 plan6/19 plan12/0 plan19/0 windows runs files6 files19;
 //! none: all).
 //! The layer floor (`zstd -19 --long --patch-from`) is `zstd`'s own figure, printed by the bench.
 
@@ -130,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         ("no base files", 0, 6, 0),
         ("default plan", window, 6, 0),
         ("default plan", window, 6, 12),
+        ("default plan", window, 6, 16),
         ("default plan", window, 6, 19),
         ("default plan", window, 12, 0),
         ("default plan", window, 19, 0),

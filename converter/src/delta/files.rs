@@ -88,11 +88,10 @@ pub fn match_files(
     sketches: Option<Sketches<'_>>,
 ) -> Vec<FileMatch> {
     let ref_files = files(reference);
-    let path = |ix: &LayerIndex, f: &File| ix.entries[f.entry].path.clone();
-    let by_path: HashMap<Vec<u8>, usize> = ref_files
+    let by_path: HashMap<&[u8], usize> = ref_files
         .iter()
         .enumerate()
-        .map(|(k, f)| (path(reference, f), k))
+        .map(|(k, f)| (reference.entries[f.entry].path.as_slice(), k))
         .collect();
     let mut by_masked: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
     for (k, f) in ref_files.iter().enumerate() {
@@ -112,8 +111,8 @@ pub fn match_files(
         if e.size < min_size {
             continue;
         }
-        let size_gap = |k: &usize| ref_files[*k].range.end - ref_files[*k].range.start;
-        let pick = if let Some(&k) = by_path.get(&e.path) {
+        let size_of = |k: &usize| ref_files[*k].range.end - ref_files[*k].range.start;
+        let pick = if let Some(&k) = by_path.get(e.path.as_slice()) {
             let same = &reference.entries[ref_files[k].entry];
             if !e.content_digest.is_empty() && same.content_digest == e.content_digest {
                 continue;
@@ -121,7 +120,7 @@ pub fn match_files(
             Some((k, Found::SamePath))
         } else if let Some(ks) = by_masked.get(&version_masked(&e.path)) {
             ks.iter()
-                .min_by_key(|k| (size_gap(k).abs_diff(e.size), **k))
+                .min_by_key(|k| (size_of(k).abs_diff(e.size), **k))
                 .map(|&k| (k, Found::Renamed))
         } else if let Some((new_sketches, features)) = &similar {
             let chunks = chunk_range(&new_starts, &f.range);

@@ -27,7 +27,8 @@ use super::files::{FileMatch, file_window, match_files};
 
 use crate::sketch::{K, Sketch};
 
-/// Tuning of the plan (see `converter/examples/delta_probe.rs` and docs/benchmarks.md).
+/// Tuning of the plan (see `converter/examples/{delta_sweep,file_delta_probe}.rs` and
+/// docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanOptions {
     /// Bytes of the reference taken on each side of a chunk's mapped position, so that an edit

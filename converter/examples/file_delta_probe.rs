@@ -14,13 +14,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chunkconv::delta::files::{Found, chunk_range, file_window, match_files, starts};
-use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
+use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, attach, encode, plan};
 use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunkconv::sketch::{Sketch, sketch};
 use chunksnap_core::assemble::{Seed, Seeding};
 use chunksnap_core::tarscan::scan_tar;
-use chunksnap_format::delta::compress_delta;
+use chunksnap_format::delta::{compress_delta, compress_index_delta};
 use chunksnap_format::digest::Digest;
+use chunksnap_format::index::encode_raw;
 use chunksnap_format::pb::LayerIndex;
 
 fn stream(tar: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -155,11 +156,19 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(p, f)| (p.chunk, f.len() as u64))
             .collect();
+        let secs = t.elapsed().as_secs_f64();
+        let n = kept.len();
+        // What the index costs an updating node: its delta against v1's raw index, with this
+        // plan's base table and delta records in it.
+        let mut with = i2.clone();
+        attach(&mut with, &i1, kept, DeltaOptions::default().pack_size)?;
+        let index_delta = compress_index_delta(&encode_raw(&i1), &encode_raw(&with))
+            .transpose()?
+            .map_or(0, |d| d.len());
         println!(
-            "chunk deltas, {name}, level {level} then {final_level}: {} B, {} deltas, {:.1} s",
+            "chunk deltas, {name}, level {level} then {final_level}: {} B, {n} deltas, {secs:.1} s; index delta {index_delta} B ({} base chunks)",
             total(&per),
-            kept.len(),
-            t.elapsed().as_secs_f64()
+            with.delta_bases.len()
         );
         if file_window == 0 {
             today = per;

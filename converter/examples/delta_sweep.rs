@@ -144,6 +144,7 @@ fn main() -> anyhow::Result<()> {
         let p = PlanOptions {
             slack: slack << 10,
             max_base: max_base << 10,
+            file_window: 0,
         };
         let t = Instant::now();
         let sk = similar.then_some(Sketches {

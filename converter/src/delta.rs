@@ -16,6 +16,7 @@
 //! ```
 //! Deterministic: the same layer, catalog and options give the same frames and packs.
 
+pub mod files;
 mod plan;
 
 use std::collections::BTreeSet;
@@ -44,8 +45,12 @@ pub struct DeltaOptions {
     /// Compute deltas at all (`chunkconv convert --no-deltas` turns them off).
     pub enabled: bool,
     pub plan: PlanOptions,
-    /// zstd level of the delta frames.
+    /// zstd level at which each delta's bases are compared.
     pub level: i32,
+    /// zstd level the chosen delta is compressed again at, when higher than `level` (0: not
+    /// again). Bases of a rebuilt file hold most of its bytes far apart; low levels search
+    /// too little of them.
+    pub final_level: i32,
     /// Target size of delta packs.
     pub pack_size: u64,
     /// Threads computing deltas (0: one per CPU).
@@ -58,6 +63,7 @@ impl Default for DeltaOptions {
             enabled: true,
             plan: PlanOptions::default(),
             level: chunksnap_format::pack::DEFAULT_CHUNK_LEVEL,
+            final_level: FINAL_LEVEL,
             pack_size: chunksnap_format::pack::DEFAULT_PACK_SIZE,
             threads: 0,
         }
@@ -283,12 +289,16 @@ fn without_deltas(reference: &LayerIndex) -> LayerIndex {
     plain
 }
 
+/// Default [`DeltaOptions::final_level`] (see docs/benchmarks.md, "File-aware deltas").
+pub const FINAL_LEVEL: i32 = 19;
+
 /// A delta this small (against its chunk's stored size) is not worth trying to beat.
 const GOOD_ENOUGH: usize = 16;
 
 /// Computes the delta of each try from `chunks` (which must hold every chunk involved), in
 /// parallel batches: against each base in turn, stopping early at a delta under 1/16 of the
-/// chunk; keeps the smallest that pays ([`KEEP`]), in `tries` order. Blocking.
+/// chunk; compresses the smallest again at [`DeltaOptions::final_level`] and keeps it if it
+/// pays ([`KEEP`]), in `tries` order. Blocking.
 pub fn encode(
     index: &LayerIndex,
     tries: &[Try],
@@ -304,28 +314,37 @@ pub fn encode(
         let c = &index.chunks[t.chunk];
         let stored = c.stored_size as usize;
         let data = chunk(t.chunk, c)?;
-        let mut best: Option<(Picked, Vec<u8>)> = None;
+        let mut best: Option<(Picked, Vec<u8>, Vec<u8>)> = None;
         for range in &t.bases {
             let mut base = Vec::new();
             for k in range.clone() {
                 base.extend_from_slice(&chunk(k, &reference.chunks[k])?);
             }
             let frame = compress_delta(&base, &data, opts.level)?;
-            if best.as_ref().is_none_or(|(_, f)| frame.len() < f.len()) {
+            if best.as_ref().is_none_or(|(_, f, _)| frame.len() < f.len()) {
                 let picked = Picked {
                     chunk: t.chunk,
                     base: range.clone(),
                 };
-                best = Some((picked, frame));
+                best = Some((picked, frame, base));
             }
             if best
                 .as_ref()
-                .is_some_and(|(_, f)| f.len() * GOOD_ENOUGH < stored)
+                .is_some_and(|(_, f, _)| f.len() * GOOD_ENOUGH < stored)
             {
                 break;
             }
         }
-        Ok(best.filter(|(_, f)| f.len() * KEEP.1 < stored * KEEP.0))
+        let Some((picked, mut frame, base)) = best else {
+            return Ok(None);
+        };
+        if opts.final_level > opts.level && frame.len() * KEEP.1 < stored * KEEP.0 {
+            let again = compress_delta(&base, &data, opts.final_level)?;
+            if again.len() < frame.len() {
+                frame = again;
+            }
+        }
+        Ok((frame.len() * KEEP.1 < stored * KEEP.0).then_some((picked, frame)))
     };
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -404,3 +423,6 @@ pub fn attach(
     chunksnap_format::index::validate(index)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -66,6 +66,10 @@ enum Command {
         /// to download, at a slower convert.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
         zstd_level: Option<i32>,
+        /// zstd level each chosen delta frame is compressed again at (1..=19; default 19):
+        /// updating nodes download fewer bytes, the delta pass of an update takes longer.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=19))]
+        delta_level: Option<i32>,
         /// The image: registry/repository:tag or @sha256:…
         image: String,
     },
@@ -172,6 +176,7 @@ async fn main() -> Result<()> {
             chunk_avg,
             pack_size,
             zstd_level,
+            delta_level,
             image,
         } => {
             let image = reference(&image)?;
@@ -204,6 +209,9 @@ async fn main() -> Result<()> {
             if let Some(level) = zstd_level {
                 layer.zstd_level = level;
                 deltas.level = level;
+            }
+            if let Some(level) = delta_level {
+                deltas.final_level = level;
             }
             if jobs == 0 {
                 bail!("--jobs must be at least 1");

@@ -10,17 +10,25 @@
 //! - *Resemblance* (when both layers have sketches, see [`crate::sketch`]): the reference chunk
 //!   sharing the most sketch features, with its neighbours, wherever it is. This finds content
 //!   that moved: a file rewritten to new blocks inside a disk image, a renamed directory.
+//! - *Base file* (for a chunk inside a changed file of at least [`FILE_MIN`] bytes, see
+//!   [`super::files`]): the part of the file's old version at the same relative position,
+//!   [`PlanOptions::file_window`] bytes. A rebuilt shared object or bundle drifts further from
+//!   its old layout than the slack reaches, and a renamed version directory has no anchor.
 //!
 //! Pure: no I/O, so the same indexes and sketches always give the same plan.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
+use chunksnap_format::delta::MAX_DELTA_BASE;
 use chunksnap_format::pb::{EntryType, LayerIndex};
+
+use super::files::{FileMatch, file_window, match_files};
 
 use crate::sketch::{K, Sketch};
 
-/// Tuning of the plan (see `converter/examples/delta_probe.rs` and docs/benchmarks.md).
+/// Tuning of the plan (see `converter/examples/{delta_sweep,file_delta_probe}.rs` and
+/// docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanOptions {
     /// Bytes of the reference taken on each side of a chunk's mapped position, so that an edit
@@ -28,13 +36,21 @@ pub struct PlanOptions {
     pub slack: u64,
     /// Largest total size of one delta's base chunks.
     pub max_base: u64,
+    /// Bytes of a changed file's base file offered as a base (0: none). At most
+    /// `chunksnap_format::delta::MAX_DELTA_BASE`, what readers of the format accept.
+    pub file_window: u64,
 }
+
+/// Files smaller than this are left to the position and resemblance bases: they sit within
+/// the slack of a file-start anchor, or inside a chunk with their neighbours.
+pub const FILE_MIN: u64 = 64 << 10;
 
 impl Default for PlanOptions {
     fn default() -> Self {
         Self {
             slack: 64 << 10,
             max_base: 256 << 10,
+            file_window: MAX_DELTA_BASE,
         }
     }
 }
@@ -171,8 +187,35 @@ fn grow(
     Some(a..b)
 }
 
+/// The changed file holding the middle of `chunk` (`matches` sorted by stream offset).
+fn file_of<'m>(matches: &'m [FileMatch], chunk: &Range<u64>) -> Option<&'m FileMatch> {
+    let mid = (chunk.start + chunk.end) / 2;
+    let k = matches.partition_point(|m| m.new.range.start <= mid);
+    let m = &matches[k.checked_sub(1)?];
+    (m.new.range.end > mid).then_some(m)
+}
+
+/// `run` shortened at its ends (a window's first and last chunks may reach past it) until its
+/// chunks total at most `cap` bytes.
+fn trim(run: Range<usize>, reference: &LayerIndex, cap: u64) -> Option<Range<usize>> {
+    let size = |k: usize| u64::from(reference.chunks[k].size);
+    let (mut a, mut b) = (run.start, run.end);
+    let mut total: u64 = (a..b).map(size).sum();
+    while total > cap && b > a {
+        // Drop the larger end first: it is the one reaching furthest past the window.
+        if size(a) >= size(b - 1) {
+            total -= size(a);
+            a += 1;
+        } else {
+            b -= 1;
+            total -= size(b);
+        }
+    }
+    (b > a).then_some(a..b)
+}
+
 /// Reference chunk by sketch feature (its first chunk with the feature).
-fn feature_map(reference: &[Sketch]) -> HashMap<u32, usize> {
+pub(super) fn feature_map(reference: &[Sketch]) -> HashMap<u32, usize> {
     let mut map = HashMap::new();
     for (k, s) in reference.iter().enumerate() {
         for &f in s.iter().filter(|&&f| f != u32::MAX) {
@@ -183,7 +226,7 @@ fn feature_map(reference: &[Sketch]) -> HashMap<u32, usize> {
 }
 
 /// The reference chunk sharing the most features with `sketch` (ties: the first).
-fn most_similar(sketch: &Sketch, features: &HashMap<u32, usize>) -> Option<usize> {
+pub(super) fn most_similar(sketch: &Sketch, features: &HashMap<u32, usize>) -> Option<usize> {
     let mut votes: Vec<(usize, u32)> = Vec::with_capacity(K);
     for f in sketch.iter().filter(|&&f| f != u32::MAX) {
         if let Some(&k) = features.get(f) {
@@ -218,6 +261,12 @@ pub fn plan(
     let similar = sketches
         .filter(|s| s.new.len() == new.chunks.len() && s.reference.len() == reference.chunks.len())
         .map(|s| (s.new, feature_map(s.reference)));
+    let window = opts.file_window.min(MAX_DELTA_BASE);
+    let matches = if window > 0 {
+        match_files(new, reference, FILE_MIN, sketches)
+    } else {
+        Vec::new()
+    };
     let mut out = Vec::new();
     for (i, c) in new.chunks.iter().enumerate() {
         if !candidate.get(i).copied().unwrap_or(false) {
@@ -246,6 +295,14 @@ pub fn plan(
             {
                 bases.push(run);
             }
+        }
+        let chunk = o..o + u64::from(c.size);
+        if let Some(m) = file_of(&matches, &chunk)
+            && let Some(run) = file_window(m, &chunk, &ref_starts, window)
+            && let Some(run) = trim(run, reference, window)
+            && !bases.contains(&run)
+        {
+            bases.push(run);
         }
         if !bases.is_empty() {
             out.push(Try { chunk: i, bases });
@@ -286,10 +343,15 @@ mod tests {
     const OPTS: PlanOptions = PlanOptions {
         slack: 100,
         max_base: 1000,
+        file_window: 0,
     };
 
     fn opts(slack: u64, max_base: u64) -> PlanOptions {
-        PlanOptions { slack, max_base }
+        PlanOptions {
+            slack,
+            max_base,
+            file_window: 0,
+        }
     }
 
     fn one(chunk: usize, base: Range<usize>) -> Try {
@@ -377,5 +439,38 @@ mod tests {
             reference: ref_b,
         };
         assert!(plan(&v2, &[true, true], &v1, &opts(0, 200), Some(short)).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_of_a_changed_file_gets_the_same_part_of_its_base_file() {
+        // v1: a file, then lib-1.0.so at 100_000..300_000 (chunks of 30_000). v2: lib-1.1.so
+        // alone (chunks of 50_000): no chunk shared, no path in common, so no anchor; the
+        // renamed version is its base file.
+        let v1 = index(
+            &(1..=10u8).map(|d| (d, 30_000)).collect::<Vec<_>>(),
+            &[("x", 0, 100_000), ("lib-1.0.so", 100_000, 200_000)],
+        );
+        let v2 = index(
+            &[(21, 50_000), (22, 50_000), (23, 50_000), (24, 50_000)],
+            &[("lib-1.1.so", 0, 200_000)],
+        );
+        let cand = [false, false, true, false];
+        let with = |file_window| PlanOptions {
+            slack: 0,
+            max_base: 100_000,
+            file_window,
+        };
+        // Chunk 2 (100_000..150_000, mid 125_000) maps to 225_000: a 90_000 window is
+        // 180_000..270_000, reference chunks 6..9.
+        assert_eq!(
+            plan(&v2, &cand, &v1, &with(90_000), None),
+            vec![one(2, 6..9)]
+        );
+        // Edge chunks reaching past a smaller window are trimmed to fit it.
+        assert_eq!(
+            plan(&v2, &cand, &v1, &with(80_000), None),
+            vec![one(2, 7..9)]
+        );
+        assert!(plan(&v2, &cand, &v1, &with(0), None).is_empty());
     }
 }

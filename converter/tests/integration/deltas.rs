@@ -222,3 +222,73 @@ async fn moved_and_renamed_content_is_found_by_resemblance() {
         "reused and new layers both keep sketches"
     );
 }
+
+/// v1: `app/pkg-1.0/core.so`, 2 MiB; v2: `app/pkg-1.1/core.so`, the same library relinked:
+/// 512-byte pieces of v1's bytes from up to 384 KiB away, two new bytes after each. No path and
+/// no chunk in common, and each new chunk's pieces are spread far wider than a chunk's
+/// neighbourhood: only the old version of the file (a version-renamed path) holds them, and a
+/// node decodes deltas against 1 MiB windows of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relinked_library_in_a_renamed_version_directory_comes_as_deltas_on_its_old_version() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
+    let reg = Registry::start();
+    let client = reg.client();
+    let (v1, v2) = (reg.reference("r/app", "v1"), reg.reference("r/app", "v2"));
+    let old = common::noise(31, 2 << 20);
+    let mut rng = chunksnap_testkit::Rng::new(32);
+    let mut new = Vec::with_capacity(old.len() + (old.len() >> 8));
+    let (piece, reach) = (512usize, 384usize << 10);
+    while new.len() < old.len() {
+        let at = new.len().min(old.len() - piece);
+        let lo = at.saturating_sub(reach);
+        let hi = (at + reach).min(old.len() - piece);
+        let from = lo + (rng.next_u64() as usize) % (hi - lo);
+        new.extend_from_slice(&old[from..from + piece]);
+        new.extend_from_slice(&rng.next_u64().to_le_bytes()[..2]);
+    }
+    let files = |v: u8, so: &[u8]| {
+        vec![common::layer(&[
+            File("app/README", 0o644, b"readme\n".to_vec()),
+            File(
+                if v == 1 {
+                    "app/pkg-1.0/core.so"
+                } else {
+                    "app/pkg-1.1/core.so"
+                },
+                0o755,
+                so.to_vec(),
+            ),
+        ])]
+    };
+    common::push_image(&client, &v1, &files(1, &old)).await;
+    common::push_image(&client, &v2, &files(2, &new)).await;
+    convert_with(&client, &v1, true).await;
+    let second = convert_with(&client, &v2, true).await;
+    let l = &second.manifests[0].layers[0];
+    assert!(
+        l.deltas.deltas + 2 >= l.new_chunks && l.deltas.delta_bytes * 10 < l.deltas.chunk_bytes,
+        "the relinked library must come as small deltas: {l:?}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let opts = ExtractOptions::default();
+    let got1 = extract(&client, &v1, &tmp.path().join("v1"), Some(&store), &opts)
+        .await
+        .unwrap();
+    let got2 = extract(&client, &v2, &tmp.path().join("v2"), Some(&store), &opts)
+        .await
+        .unwrap();
+    let x = &got2.layers[0];
+    assert!(x.delta_chunks + 2 >= x.fetched_chunks, "{x:?}");
+    assert!(
+        x.fetched_bytes * 5 < got1.layers[0].fetched_bytes,
+        "v2 after v1 fetched {} bytes, v1 {}",
+        x.fetched_bytes,
+        got1.layers[0].fetched_bytes
+    );
+    let got = std::fs::read(tmp.path().join("v2/app/pkg-1.1/core.so")).unwrap();
+    assert!(got == new, "core.so differs from v2's");
+}

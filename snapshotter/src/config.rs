@@ -74,6 +74,23 @@ pub struct Config {
     /// push a chunksnap artifact next to a copy of an image can then change its files on this
     /// node. Default none (every layer is verified).
     pub insecure_skip_layer_verification: Vec<String>,
+    /// containerd's socket, whose CRI ImageService pre-warms pull through. Default
+    /// `/run/containerd/containerd.sock`.
+    pub cri_address: PathBuf,
+    /// The pre-warm API socket. Default `prewarm.sock` beside `address`.
+    pub prewarm_address: Option<PathBuf>,
+    /// Pre-warm pulls running at once on this node. Default 1.
+    pub prewarm_concurrency: usize,
+    /// Pre-warm requests waiting beyond those running; more are refused. Default 32.
+    pub prewarm_queue: usize,
+    /// Registry bytes one rollout's pre-warms may fetch on this node. Default 2 GiB.
+    pub prewarm_rollout_budget_bytes: u64,
+    /// Each pre-warm first waits a random time below this, in milliseconds. Default 5000.
+    pub prewarm_jitter_ms: u64,
+    /// Pre-warm images without a chunksnap artifact too (whole layers). Default false.
+    pub prewarm_allow_full: bool,
+    /// Longest one pre-warm pull may take, in seconds. Default 900.
+    pub prewarm_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -95,6 +112,14 @@ impl Default for Config {
             log_level: "info".to_owned(),
             store_budget_bytes: 10 << 30,
             insecure_skip_layer_verification: Vec::new(),
+            cri_address: PathBuf::from("/run/containerd/containerd.sock"),
+            prewarm_address: None,
+            prewarm_concurrency: 1,
+            prewarm_queue: 32,
+            prewarm_rollout_budget_bytes: 2 << 30,
+            prewarm_jitter_ms: 5000,
+            prewarm_allow_full: false,
+            prewarm_timeout_seconds: 900,
         }
     }
 }
@@ -138,6 +163,28 @@ impl Config {
     /// chunks in `<root>/chunks/`).
     pub fn chunks_dir(&self) -> PathBuf {
         self.root.clone()
+    }
+
+    /// The pre-warm API socket: `prewarm_address`, else `prewarm.sock` beside `address`.
+    pub fn prewarm_socket(&self) -> PathBuf {
+        self.prewarm_address.clone().unwrap_or_else(|| {
+            self.address
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join("prewarm.sock")
+        })
+    }
+
+    /// The daemon's pre-warm limits.
+    pub fn prewarm(&self) -> crate::prewarm::service::PrewarmOptions {
+        crate::prewarm::service::PrewarmOptions {
+            concurrency: self.prewarm_concurrency.max(1),
+            queue: self.prewarm_queue,
+            rollout_budget_bytes: self.prewarm_rollout_budget_bytes,
+            jitter: std::time::Duration::from_millis(self.prewarm_jitter_ms),
+            allow_full: self.prewarm_allow_full,
+            timeout: std::time::Duration::from_secs(self.prewarm_timeout_seconds.max(1)),
+        }
     }
 
     /// Where layer indexes are kept for seeding (`<root>/indexes`).

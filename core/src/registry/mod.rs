@@ -16,6 +16,7 @@
 
 mod auth;
 mod blobs;
+mod credentials;
 mod direct;
 mod error;
 mod manifests;

@@ -1,0 +1,126 @@
+//! Pre-warm against real containerd + CRI + docker-registry: `chunksnap prefetch --pull`
+//! (`pull`), and the rollout watcher driven by a stub API server replaying a recorded rolling
+//! update (`watch`).
+
+mod pull;
+mod watch;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use chunksnap_e2e::chunksnap::{Chunksnap, convert};
+use chunksnap_e2e::oci::ImageSpec;
+use chunksnap_e2e::util::NodeDir;
+use chunksnap_e2e::{BuiltImage, ContainerdVersion, Env, Snapshotter};
+use chunksnap_testkit::noise;
+
+use crate::reliability::common::tar_of;
+
+/// A node whose chunksnap daemon pre-warms through this node's containerd.
+pub struct PrewarmNode {
+    pub env: Env,
+    pub chunksnap: Chunksnap,
+    pub prewarm_socket: PathBuf,
+    dir: NodeDir,
+}
+
+impl PrewarmNode {
+    pub async fn start() -> Result<Self> {
+        let dir = NodeDir::new("chunksnap-e2e-prewarm-")?;
+        let socket = dir.path().join("cs.sock");
+        let env = Env::start_on(ContainerdVersion::from_env()?, Snapshotter::chunksnap(&socket))
+            .await?;
+        let prewarm_socket = dir.path().join("prewarm.sock");
+        // No jitter: one node, and the test waits for the result.
+        std::fs::write(
+            dir.path().join("config.toml"),
+            format!(
+                "cri_address = {:?}\nprewarm_address = {:?}\nprewarm_jitter_ms = 0\n",
+                env.containerd.socket(),
+                prewarm_socket
+            ),
+        )?;
+        let mut chunksnap = Chunksnap::new(dir.path(), vec![env.registry.host()])?;
+        chunksnap.start().await?;
+        ensure!(chunksnap.socket() == socket, "socket path mismatch");
+        env.registry.reset_counters();
+        Ok(Self {
+            env,
+            chunksnap,
+            prewarm_socket,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A pre-warm counter of the daemon.
+    pub async fn prewarms(&self, outcome: &str) -> Result<f64> {
+        self.chunksnap
+            .metric(&format!("chunksnap_prewarm_total{{outcome=\"{outcome}\"}}"))
+            .await
+    }
+
+    /// Digests of `image`'s layer blobs the registry was asked for.
+    pub fn layer_blob_gets(&self, image: &BuiltImage) -> Vec<String> {
+        let layers = image.layer_digests();
+        self.blob_gets()
+            .into_iter()
+            .filter_map(|path| path.rsplit('/').next().map(str::to_owned))
+            .filter(|d| layers.contains(d))
+            .collect()
+    }
+
+    /// Registry requests for blobs (layers, packs, indexes): what a present image must not cause.
+    pub fn blob_gets(&self) -> Vec<String> {
+        self.env
+            .registry
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_blob_get())
+            .map(|r| r.path)
+            .collect()
+    }
+}
+
+/// `repo:v1` and `repo:v2` (v2 changes two of v1's 24 files and adds one), converted, and
+/// `repo-plain:v1`, not converted.
+pub async fn app_images(env: &Env, repo: &str) -> Result<(BuiltImage, BuiltImage, BuiltImage)> {
+    let files = |version: u64| {
+        let mut entries: Vec<(String, Vec<u8>)> = (0..24u64)
+            .map(|f| {
+                let seed = if f < 2 { 9000 + version * 10 + f } else { 500 + f };
+                (format!("app/lib{f}.so"), noise(seed, 256 << 10))
+            })
+            .collect();
+        entries.push((
+            "app/VERSION".to_owned(),
+            format!("v{version}\n").into_bytes(),
+        ));
+        if version == 2 {
+            entries.push(("app/new.bin".to_owned(), noise(7777, 64 << 10)));
+        }
+        tar_of(&entries)
+    };
+    let spec = || ImageSpec {
+        cmd: vec!["/pause".into()],
+        ..Default::default()
+    };
+    let v1 = env
+        .images
+        .push_tars(repo, "v1", vec![files(1)?], spec())
+        .await?;
+    let v2 = env
+        .images
+        .push_tars(repo, "v2", vec![files(2)?], spec())
+        .await?;
+    let plain = env
+        .images
+        .push_tars(&format!("{repo}-plain"), "v1", vec![files(3)?], spec())
+        .await?;
+    convert(&v1.reference)?;
+    convert(&v2.reference)?;
+    Ok((v1, v2, plain))
+}

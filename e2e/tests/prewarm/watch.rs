@@ -1,0 +1,1 @@
+//! The rollout watcher (filled in below).

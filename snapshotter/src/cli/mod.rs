@@ -77,6 +77,8 @@ enum Command {
     ContainerdConfig(ContainerdConfigArgs),
     /// Keep a docker config.json in sync with Kubernetes image pull Secrets.
     PullSecrets(PullSecretsArgs),
+    /// Watch rollouts and ask the daemon to pre-warm new images on this node.
+    PrewarmWatch(prewarm::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +184,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
         Command::PullSecrets(args) => {
             pull_secrets(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PrewarmWatch(args) => {
+            prewarm::watch(&config, args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Prefetch {

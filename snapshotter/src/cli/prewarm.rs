@@ -71,3 +71,75 @@ pub fn print_status(rt: &tokio::runtime::Runtime, config: &Config) {
         println!("  {:<11} {}", format!("{:?}", report.outcome), report.summary());
     }
 }
+
+/// `chunksnap prewarm-watch` flags.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// This node's name [default: $NODE_NAME, from the pod's spec.nodeName].
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+    /// Only workloads in this namespace (repeatable) [default: every namespace].
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Never workloads in this namespace (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    exclude_namespaces: Vec<String>,
+    /// Only workloads annotated `chunksnap.io/prewarm: "true"` (otherwise every workload
+    /// not annotated "false").
+    #[arg(long)]
+    require_annotation: bool,
+    /// Rollouts pre-warmed at once (the daemon also limits its pulls).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    concurrency: usize,
+}
+
+/// Runs the rollout watcher until SIGTERM/SIGINT.
+pub fn watch(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
+    use chunksnap::kube::prewarm::{WatchOptions, plan::Filters, run};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("log level {:?}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let node = args
+        .node
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .context("name this node with --node or NODE_NAME")?;
+    let options = WatchOptions {
+        node,
+        filters: Filters {
+            namespaces: args.namespaces,
+            exclude_namespaces: args.exclude_namespaces,
+            require_annotation: args.require_annotation,
+        },
+        concurrency: args.concurrency.max(1),
+    };
+    // A request waits behind the daemon's queue and jitter, then its pull.
+    let timeout = Duration::from_secs(config.prewarm_timeout_seconds.saturating_mul(4));
+    let daemon = PrewarmClient::new(&config.prewarm_socket(), timeout);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            token.cancel();
+        });
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        run(client, &options, daemon, shutdown)
+            .await
+            .context("watching rollouts")
+    })
+}

@@ -5,7 +5,7 @@
 mod pull;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Result, ensure};
 use chunksnap_e2e::chunksnap::{Chunksnap, convert};
@@ -20,7 +20,6 @@ use crate::reliability::common::tar_of;
 pub struct PrewarmNode {
     pub env: Env,
     pub chunksnap: Chunksnap,
-    pub prewarm_socket: PathBuf,
     dir: NodeDir,
 }
 
@@ -47,7 +46,6 @@ impl PrewarmNode {
         Ok(Self {
             env,
             chunksnap,
-            prewarm_socket,
             dir,
         })
     }

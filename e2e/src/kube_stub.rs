@@ -112,7 +112,10 @@ impl KubeStub {
             "ADDED"
         };
         collection.objects.insert(key, object.clone());
-        send(collection, &serde_json::json!({ "type": kind, "object": object }));
+        send(
+            collection,
+            &serde_json::json!({ "type": kind, "object": object }),
+        );
     }
 
     /// Ends every open watch of `resource` with an ERROR `410 Gone` event, as an API server

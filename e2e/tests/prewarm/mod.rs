@@ -27,8 +27,11 @@ impl PrewarmNode {
     pub async fn start() -> Result<Self> {
         let dir = NodeDir::new("chunksnap-e2e-prewarm-")?;
         let socket = dir.path().join("cs.sock");
-        let env = Env::start_on(ContainerdVersion::from_env()?, Snapshotter::chunksnap(&socket))
-            .await?;
+        let env = Env::start_on(
+            ContainerdVersion::from_env()?,
+            Snapshotter::chunksnap(&socket),
+        )
+        .await?;
         let prewarm_socket = dir.path().join("prewarm.sock");
         // No jitter: one node, and the test waits for the result.
         std::fs::write(
@@ -89,7 +92,11 @@ pub async fn app_images(env: &Env, repo: &str) -> Result<(BuiltImage, BuiltImage
     let files = |version: u64| {
         let mut entries: Vec<(String, Vec<u8>)> = (0..24u64)
             .map(|f| {
-                let seed = if f < 2 { 9000 + version * 10 + f } else { 500 + f };
+                let seed = if f < 2 {
+                    9000 + version * 10 + f
+                } else {
+                    500 + f
+                };
                 (format!("app/lib{f}.so"), noise(seed, 256 << 10))
             })
             .collect();

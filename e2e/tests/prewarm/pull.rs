@@ -21,14 +21,20 @@ async fn prefetch_pull_stages_v2_so_the_kubelet_pull_moves_no_blob() -> Result<(
         .chunksnap
         .node_command(&["prefetch", "--pull", &v2.reference])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("prefetch --pull: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "prefetch --pull: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(out.status.success(), "prefetch --pull failed");
     ensure!(
         stdout.contains("Prewarmed prewarm-cli:v2:") && stdout.contains("fetched"),
         "no summary: {stdout}"
     );
     let tags = cri.list_image_tags().await?;
-    ensure!(tags.contains(&v2.reference), "CRI ListImages lacks v2: {tags:?}");
+    ensure!(
+        tags.contains(&v2.reference),
+        "CRI ListImages lacks v2: {tags:?}"
+    );
     ensure!(
         node.layer_blob_gets(&v2).is_empty(),
         "v2's layer blob was downloaded: not assembled from chunks"
@@ -45,7 +51,10 @@ async fn prefetch_pull_stages_v2_so_the_kubelet_pull_moves_no_blob() -> Result<(
     node.env.registry.reset_counters();
     cri.pull_image(&v2.reference).await?;
     let gets = node.blob_gets();
-    ensure!(gets.is_empty(), "PullImage(v2) after pre-warm fetched blobs: {gets:?}");
+    ensure!(
+        gets.is_empty(),
+        "PullImage(v2) after pre-warm fetched blobs: {gets:?}"
+    );
     ensure!(
         node.env.registry.blob_bytes_served() == 0,
         "PullImage(v2) moved blob bytes"
@@ -56,7 +65,10 @@ async fn prefetch_pull_stages_v2_so_the_kubelet_pull_moves_no_blob() -> Result<(
         .chunksnap
         .node_command(&["prefetch", "--pull", &v2.reference])?;
     ensure!(again.status.success(), "second prefetch --pull failed");
-    ensure!(node.prewarms("present").await? == 1.0, "present not counted");
+    ensure!(
+        node.prewarms("present").await? == 1.0,
+        "present not counted"
+    );
 
     // Not converted: refused (exit 2), not pulled.
     let refused = node
@@ -68,7 +80,10 @@ async fn prefetch_pull_stages_v2_so_the_kubelet_pull_moves_no_blob() -> Result<(
         refused.status
     );
     let tags = cri.list_image_tags().await?;
-    ensure!(!tags.contains(&plain.reference), "unconverted image was pulled");
+    ensure!(
+        !tags.contains(&plain.reference),
+        "unconverted image was pulled"
+    );
     ensure!(
         node.prewarms("unconverted").await? == 1.0,
         "unconverted not counted"
@@ -84,6 +99,9 @@ async fn prefetch_pull_stages_v2_so_the_kubelet_pull_moves_no_blob() -> Result<(
         text.contains("pre-warm: 0 running") && text.contains("Prewarmed prewarm-cli:v2"),
         "status lacks pre-warm lines: {text}"
     );
-    eprintln!("pre-warm of v2 moved {staged_bytes} B (v2 layer blob {} B)", v2.layers[0].size);
+    eprintln!(
+        "pre-warm of v2 moved {staged_bytes} B (v2 layer blob {} B)",
+        v2.layers[0].size
+    );
     Ok(())
 }

@@ -45,7 +45,10 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
     let mut watcher = Watcher::start(&node, &kubeconfig)?;
 
     let open = |resource| stub.counts(resource).2 > 0;
-    wait("both watches open", || open(Resource::ReplicaSets) && open(Resource::Pods)).await?;
+    wait("both watches open", || {
+        open(Resource::ReplicaSets) && open(Resource::Pods)
+    })
+    .await?;
     // 410 Gone on the ReplicaSet watch: the watcher must list again.
     stub.expire_watches(Resource::ReplicaSets);
     wait("a ReplicaSet re-list and watch", || {
@@ -74,7 +77,9 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
     }
     let note = |e: &Value| e["note"].as_str().unwrap_or_default().to_owned();
     wait("the Prewarmed event", || {
-        stub.events().iter().any(|e| note(e).starts_with("Prewarmed"))
+        stub.events()
+            .iter()
+            .any(|e| note(e).starts_with("Prewarmed"))
     })
     .await?;
     let events = stub.events();
@@ -98,21 +103,33 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
     );
 
     let tags = cri.list_image_tags().await?;
-    ensure!(tags.contains(&v2.reference), "CRI ListImages lacks v2: {tags:?}");
-    ensure!(!tags.contains(&plain.reference), "the opted-out image was pulled");
+    ensure!(
+        tags.contains(&v2.reference),
+        "CRI ListImages lacks v2: {tags:?}"
+    );
+    ensure!(
+        !tags.contains(&plain.reference),
+        "the opted-out image was pulled"
+    );
     ensure!(
         node.layer_blob_gets(&v2).is_empty(),
         "v2's layer blob was downloaded: not assembled from chunks"
     );
     let staged = node.env.registry.bytes_served();
     ensure!(node.prewarms("pulled").await? == 1.0, "one pull expected");
-    ensure!(node.prewarms("unconverted").await? == 0.0, "batch was asked for");
+    ensure!(
+        node.prewarms("unconverted").await? == 0.0,
+        "batch was asked for"
+    );
 
     // The kubelet's pull once v2's pod lands here: nothing but the manifest travels.
     node.env.registry.reset_counters();
     cri.pull_image(&v2.reference).await?;
     let gets = node.blob_gets();
-    ensure!(gets.is_empty(), "PullImage(v2) after pre-warm fetched blobs: {gets:?}");
+    ensure!(
+        gets.is_empty(),
+        "PullImage(v2) after pre-warm fetched blobs: {gets:?}"
+    );
 
     let requests = stub.requests();
     ensure!(
@@ -132,7 +149,10 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
 
 /// The recorded rollout with placeholders replaced.
 fn fixture(replace: &[(&str, &str)]) -> Result<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/prewarm/rolling-update.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/prewarm/rolling-update.json"
+    );
     let mut text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     for (from, to) in replace {
         text = text.replace(from, to);
@@ -157,7 +177,13 @@ impl Watcher {
         let child = Command::new(bin_dir()?.join("chunksnap"))
             .arg("--config")
             .arg(node.dir().join("config.toml"))
-            .args(["--log-level", "info,chunksnap=debug", "prewarm-watch", "--node", NODE])
+            .args([
+                "--log-level",
+                "info,chunksnap=debug",
+                "prewarm-watch",
+                "--node",
+                NODE,
+            ])
             .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -173,7 +199,10 @@ impl Watcher {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let status = child.wait()?;
-            ensure!(status.success(), "prewarm-watch exited with {status} on SIGTERM");
+            ensure!(
+                status.success(),
+                "prewarm-watch exited with {status} on SIGTERM"
+            );
         }
         Ok(())
     }

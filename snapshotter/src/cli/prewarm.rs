@@ -68,7 +68,11 @@ pub fn print_status(rt: &tokio::runtime::Runtime, config: &Config) {
         chunksnap::prewarm::human_bytes(status.rollout_budget_bytes)
     );
     for report in &status.recent {
-        println!("  {:<11} {}", format!("{:?}", report.outcome), report.summary());
+        println!(
+            "  {:<11} {}",
+            format!("{:?}", report.outcome),
+            report.summary()
+        );
     }
 }
 

@@ -99,8 +99,10 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 fn respond(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
     resp
 }
 
@@ -170,13 +172,15 @@ impl PrewarmClient {
         path: &str,
         body: Bytes,
     ) -> Result<T, ApiError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ApiError::Connect {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ApiError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
         let request = http::Request::builder()
             .method(method)

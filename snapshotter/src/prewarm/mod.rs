@@ -9,7 +9,7 @@
 //!   jitter, metrics, recent results);
 //! - [`api`]: its small HTTP/1.1 API on a unix socket next to the gRPC socket, and the client
 //!   the Kubernetes watcher ([`crate::kube::prewarm`]) and `chunksnap status` use;
-//! - [`metrics`]: `chunksnap_prewarm_*`.
+//! - the `chunksnap_prewarm_*` metrics ([`metrics`]).
 
 pub mod api;
 pub mod cri;

@@ -132,7 +132,14 @@ impl Plan {
 pub struct State {
     pub replicasets: BTreeMap<(String, String), RsInfo>,
     pub pods: BTreeMap<(String, String), PodInfo>,
-    done: (HashSet<(String, u64)>, VecDeque<(String, u64)>),
+    done: Done,
+}
+
+/// (workload uid, revision) pairs already planned, oldest first in `order`.
+#[derive(Debug, Default)]
+struct Done {
+    set: HashSet<(String, u64)>,
+    order: VecDeque<(String, u64)>,
 }
 
 impl State {
@@ -228,21 +235,19 @@ impl State {
                 .filter(|i| !running.contains(i))
                 .cloned()
                 .collect();
-            if images.is_empty()
-                || !filters.allows(&newest.namespace, newest.annotation.as_deref())
+            if images.is_empty() || !filters.allows(&newest.namespace, newest.annotation.as_deref())
             {
                 continue;
             }
             let done_key = (owner.uid.clone(), revision);
-            if self.done.0.contains(&done_key) {
+            if !self.done.set.insert(done_key.clone()) {
                 continue;
             }
-            self.done.0.insert(done_key.clone());
-            self.done.1.push_back(done_key);
-            if self.done.1.len() > MAX_DONE
-                && let Some(old) = self.done.1.pop_front()
+            self.done.order.push_back(done_key);
+            if self.done.order.len() > MAX_DONE
+                && let Some(old) = self.done.order.pop_front()
             {
-                self.done.0.remove(&old);
+                self.done.set.remove(&old);
             }
             plans.push(Plan {
                 namespace: newest.namespace.clone(),
@@ -257,7 +262,10 @@ impl State {
 }
 
 fn key(meta: &ObjectMeta) -> Option<(String, String)> {
-    Some((meta.namespace.clone().unwrap_or_default(), meta.name.clone()?))
+    Some((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
 }
 
 fn annotation<'a>(meta: &'a ObjectMeta, name: &str) -> Option<&'a str> {

@@ -22,7 +22,8 @@ fn rs_annotated(
         .enumerate()
         .map(|(i, image)| serde_json::json!({ "name": format!("c{i}"), "image": image }))
         .collect();
-    let mut annotations = serde_json::json!({ "deployment.kubernetes.io/revision": revision.to_string() });
+    let mut annotations =
+        serde_json::json!({ "deployment.kubernetes.io/revision": revision.to_string() });
     if let Some(v) = prewarm {
         annotations["chunksnap.io/prewarm"] = v.into();
     }

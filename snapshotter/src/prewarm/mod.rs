@@ -136,21 +136,4 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summaries_read_like_events() {
-        let report = Report {
-            image: "127.0.0.1:5000/team/app:v2".into(),
-            outcome: Outcome::pulled,
-            bytes_fetched: 1_100_000,
-            seconds: 0.43,
-            image_ref: String::new(),
-            detail: String::new(),
-        };
-        assert_eq!(report.summary(), "Prewarmed app:v2: 1.1 MB fetched, 0.4 s");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(2_500_000_000), "2.5 GB");
-    }
-}
+mod tests;

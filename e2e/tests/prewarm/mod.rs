@@ -2,6 +2,7 @@
 //! (`pull`), and the rollout watcher driven by a stub API server replaying a recorded rolling
 //! update (`watch`).
 
+mod figure;
 mod pull;
 mod watch;
 
@@ -11,7 +12,7 @@ use anyhow::{Result, ensure};
 use chunksnap_e2e::chunksnap::{Chunksnap, convert};
 use chunksnap_e2e::oci::ImageSpec;
 use chunksnap_e2e::util::NodeDir;
-use chunksnap_e2e::{BuiltImage, ContainerdVersion, Env, Snapshotter};
+use chunksnap_e2e::{BuiltImage, ContainerdVersion, Env, Snapshotter, TestImages};
 use chunksnap_testkit::noise;
 
 use crate::reliability::common::tar_of;
@@ -87,8 +88,12 @@ impl PrewarmNode {
 }
 
 /// `repo:v1` and `repo:v2` (v2 changes two of v1's 24 files and adds one), converted, and
-/// `repo-plain:v1`, not converted.
-pub async fn app_images(env: &Env, repo: &str) -> Result<(BuiltImage, BuiltImage, BuiltImage)> {
+/// `repo-plain:v1`, not converted. Each has a busybox layer below (`sleep`, `cat`: containers
+/// can run), then the app layer.
+pub async fn app_images(
+    images: &TestImages,
+    repo: &str,
+) -> Result<(BuiltImage, BuiltImage, BuiltImage)> {
     let files = |version: u64| {
         let mut entries: Vec<(String, Vec<u8>)> = (0..24u64)
             .map(|f| {
@@ -109,23 +114,53 @@ pub async fn app_images(env: &Env, repo: &str) -> Result<(BuiltImage, BuiltImage
         }
         tar_of(&entries)
     };
+    let base = busybox_layer()?;
     let spec = || ImageSpec {
-        cmd: vec!["/pause".into()],
+        cmd: vec!["/bin/sleep".into(), "infinity".into()],
+        env: vec!["PATH=/bin".into()],
         ..Default::default()
     };
-    let v1 = env
-        .images
-        .push_tars(repo, "v1", vec![files(1)?], spec())
+    let v1 = images
+        .push_tars(repo, "v1", vec![base.clone(), files(1)?], spec())
         .await?;
-    let v2 = env
-        .images
-        .push_tars(repo, "v2", vec![files(2)?], spec())
+    let v2 = images
+        .push_tars(repo, "v2", vec![base.clone(), files(2)?], spec())
         .await?;
-    let plain = env
-        .images
-        .push_tars(&format!("{repo}-plain"), "v1", vec![files(3)?], spec())
+    let plain = images
+        .push_tars(
+            &format!("{repo}-plain"),
+            "v1",
+            vec![base, files(3)?],
+            spec(),
+        )
         .await?;
     convert(&v1.reference)?;
     convert(&v2.reference)?;
     Ok((v1, v2, plain))
+}
+
+/// The host's static busybox as `bin/busybox`, with `sleep` and `cat` linked to it.
+fn busybox_layer() -> Result<Vec<u8>> {
+    let binary = std::fs::read("/usr/bin/busybox")?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_ustar();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_mtime(1_700_000_000);
+    dir.set_size(0);
+    b.append_data(&mut dir, "bin/", std::io::empty())?;
+    let mut file = tar::Header::new_ustar();
+    file.set_mode(0o755);
+    file.set_mtime(1_700_000_000);
+    file.set_size(binary.len() as u64);
+    b.append_data(&mut file, "bin/busybox", binary.as_slice())?;
+    for tool in ["sleep", "cat"] {
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_mtime(1_700_000_000);
+        link.set_size(0);
+        b.append_link(&mut link, format!("bin/{tool}"), "busybox")?;
+    }
+    Ok(b.into_inner()?)
 }

@@ -22,7 +22,8 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
         return Ok(());
     }
     let node = PrewarmNode::start().await?;
-    let (v1, v2, plain) = app_images(&node.env, "prewarm-watch").await?;
+    let (v1, v2, plain) = app_images(&node.env.images, "prewarm-watch").await?;
+    let app_layer = v2.layers.last().map_or(0, |l| l.size);
     let cri = node.env.containerd.cri().await?;
     cri.pull_image(&v1.reference).await?;
 
@@ -141,8 +142,8 @@ async fn watcher_prewarms_v2_during_a_replayed_rolling_update() -> Result<()> {
     );
     watcher.stop()?;
     eprintln!(
-        "pre-warm on rollout: {staged} B from the registry (v2 layer blob {} B)",
-        v2.layers[0].size
+        "pre-warm on rollout: {staged} B from the registry (v2 app layer blob {} B)",
+        app_layer
     );
     Ok(())
 }

@@ -238,4 +238,32 @@ mod tests {
         std::fs::write(&f, "log_level = \"debug\"").unwrap();
         assert_eq!(Config::load(Some(&f)).unwrap().log_level, "debug");
     }
+
+    #[test]
+    fn prewarm_keys_and_socket() {
+        let p = Path::new("t.toml");
+        let c = Config::parse("address = \"/run/x/cs.sock\"\n", p).unwrap();
+        assert_eq!(c.prewarm_socket(), Path::new("/run/x/prewarm.sock"));
+        let c = Config::parse(
+            "prewarm_address = \"/p.sock\"\nprewarm_concurrency = 0\nprewarm_jitter_ms = 250\n\
+             prewarm_rollout_budget_bytes = 7\nprewarm_allow_full = true\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.prewarm_socket(), Path::new("/p.sock"));
+        let o = c.prewarm();
+        assert_eq!(o.concurrency, 1, "at least one pull at a time");
+        assert_eq!(o.jitter, std::time::Duration::from_millis(250));
+        assert_eq!(o.rollout_budget_bytes, 7);
+        assert!(o.allow_full);
+    }
+
+    #[test]
+    fn the_documented_example_is_the_defaults() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let example = Config::parse(&doc[start..end], Path::new("docs/config.md")).unwrap();
+        assert_eq!(example, Config::default());
+    }
 }

@@ -2,6 +2,7 @@
 //! (`pull`), and the rollout watcher driven by a stub API server replaying a recorded rolling
 //! update (`watch`).
 
+mod auth;
 mod figure;
 mod pull;
 mod watch;
@@ -12,7 +13,10 @@ use anyhow::{Result, ensure};
 use chunksnap_e2e::chunksnap::{Chunksnap, convert};
 use chunksnap_e2e::oci::ImageSpec;
 use chunksnap_e2e::util::NodeDir;
-use chunksnap_e2e::{BuiltImage, ContainerdVersion, Env, Snapshotter, TestImages};
+use chunksnap_e2e::{
+    BuiltImage, Containerd, ContainerdConfig, ContainerdVersion, Env, Registry, Snapshotter,
+    TestImages,
+};
 use chunksnap_testkit::noise;
 
 use crate::reliability::common::tar_of;
@@ -26,24 +30,43 @@ pub struct PrewarmNode {
 
 impl PrewarmNode {
     pub async fn start() -> Result<Self> {
+        Self::start_with(&[], "").await
+    }
+
+    /// [`PrewarmNode::start`] with more plain-HTTP registry hosts and config lines.
+    pub async fn start_with(extra_hosts: &[String], extra_config: &str) -> Result<Self> {
         let dir = NodeDir::new("chunksnap-e2e-prewarm-")?;
         let socket = dir.path().join("cs.sock");
-        let env = Env::start_on(
-            ContainerdVersion::from_env()?,
-            Snapshotter::chunksnap(&socket),
-        )
+        let registry = Registry::start().await?;
+        let images = TestImages::new(&registry)?;
+        let pause = images.pause().await?;
+        let mut hosts = vec![registry.host()];
+        hosts.extend_from_slice(extra_hosts);
+        let containerd = Containerd::start(&ContainerdConfig {
+            snapshotter: Snapshotter::chunksnap(&socket),
+            plain_http_registries: hosts.clone(),
+            sandbox_image: pause.reference.clone(),
+            version: ContainerdVersion::from_env()?,
+            pull_progress_timeout: None,
+        })
         .await?;
+        let env = Env {
+            containerd,
+            images,
+            pause,
+            registry,
+        };
         let prewarm_socket = dir.path().join("prewarm.sock");
         // No jitter: one node, and the test waits for the result.
         std::fs::write(
             dir.path().join("config.toml"),
             format!(
-                "cri_address = {:?}\nprewarm_address = {:?}\nprewarm_jitter_ms = 0\n",
+                "cri_address = {:?}\nprewarm_address = {:?}\nprewarm_jitter_ms = 0\n{extra_config}",
                 env.containerd.socket(),
                 prewarm_socket
             ),
         )?;
-        let mut chunksnap = Chunksnap::new(dir.path(), vec![env.registry.host()])?;
+        let mut chunksnap = Chunksnap::new(dir.path(), hosts)?;
         chunksnap.start().await?;
         ensure!(chunksnap.socket() == socket, "socket path mismatch");
         env.registry.reset_counters();

@@ -94,18 +94,19 @@ impl CriImages {
     }
 }
 
-/// The CRI form of registry credentials (`None` for anonymous access).
-pub fn auth_config(host: &str, auth: &RegistryAuth) -> Option<AuthConfig> {
+/// The CRI form of registry credentials (`None` for anonymous access). `server_address` stays
+/// empty: containerd parses it as a URL and silently drops the credentials unless its host is
+/// the one it resolves (`127.0.0.1:5000` does not even parse, `docker.io` resolves to
+/// `registry-1.docker.io`); empty, they apply to the pull of this one image.
+pub fn auth_config(auth: &RegistryAuth) -> Option<AuthConfig> {
     match auth {
         RegistryAuth::Basic(username, password) => Some(AuthConfig {
             username: username.clone(),
             password: password.clone(),
-            server_address: host.to_owned(),
             ..Default::default()
         }),
         RegistryAuth::Bearer(token) => Some(AuthConfig {
             registry_token: token.clone(),
-            server_address: host.to_owned(),
             ..Default::default()
         }),
         RegistryAuth::Anonymous => None,

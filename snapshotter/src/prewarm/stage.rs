@@ -52,7 +52,7 @@ async fn stage_inner(
         .await
         .map_err(|e| e.to_string())?;
     let id = cri
-        .pull(image, auth_config(&host, &credentials))
+        .pull(image, auth_config(&credentials))
         .await
         .map_err(|e| e.to_string())?;
     Ok((Outcome::pulled, id))

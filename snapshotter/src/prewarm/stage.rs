@@ -45,10 +45,9 @@ async fn stage_inner(
         return Ok((Outcome::unconverted, String::new()));
     }
     let reference = RegistryClient::parse_reference(image).map_err(|e| e.to_string())?;
-    let host = reference.resolve_registry().to_owned();
     let credentials = remote
         .registry()
-        .credentials_for_host(&host)
+        .credentials_for_image(&reference)
         .await
         .map_err(|e| e.to_string())?;
     let id = cri

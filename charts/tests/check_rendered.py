@@ -12,7 +12,9 @@ import yaml
 HOST_DIRS = {"/opt/chunksnap", "/etc/chunksnap", "/etc/containerd", "/run/chunksnap", "/var/lib/chunksnap"}
 RBAC_KINDS = {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
 # Keys snapshotter/src/config.rs accepts today (it rejects unknown keys).
-DAEMON_KEYS = {"root", "address", "metrics_address", "plain_http", "log_level", "store_budget_bytes"}
+DAEMON_KEYS = {"root", "address", "metrics_address", "plain_http", "log_level", "store_budget_bytes",
+               "cri_address", "prewarm_concurrency", "prewarm_rollout_budget_bytes", "prewarm_jitter_ms",
+               "prewarm_allow_full"}
 # Keys the chart renders only when their feature is used; the daemon must learn them.
 PENDING_KEYS = {"insecure", "docker_config", "mirrors", "credential_provider_config",
                 "credential_provider_bin_dir"}
@@ -43,7 +45,10 @@ def main(case, text):
     check(pod.get("hostPID") is True, "hostPID must be true (nsenter into PID 1)")
     (init,) = [c for c in pod["initContainers"] if c["name"] == "install"]
     check(init["securityContext"].get("privileged") is True, "init container must be privileged")
-    (main_c,) = pod["containers"]
+    (main_c,) = [c for c in pod["containers"] if c["name"] == "chunksnap"]
+    prewarm = [c for c in pod["containers"] if c["name"] == "prewarm"]
+    check(len(pod["containers"]) == 1 + len(prewarm), f"containers {[c['name'] for c in pod['containers']]}")
+    check(bool(prewarm) == (case == "prewarm-values"), "the prewarm container only when enabled")
     check(not main_c.get("securityContext", {}).get("privileged"), "main container must not be privileged")
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     check(set(host_paths.values()) == HOST_DIRS, f"hostPath volumes {sorted(host_paths.values())}")
@@ -128,6 +133,31 @@ def main(case, text):
         check("--all-namespaces" in main_c["command"], "pull-secrets watches all namespaces")
         check(pod_namespace_env(main_c), "all namespaces: the release namespace wins (POD_NAMESPACE)")
         check(not monitors, "no ServiceMonitor unless enabled")
+    elif case == "prewarm-values":
+        (watch,) = prewarm
+        args = watch["command"]
+        check(args[:4] == ["/usr/local/bin/chunksnap", "--address", "/host/run/chunksnap/chunksnap.sock",
+                           "prewarm-watch"], f"prewarm container: {args}")
+        for a, b in [("--namespace", "web"), ("--exclude-namespace", "batch")]:
+            check(any(args[i:i + 2] == [a, b] for i in range(len(args))), f"missing {a} {b}")
+        check("--require-annotation" in args, "opt-in by annotation")
+        check({"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in watch["env"],
+              "the watcher knows its node")
+        check(not watch.get("securityContext", {}).get("privileged"), "prewarm container must not be privileged")
+        check([m["mountPath"] for m in watch["volumeMounts"]] == ["/host/run/chunksnap"], "only the socket dir")
+        check(pod["automountServiceAccountToken"] is True, "API token mounted for the watcher")
+        (cr,) = by_kind.get("ClusterRole", []) or fail("prewarm needs a ClusterRole")
+        check(cr["rules"] == [
+            {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ], f"minimal prewarm rules: {cr['rules']}")
+        check(len(by_kind.get("ClusterRoleBinding", [])) == 1, "one ClusterRoleBinding")
+        check(config["cri_address"] == "/run/containerd/containerd.sock", "CRI socket")
+        check(config["prewarm_concurrency"] == 2, "concurrency")
+        check(config["prewarm_rollout_budget_bytes"] == 512 << 20, "rollout budget")
+        check(config["prewarm_jitter_ms"] == 10000, "jitter")
+        check(config["prewarm_allow_full"] is False, "no full-layer pre-pulls by default")
     else:
         fail(f"unknown case {case}")
 

@@ -80,6 +80,21 @@ impl Cri {
         Ok(r.into_inner().image_ref)
     }
 
+    /// Every tag containerd's CRI lists (`ListImages`), e.g. `127.0.0.1:PORT/repo:tag`.
+    pub async fn list_image_tags(&self) -> Result<Vec<String>> {
+        let r = self
+            .images
+            .clone()
+            .list_images(k8s_cri::v1::ListImagesRequest { filter: None })
+            .await
+            .context("CRI ListImages")?;
+        Ok(r.into_inner()
+            .images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .collect())
+    }
+
     /// Removes an image by reference or id.
     pub async fn remove_image(&self, image: &str) -> Result<()> {
         self.images

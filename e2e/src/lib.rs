@@ -41,6 +41,7 @@ pub mod env;
 pub mod faults;
 pub mod features;
 pub mod images;
+pub mod kube_stub;
 pub mod native;
 pub mod net;
 pub mod oci;

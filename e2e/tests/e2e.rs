@@ -3,5 +3,6 @@
 
 mod harness;
 mod matrix;
+mod prewarm;
 mod reliability;
 mod scenarios;

@@ -86,6 +86,23 @@ pub struct Config {
     /// Directory of the plugins it names (the kubelet's `--image-credential-provider-bin-dir`);
     /// required with `credential_provider_config`. Default none.
     pub credential_provider_bin_dir: Option<PathBuf>,
+    /// containerd's socket, whose CRI ImageService pre-warms pull through. Default
+    /// `/run/containerd/containerd.sock`.
+    pub cri_address: PathBuf,
+    /// The pre-warm API socket. Default `prewarm.sock` beside `address`.
+    pub prewarm_address: Option<PathBuf>,
+    /// Pre-warm pulls running at once on this node. Default 1.
+    pub prewarm_concurrency: usize,
+    /// Pre-warm requests waiting beyond those running; more are refused. Default 32.
+    pub prewarm_queue: usize,
+    /// Registry bytes one rollout's pre-warms may fetch on this node. Default 2 GiB.
+    pub prewarm_rollout_budget_bytes: u64,
+    /// Each pre-warm first waits a random time below this, in milliseconds. Default 5000.
+    pub prewarm_jitter_ms: u64,
+    /// Pre-warm images without a chunksnap artifact too (whole layers). Default false.
+    pub prewarm_allow_full: bool,
+    /// Longest one pre-warm pull may take, in seconds. Default 900.
+    pub prewarm_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -109,6 +126,14 @@ impl Default for Config {
             insecure_skip_layer_verification: Vec::new(),
             credential_provider_config: None,
             credential_provider_bin_dir: None,
+            cri_address: PathBuf::from("/run/containerd/containerd.sock"),
+            prewarm_address: None,
+            prewarm_concurrency: 1,
+            prewarm_queue: 32,
+            prewarm_rollout_budget_bytes: 2 << 30,
+            prewarm_jitter_ms: 5000,
+            prewarm_allow_full: false,
+            prewarm_timeout_seconds: 900,
         }
     }
 }
@@ -175,6 +200,28 @@ impl Config {
     /// chunks in `<root>/chunks/`).
     pub fn chunks_dir(&self) -> PathBuf {
         self.root.clone()
+    }
+
+    /// The pre-warm API socket: `prewarm_address`, else `prewarm.sock` beside `address`.
+    pub fn prewarm_socket(&self) -> PathBuf {
+        self.prewarm_address.clone().unwrap_or_else(|| {
+            self.address
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join("prewarm.sock")
+        })
+    }
+
+    /// The daemon's pre-warm limits.
+    pub fn prewarm(&self) -> crate::prewarm::service::PrewarmOptions {
+        crate::prewarm::service::PrewarmOptions {
+            concurrency: self.prewarm_concurrency.max(1),
+            queue: self.prewarm_queue,
+            rollout_budget_bytes: self.prewarm_rollout_budget_bytes,
+            jitter: std::time::Duration::from_millis(self.prewarm_jitter_ms),
+            allow_full: self.prewarm_allow_full,
+            timeout: std::time::Duration::from_secs(self.prewarm_timeout_seconds.max(1)),
+        }
     }
 
     /// Where layer indexes are kept for seeding (`<root>/indexes`).
@@ -258,5 +305,33 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "log_level = \"debug\"").unwrap();
         assert_eq!(Config::load(Some(&f)).unwrap().log_level, "debug");
+    }
+
+    #[test]
+    fn prewarm_keys_and_socket() {
+        let p = Path::new("t.toml");
+        let c = Config::parse("address = \"/run/x/cs.sock\"\n", p).unwrap();
+        assert_eq!(c.prewarm_socket(), Path::new("/run/x/prewarm.sock"));
+        let c = Config::parse(
+            "prewarm_address = \"/p.sock\"\nprewarm_concurrency = 0\nprewarm_jitter_ms = 250\n\
+             prewarm_rollout_budget_bytes = 7\nprewarm_allow_full = true\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.prewarm_socket(), Path::new("/p.sock"));
+        let o = c.prewarm();
+        assert_eq!(o.concurrency, 1, "at least one pull at a time");
+        assert_eq!(o.jitter, std::time::Duration::from_millis(250));
+        assert_eq!(o.rollout_budget_bytes, 7);
+        assert!(o.allow_full);
+    }
+
+    #[test]
+    fn the_documented_example_is_the_defaults() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let example = Config::parse(&doc[start..end], Path::new("docs/config.md")).unwrap();
+        assert_eq!(example, Config::default());
     }
 }

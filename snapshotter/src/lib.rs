@@ -13,7 +13,8 @@
 //! - [`error`]: the error type and its one mapping to gRPC codes;
 //! - [`metrics`], [`config`]: the daemon's `/metrics` endpoint and config file;
 //! - [`install`]: wiring chunksnap into containerd's config; [`kube`]: pull secrets from
-//!   Kubernetes.
+//!   Kubernetes, and the rollout watcher asking for pre-warms;
+//! - [`prewarm`]: staging images through containerd's CRI ahead of their pods.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -34,6 +35,7 @@ pub mod install;
 pub mod kube;
 pub mod labels;
 pub mod metrics;
+pub mod prewarm;
 pub mod remote;
 pub mod server;
 pub mod snapshots;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub prepare_seconds: Histogram,
     pub store_bytes: Gauge,
     pub removals_in_progress: Gauge,
+    /// `chunksnap_prewarm_*` (see [`crate::prewarm::metrics`]).
+    pub prewarm: crate::prewarm::metrics::PrewarmMetrics,
     registry: Arc<Registry>,
 }
 
@@ -189,6 +191,7 @@ impl Metrics {
         for outcome in [Outcome::remote, Outcome::fallback, Outcome::error] {
             let _ = prepares.get_or_create(&OutcomeLabel { outcome });
         }
+        let prewarm = crate::prewarm::metrics::PrewarmMetrics::register(&mut r);
         Self {
             prepares,
             chunks_fetched,
@@ -204,6 +207,7 @@ impl Metrics {
             prepare_seconds,
             store_bytes,
             removals_in_progress,
+            prewarm,
             registry: Arc::new(r),
         }
     }

@@ -17,6 +17,7 @@
 mod auth;
 mod blobs;
 pub mod credential_provider;
+mod credentials;
 mod direct;
 mod direct_blobs;
 mod error;

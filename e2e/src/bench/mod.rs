@@ -14,6 +14,7 @@
 pub mod case;
 pub mod node;
 pub mod nodefs;
+pub mod prewarm;
 pub mod profile;
 pub mod report;
 pub mod sweep;
@@ -110,6 +111,8 @@ pub struct CaseRuns {
     pub mode: Mode,
     pub runs: Vec<RunResult>,
     pub errors: Vec<String>,
+    /// Time to running of v2 after a pre-warm ([`prewarm`]; updates only).
+    pub prewarmed: Vec<prewarm::PrewarmRun>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -454,6 +457,7 @@ pub async fn run(s: &Settings) -> Result<Results> {
                 mode: case.mode,
                 runs: Vec::new(),
                 errors: Vec::new(),
+                prewarmed: Vec::new(),
             };
             let mut kinds = vec![(Kind::Plain, s.containerd), (Kind::Chunksnap, s.containerd)];
             if s.verify_cost && case.mode == Mode::Update && *profile != Profile::Loopback {
@@ -511,6 +515,22 @@ pub async fn run(s: &Settings) -> Result<Results> {
                             ));
                         }
                     }
+                }
+                if case.mode == Mode::Update {
+                    match prewarm::run_once(&net, case, &v1, &v2, &s.node_tmp).await {
+                        Ok(p) => {
+                            eprintln!(
+                                "bench: {} {} prewarmed run {}: {:.2}s",
+                                pr.profile,
+                                case.name,
+                                r + 1,
+                                p.seconds
+                            );
+                            cr.prewarmed.push(p);
+                        }
+                        Err(e) => cr.errors.push(format!("prewarmed run {}: {e:#}", r + 1)),
+                    }
+                    trim(s).await;
                 }
             }
             pr.cases.push(cr);

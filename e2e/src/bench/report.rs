@@ -135,6 +135,18 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 }
             }
             verification_targets(&mut t, &p.profile, c, off);
+            let warm = median(&c.prewarmed.iter().map(|p| p.seconds).collect::<Vec<_>>());
+            if let (Some(w), Some(tp), false) = (warm, tp, p.profile == "loopback") {
+                t.push(Target::new(
+                    format!(
+                        "{} {}: time-to-running pre-warmed/plain <= 0.1",
+                        p.profile, c.case
+                    ),
+                    w / tp,
+                    0.1,
+                    true,
+                ));
+            }
             for v in &r.baselines {
                 if let (Some(ts), Some(tb), Mode::Update, false) = (
                     ts,
@@ -474,6 +486,15 @@ fn baselines_table(s: &mut String, r: &Results) {
                     secs(bp),
                     mb(bb),
                     ratio(ct, bt)
+                );
+            }
+            let warm = median(&c.prewarmed.iter().map(|p| p.seconds).collect::<Vec<_>>());
+            if warm.is_some() {
+                let _ = write!(
+                    line,
+                    " | pre-warmed {} s, pre-warmed/plain {}",
+                    secs(warm),
+                    ratio(warm, med(c, Kind::Plain, |x| x.seconds))
                 );
             }
             let ut = med(c, Kind::Unverified, |x| x.seconds);

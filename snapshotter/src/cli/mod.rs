@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch. Flags override the config file (see `chunksnap::config`).
 
+mod prewarm;
 mod serve;
 mod status;
 mod store_cmds;
@@ -56,11 +57,19 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Fetch an image's chunks into the store ahead of a pull.
+    /// Fetch an image's chunks into the store ahead of a pull; with --pull, stage the whole
+    /// image through containerd's CRI (via the daemon) so a later pull finds it present.
     Prefetch {
         /// Registry host reached over plain HTTP; repeatable, added to config `plain_http`.
         #[arg(long, value_name = "HOST")]
         plain_http: Vec<String>,
+        /// Pull through containerd's CRI ImageService (the daemon does it, with its registry
+        /// credentials): containerd records the image, chunksnap assembles its layers.
+        #[arg(long)]
+        pull: bool,
+        /// With --pull: also pull an image that has no chunksnap artifact (whole layers).
+        #[arg(long, requires = "pull")]
+        allow_full: bool,
         /// Image reference.
         image: String,
     },
@@ -68,6 +77,8 @@ enum Command {
     ContainerdConfig(ContainerdConfigArgs),
     /// Keep a docker config.json in sync with Kubernetes image pull Secrets.
     PullSecrets(PullSecretsArgs),
+    /// Watch rollouts and ask the daemon to pre-warm new images on this node.
+    PrewarmWatch(prewarm::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -187,8 +198,20 @@ pub fn run() -> anyhow::Result<ExitCode> {
             pull_secrets(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prefetch { plain_http, image } => {
+        Command::PrewarmWatch(args) => {
+            prewarm::watch(&config, args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prefetch {
+            plain_http,
+            pull,
+            allow_full,
+            image,
+        } => {
             config.plain_http.extend(plain_http);
+            if pull {
+                return prewarm::pull(&config, &image, allow_full);
+            }
             store_cmds::prefetch(&config, &image)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -12,6 +12,7 @@ use chunksnap::config::Config;
 use chunksnap::remote::layer_verify::VerifyPolicy;
 
 use chunksnap::metrics::{self, Metrics};
+use chunksnap::prewarm::{self, cri::CriImages, service::Prewarmer};
 use chunksnap::remote::chunk_remote::{ChunkRemote, ChunkRemoteLayers, NodeOptions};
 use chunksnap::server;
 use chunksnap::snapshots::local::Local;
@@ -74,6 +75,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         node,
     );
+    let prewarmer = Arc::new(Prewarmer::new(
+        remote.clone(),
+        CriImages::new(&config.cri_address),
+        metrics.clone(),
+        config.prewarm(),
+    ));
     let snapshotter = Snapshotter::new(
         Arc::new(local),
         Arc::new(ChunkRemoteLayers(remote)),
@@ -82,6 +89,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let service = Service::new(snapshotter);
     let listener = server::bind_socket(&config.address)
         .with_context(|| format!("binding {}", config.address.display()))?;
+    let prewarm_socket = config.prewarm_socket();
+    let prewarm_listener = server::bind_socket(&prewarm_socket)
+        .with_context(|| format!("binding {}", prewarm_socket.display()))?;
     let http = metrics::bind(config.metrics_address)
         .await
         .with_context(|| format!("binding metrics address {}", config.metrics_address))?;
@@ -98,6 +108,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         token.cancel();
     });
     tokio::spawn(metrics::serve_http(http, metrics, shutdown.clone()));
+    tokio::spawn(prewarm::api::serve(
+        prewarm_listener,
+        prewarmer,
+        shutdown.clone(),
+    ));
     tracing::info!(
         socket = %config.address.display(),
         root = %config.root.display(),
@@ -106,8 +121,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let result = server::serve(listener, service, shutdown.clone()).await;
     shutdown.cancel();
-    if let Err(e) = std::fs::remove_file(&config.address) {
-        tracing::warn!(cause = %e, "could not remove socket");
+    for socket in [&config.address, &prewarm_socket] {
+        if let Err(e) = std::fs::remove_file(socket) {
+            tracing::warn!(cause = %e, socket = %socket.display(), "could not remove socket");
+        }
     }
     result.context("gRPC server")?;
     tracing::info!("stopped");

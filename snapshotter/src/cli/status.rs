@@ -49,6 +49,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         "store budget {} (least recently used chunks are evicted beyond it)",
         human(i64::try_from(config.store_budget_bytes).unwrap_or(i64::MAX))
     );
+    super::prewarm::print_status(&rt, config);
     Ok(())
 }
 

@@ -17,6 +17,7 @@
 pub mod artifact_cache;
 pub mod cancel;
 pub mod chunk_remote;
+pub mod converted;
 pub mod error;
 pub mod index_files;
 pub mod index_source;

@@ -24,6 +24,8 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
+mod read_ahead;
+
 use crate::assemble::ChunkReader;
 use crate::tarscan::TarError;
 use crate::tarscan::split::scan_tar_split;
@@ -86,13 +88,22 @@ pub fn check_chain(parent: &str, target: &str, diff_id: &Digest) -> Result<(), V
 
 /// Rebuilds the layer tar from `index` and `source`, checks the index against it, and returns
 /// the tar's sha256 (the diffID) for the caller to check.
-pub fn verify_tar(index: &LayerIndex, source: impl ContentSource) -> Result<Digest, VerifyError> {
+pub fn verify_tar(
+    index: &LayerIndex,
+    source: impl ContentSource + Send,
+) -> Result<Digest, VerifyError> {
     let split = index.tar_split.as_ref().ok_or(VerifyError::NoTarSplit)?;
-    let mut tar = Sha256Reader::new(TarStream::new(split, source));
-    let (scan, rescan) = scan_tar_split(&mut tar, &mut io::sink()).map_err(|e| match e {
-        TarError::Read(io) if io.kind() == io::ErrorKind::Interrupted => VerifyError::Cancelled,
+    let (scanned, diff_id) = read_ahead::with_read_ahead(TarStream::new(split, source), |tar| {
+        scan_tar_split(tar, &mut io::sink())
+    });
+    let (scan, rescan) = scanned.map_err(|e| match e {
+        TarError::Read(io) if read_ahead::is_cancelled(&io) => VerifyError::Cancelled,
         TarError::Read(io) | TarError::Write(io) => VerifyError::Read(io),
         other => VerifyError::Tar(other),
+    })?;
+    // The scan reads to the end of the stream, so the reader hashed all of it.
+    let diff_id = diff_id.ok_or_else(|| {
+        VerifyError::Read(io::Error::other("the rebuilt tar was not read to its end"))
     })?;
     if rescan.as_ref() != Some(split) {
         return Err(VerifyError::SplitMismatch);
@@ -109,7 +120,6 @@ pub fn verify_tar(index: &LayerIndex, source: impl ContentSource) -> Result<Dige
             path: String::from_utf8_lossy(&index.entries[entry].path).into_owned(),
         });
     }
-    let (_, diff_id, _) = tar.finish();
     Ok(diff_id)
 }
 

@@ -18,6 +18,7 @@
 
 pub mod files;
 mod plan;
+mod resemble;
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -34,7 +35,8 @@ use chunksnap_format::pack::{PackBuilder, PackError};
 use chunksnap_format::pb::{BaseChunk, Delta, LayerIndex, Pack};
 use serde::Serialize;
 
-pub use plan::{PlanOptions, Sketches, Try, plan};
+pub use plan::{PlanOptions, Try, plan};
+pub use resemble::Sketches;
 
 use crate::catalog::{Catalog, CatalogError, load_index_raw};
 use crate::sketch;

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use chunksnap_format::pb::{EntryType, LayerIndex};
 
-use super::plan::{Sketches, feature_map, most_similar};
+use super::resemble::{Sketches, feature_map, most_similar};
 
 /// How a base file was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,8 +24,7 @@ use chunksnap_format::delta::MAX_DELTA_BASE;
 use chunksnap_format::pb::{EntryType, LayerIndex};
 
 use super::files::{FileMatch, file_window, match_files};
-
-use crate::sketch::{K, Sketch};
+use super::resemble::{Sketches, feature_map, most_similar};
 
 /// Tuning of the plan (see `converter/examples/{delta_sweep,file_delta_probe}.rs` and
 /// docs/benchmarks.md).
@@ -61,13 +60,6 @@ impl Default for PlanOptions {
 pub struct Try {
     pub chunk: usize,
     pub bases: Vec<Range<usize>>,
-}
-
-/// The sketches of both layers' chunks, in index order.
-#[derive(Debug, Clone, Copy)]
-pub struct Sketches<'a> {
-    pub new: &'a [Sketch],
-    pub reference: &'a [Sketch],
 }
 
 /// Start offset of every chunk in its stream, and the stream's length.
@@ -214,34 +206,6 @@ fn trim(run: Range<usize>, reference: &LayerIndex, cap: u64) -> Option<Range<usi
     (b > a).then_some(a..b)
 }
 
-/// Reference chunk by sketch feature (its first chunk with the feature).
-pub(super) fn feature_map(reference: &[Sketch]) -> HashMap<u32, usize> {
-    let mut map = HashMap::new();
-    for (k, s) in reference.iter().enumerate() {
-        for &f in s.iter().filter(|&&f| f != u32::MAX) {
-            map.entry(f).or_insert(k);
-        }
-    }
-    map
-}
-
-/// The reference chunk sharing the most features with `sketch` (ties: the first).
-pub(super) fn most_similar(sketch: &Sketch, features: &HashMap<u32, usize>) -> Option<usize> {
-    let mut votes: Vec<(usize, u32)> = Vec::with_capacity(K);
-    for f in sketch.iter().filter(|&&f| f != u32::MAX) {
-        if let Some(&k) = features.get(f) {
-            match votes.iter_mut().find(|(c, _)| *c == k) {
-                Some((_, n)) => *n += 1,
-                None => votes.push((k, 1)),
-            }
-        }
-    }
-    votes
-        .into_iter()
-        .max_by_key(|&(k, n)| (n, std::cmp::Reverse(k)))
-        .map(|(k, _)| k)
-}
-
 /// The deltas worth trying: for each chunk with `candidate[i]` (a new chunk, first occurrence),
 /// its position base (if an anchor maps it inside the reference's stream) and, with
 /// `sketches`, its resemblance base (if a reference chunk shares a feature with it).
@@ -316,6 +280,7 @@ mod tests {
     use chunksnap_format::pb::{Chunk, Entry};
 
     use super::*;
+    use crate::sketch::K;
 
     fn index(chunks: &[(u8, u32)], files: &[(&str, u64, u64)]) -> LayerIndex {
         LayerIndex {

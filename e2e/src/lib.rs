@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth_registry;
 pub mod bench;
 pub mod chunksnap;
 pub mod containerd;

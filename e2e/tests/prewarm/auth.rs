@@ -2,11 +2,10 @@
 //! config to containerd as the CRI `AuthConfig` (containerd has none of its own), and neither
 //! log shows them.
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use anyhow::{Result, ensure};
+use chunksnap_e2e::util::free_port;
 
-use anyhow::{Context, Result, ensure};
-use chunksnap_e2e::util::{Poller, free_port, http_get_status};
+use chunksnap_e2e::auth_registry::AuthRegistry;
 
 use super::{PrewarmNode, app_images};
 
@@ -38,8 +37,14 @@ async fn prewarm_passes_the_daemons_credentials_to_cri() -> Result<()> {
     let (v1, v2, _) = app_images(&node.env.images, "prewarm-auth").await?;
     // `app_images` converted v1 and v2 through the open registry; the authenticated one
     // serves the same storage.
-    let _auth =
-        AuthRegistry::start(dir.path(), &auth_host, &node.env.registry.storage_dir()).await?;
+    let _auth = AuthRegistry::start(
+        dir.path(),
+        &auth_host,
+        &node.env.registry.storage_dir(),
+        USER,
+        HASH,
+    )
+    .await?;
     let on_auth = |r: &str| r.replacen(&node.env.registry.host(), &auth_host, 1);
     let cri = node.env.containerd.cri().await?;
 
@@ -75,48 +80,4 @@ async fn prewarm_passes_the_daemons_credentials_to_cri() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A second docker-registry serving the node registry's storage, behind htpasswd auth.
-struct AuthRegistry(Child);
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl AuthRegistry {
-    async fn start(dir: &std::path::Path, host: &str, storage: &std::path::Path) -> Result<Self> {
-        let htpasswd = dir.join("htpasswd");
-        std::fs::write(&htpasswd, format!("{USER}:{HASH}\n"))?;
-        let config = dir.join("auth-registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
-                storage.display(),
-                htpasswd.display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("auth-registry.log"))?;
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn docker-registry")?;
-        let registry = Self(child);
-        let url = format!("http://{host}/v2/");
-        let mut poll = Poller::new("auth registry GET /v2/", Duration::from_secs(30));
-        // 401: up, and asking for credentials.
-        while http_get_status(&url).await.ok() != Some(401) {
-            poll.tick().await?;
-        }
-        Ok(registry)
-    }
 }

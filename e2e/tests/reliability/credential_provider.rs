@@ -8,11 +8,11 @@
 //! password in either daemon's log.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use chunksnap_e2e::util::{Poller, free_port, http_get_status};
+use chunksnap_e2e::auth_registry::AuthRegistry;
+use chunksnap_e2e::util::free_port;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
 
@@ -27,55 +27,6 @@ const PASSWORD_2: &str = "r0tated-pass";
 const HASH_2: &str = "$2b$04$XHrAqJ785h8ggU1EG79iv.eh0UFdfaYyO6dCqgzV6mYw/Uk/OgX2S";
 /// The provider's `cacheDuration`: long enough to cover two pulls on a loaded machine.
 const CACHE_SECONDS: u64 = 60;
-
-/// docker-registry on the node registry's storage, requiring `USER` with the htpasswd `hash`.
-struct AuthRegistry {
-    child: Child,
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl AuthRegistry {
-    async fn start(dir: &Path, host: &str, storage: &Path, hash: &str) -> Result<Self> {
-        let htpasswd = dir.join("htpasswd");
-        std::fs::write(&htpasswd, format!("{USER}:{hash}\n"))?;
-        let config = dir.join("auth-registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
-                storage.display(),
-                htpasswd.display()
-            ),
-        )?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("auth-registry.log"))?;
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn docker-registry")?;
-        let reg = Self { child };
-        let url = format!("http://{host}/v2/");
-        let mut poll = Poller::new("auth registry GET /v2/", Duration::from_secs(30));
-        // 401 means up and asking for credentials.
-        while http_get_status(&url).await.ok() != Some(401) {
-            poll.tick().await?;
-        }
-        Ok(reg)
-    }
-}
 
 /// The provider's files: the plugin directory, its config, the response it answers with.
 struct Provider {
@@ -200,7 +151,7 @@ async fn credentials_from_a_kubelet_credential_provider_with_expiry_and_rotation
         );
     }
     let storage = node.env.registry.storage_dir();
-    let registry = AuthRegistry::start(dir.path(), &auth_host, &storage, HASH_1).await?;
+    let registry = AuthRegistry::start(dir.path(), &auth_host, &storage, USER, HASH_1).await?;
     let log_hint = || format!("log {}", node.chunksnap.log_path().display());
 
     // 1. The provider's credential: both layers assembled remotely, one plugin run for all
@@ -237,7 +188,7 @@ async fn credentials_from_a_kubelet_credential_provider_with_expiry_and_rotation
     //    but chunksnap's cached credential lives on: refused, the layers fall back to
     //    containerd's pull (which has the new password) and the pull still succeeds.
     drop(registry);
-    let _registry = AuthRegistry::start(dir.path(), &auth_host, &storage, HASH_2).await?;
+    let _registry = AuthRegistry::start(dir.path(), &auth_host, &storage, USER, HASH_2).await?;
     provider.answer(&auth_host, PASSWORD_2)?;
     pull(&node, &refs[1], PASSWORD_2).await?;
     let (remote, fallback) = counts(&node).await?;

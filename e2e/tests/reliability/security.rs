@@ -3,13 +3,14 @@
 //! and neither chunksnap's log nor containerd's ever shows the password.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
-use chunksnap_e2e::util::{Poller, free_port, http_get_status};
+use chunksnap_e2e::util::free_port;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest};
+
+use chunksnap_e2e::auth_registry::AuthRegistry;
 
 use super::common::{FaultyNode, convert, unique_image};
 
@@ -17,54 +18,6 @@ const USER: &str = "e2e";
 const PASSWORD: &str = "s3cret-pass";
 /// bcrypt (cost 4) of [`PASSWORD`].
 const HASH: &str = "$2b$04$sJaoBQKAqW6rpwv9pNMHEeWNV86WdXsw7nh1T234C5RGjbu0RDElq";
-
-/// A second docker-registry serving the node registry's storage, behind htpasswd auth.
-struct AuthRegistry {
-    child: Child,
-    host: String,
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl AuthRegistry {
-    async fn start(dir: &std::path::Path, port: u16, storage: &std::path::Path) -> Result<Self> {
-        let htpasswd = dir.join("htpasswd");
-        std::fs::write(&htpasswd, format!("{USER}:{HASH}\n"))?;
-        let host = format!("127.0.0.1:{port}");
-        let config = dir.join("auth-registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
-                storage.display(),
-                htpasswd.display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("auth-registry.log"))?;
-        let child = Command::new("/usr/bin/docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn docker-registry")?;
-        let reg = Self { child, host };
-        let url = format!("http://{}/v2/", reg.host);
-        let mut poll = Poller::new("auth registry GET /v2/", Duration::from_secs(30));
-        // 401 means up and asking for credentials.
-        while http_get_status(&url).await.ok() != Some(401) {
-            poll.tick().await?;
-        }
-        Ok(reg)
-    }
-}
 
 fn base64(s: &str) -> Result<String> {
     use std::io::Write;
@@ -122,7 +75,14 @@ async fn socket_permissions_and_registry_credentials_stay_secret() -> Result<()>
     // credentials (same storage).
     let img = unique_image(&node.env, "auth", 1, 2, 300 << 10).await?;
     convert(&img.reference).await?;
-    let _auth = AuthRegistry::start(dir.path(), port, &node.env.registry.storage_dir()).await?;
+    let _auth = AuthRegistry::start(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        &node.env.registry.storage_dir(),
+        USER,
+        HASH,
+    )
+    .await?;
     let reference = img
         .reference
         .replacen(&node.env.registry.host(), &auth_host, 1);

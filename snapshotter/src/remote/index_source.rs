@@ -195,7 +195,16 @@ impl IndexSource {
             return None;
         }
         let (base_layer, base_raw) = (d.base_layer, d.base_raw);
+        // The verified index in memory first: its file is written in the background after
+        // verification, so a prepare right after the base's may not find it on disk yet.
+        let in_memory = lock(&self.verified).get(&base_layer).cloned();
         let base = tokio::task::spawn_blocking(move || {
+            if let Some(ix) = in_memory {
+                let raw = index::encode_raw(&ix);
+                if Digest::of(&raw) == base_raw {
+                    return Some(raw);
+                }
+            }
             let blob = index_files::load(&dir, &base_layer)?;
             let raw = index::decompress(&blob).ok()?;
             (Digest::of(&raw) == base_raw).then_some(raw)

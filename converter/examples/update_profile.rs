@@ -164,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             parents: &[],
             seeding: None,
             cancel: None,
+            progress: None,
         },
     )?;
     println!(
@@ -203,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             parents: &[],
             seeding: Some(&seeding),
             cancel: None,
+            progress: None,
         };
         let (fetched, stats) = if overlapped {
             let inflight = Inflight::default();

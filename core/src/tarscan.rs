@@ -89,7 +89,15 @@ const SPARSE: &str = "sparse";
 
 /// Reads `reader` as a tar, writing regular file contents to `content`.
 pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, TarError> {
-    scan_tar_with(reader, content, &mut |_, _| {})
+    scan_tar_with(reader, content, &mut |_, _| {}, Digests::Compute)
+}
+
+/// Whether a scan computes each regular file's content digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digests {
+    Compute,
+    /// Left empty: the caller proves the content otherwise (a layer's diffID covers it).
+    Skip,
 }
 
 /// [`scan_tar`], calling `on_content(position, size)` just before each regular file's content
@@ -98,6 +106,7 @@ pub fn scan_tar_with(
     reader: impl Read,
     content: &mut impl Write,
     on_content: &mut dyn FnMut(u64, u64),
+    digests: Digests,
 ) -> Result<TarScan, TarError> {
     let mut archive = Archive::new(limits::Limited::new(reader));
     let mut list = EntryList::default();
@@ -144,8 +153,14 @@ pub fn scan_tar_with(
             EntryType::File => {
                 let size = te.size();
                 on_content(te.raw_file_position(), size);
-                let mut hashed = Sha256Writer::new(&mut *content);
-                let copied = io::copy(&mut te, &mut hashed).map_err(|err| {
+                let (copied, digest) = if digests == Digests::Compute {
+                    let mut hashed = Sha256Writer::new(&mut *content);
+                    let copied = io::copy(&mut te, &mut hashed);
+                    (copied, Some(hashed.finish().1))
+                } else {
+                    (io::copy(&mut te, &mut *content), None)
+                };
+                let copied = copied.map_err(|err| {
                     if limits::extension_error(&err).is_some() {
                         read_error(err)
                     } else if err.kind() == io::ErrorKind::UnexpectedEof {
@@ -161,7 +176,9 @@ pub fn scan_tar_with(
                         actual: copied,
                     });
                 }
-                e.content_digest = hashed.finish().1.as_bytes().to_vec();
+                if let Some(d) = digest {
+                    e.content_digest = d.as_bytes().to_vec();
+                }
                 e.size = size;
                 e.offset = offset;
                 offset += size;

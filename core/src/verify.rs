@@ -4,11 +4,15 @@
 //! it until this check passes: the layer tar is rebuilt from the index's tar-split data and the
 //! *assembled files* (what the container will see, seeded files included), its sha256 must be
 //! the diffID containerd expects (via the chainID it commits the layer as, see [`check_chain`]),
-//! and scanning that tar exactly as the converter does must give back the index's entries and
-//! tar-split data. So the index is exactly what the converter makes from the real layer: every
-//! entry's metadata (mode, owner, times, xattrs, links, devices) and every file's content are
-//! the layer's. Content of entries the tar replaced (a path named twice) is not in the
-//! directory; it is read from the layer's chunks (each verified by sha256).
+//! and scanning that tar's headers exactly as the converter does must give back the index's
+//! entries and tar-split data. So every entry's metadata (mode, owner, times, xattrs, links,
+//! devices) is the layer's, and every file's content is, through the diffID. The index's
+//! content digests are not part of the proof: they are hints for seeding, which hashes a seed
+//! file before it links it. Content of entries the tar replaced (a path named twice) is not in
+//! the directory; it is read from the layer's chunks (each verified by sha256).
+//!
+//! With a [`Progress`], the files are read as the assembler finishes them, so the stream is
+//! hashed alongside the assembly rather than after it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,6 +20,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -26,9 +31,10 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 
 mod read_ahead;
 
-use crate::assemble::ChunkReader;
+use crate::assemble::{Available, ChunkReader, Progress};
+use crate::tarscan::Digests;
 use crate::tarscan::TarError;
-use crate::tarscan::split::scan_tar_split;
+use crate::tarscan::split::scan_tar_split_with;
 use chunksnap_format::digest::{Digest, Sha256Reader};
 use chunksnap_format::tarsplit::{ContentSource, Sequential, TarStream};
 
@@ -94,10 +100,13 @@ pub fn verify_tar(
 ) -> Result<Digest, VerifyError> {
     let split = index.tar_split.as_ref().ok_or(VerifyError::NoTarSplit)?;
     let (scanned, diff_id) = read_ahead::with_read_ahead(TarStream::new(split, source), |tar| {
-        scan_tar_split(tar, &mut io::sink())
+        scan_tar_split_with(tar, &mut io::sink(), Digests::Skip)
     });
     let (scan, rescan) = scanned.map_err(|e| match e {
-        TarError::Read(io) if read_ahead::is_cancelled(&io) => VerifyError::Cancelled,
+        // Content is copied by the scan, so a failed read can also surface as a write.
+        TarError::Read(io) | TarError::Write(io) if read_ahead::is_cancelled(&io) => {
+            VerifyError::Cancelled
+        }
         TarError::Read(io) | TarError::Write(io) => VerifyError::Read(io),
         other => VerifyError::Tar(other),
     })?;
@@ -114,7 +123,14 @@ pub fn verify_tar(
             tar: scan.entries.len(),
         });
     }
-    if let Some(entry) = (0..scan.entries.len()).find(|i| scan.entries[*i] != index.entries[*i]) {
+    let mut scanned = scan.entries;
+    let differs = |i: usize, e: &mut chunksnap_format::pb::Entry| {
+        // Content digests are hints (see the module docs); the diffID covers the content.
+        e.content_digest
+            .clone_from(&index.entries[i].content_digest);
+        *e != index.entries[i]
+    };
+    if let Some(entry) = (0..scanned.len()).find(|i| differs(*i, &mut scanned[*i])) {
         return Err(VerifyError::EntryMismatch {
             entry,
             path: String::from_utf8_lossy(&index.entries[entry].path).into_owned(),
@@ -144,18 +160,21 @@ pub fn write_tar(
 
 /// Content from an assembled layer directory: each regular file of the index is read from its
 /// path beneath the directory (no symlink followed), and must be exactly its indexed size; content
-/// no entry holds (replaced entries) comes from the chunks.
+/// no entry holds (replaced entries) comes from the chunks. With a [`Progress`], each file is
+/// read as far as the assembler has finished it, waiting for the rest.
 pub struct AssembledContent<'a> {
     root: OwnedFd,
-    files: HashMap<u64, &'a [u8]>,
+    /// By content offset: the entry and its path.
+    files: HashMap<u64, (usize, &'a [u8])>,
     chunks: ChunkRange<'a>,
-    current: Current,
+    current: Current<'a>,
     cancel: Option<&'a AtomicBool>,
+    progress: Option<&'a Progress>,
 }
 
-enum Current {
+enum Current<'a> {
     None,
-    File(io::Take<File>),
+    File(FileRead<'a>),
     Chunks,
 }
 
@@ -175,8 +194,9 @@ impl<'a> AssembledContent<'a> {
         let files = index
             .entries
             .iter()
-            .filter(|e| e.r#type == EntryType::File as i32 && e.size > 0)
-            .map(|e| (e.offset, e.path.as_slice()))
+            .enumerate()
+            .filter(|(_, e)| e.r#type == EntryType::File as i32 && e.size > 0)
+            .map(|(i, e)| (e.offset, (i, e.path.as_slice())))
             .collect();
         Ok(Self {
             root,
@@ -184,7 +204,14 @@ impl<'a> AssembledContent<'a> {
             chunks: ChunkRange::new(index, reader),
             current: Current::None,
             cancel,
+            progress: None,
         })
+    }
+
+    /// Reads `dir` while it is being assembled: each file once `progress` says it is final.
+    pub fn while_assembled(mut self, progress: &'a Progress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     fn cancelled(&self) -> io::Result<()> {
@@ -194,7 +221,11 @@ impl<'a> AssembledContent<'a> {
         }
     }
 
-    fn open(&self, path: &[u8], len: u64) -> io::Result<File> {
+    fn open(&self, entry: usize, path: &'a [u8], len: u64) -> io::Result<FileRead<'a>> {
+        let available = match self.progress {
+            Some(p) => p.wait_beyond(entry, 0).map_err(unfinished)?,
+            None => Available::All,
+        };
         let how = OpenHow::new()
             .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
             .resolve(
@@ -208,18 +239,96 @@ impl<'a> AssembledContent<'a> {
                 r => break r?,
             }
         };
-        let st = fstat(&fd)?;
-        let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
-        if !regular || st.st_size as u64 != len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{:?} is not a regular file of {len} bytes",
-                    String::from_utf8_lossy(path)
-                ),
-            ));
+        let file = File::from(fd);
+        let pending = match (available, self.progress) {
+            (Available::Upto(n), Some(p)) => {
+                check_file(&file, path, None)?;
+                Some((p, entry, n))
+            }
+            _ => {
+                check_file(&file, path, Some(len))?;
+                None
+            }
+        };
+        Ok(FileRead {
+            file,
+            path,
+            pos: 0,
+            len,
+            pending,
+        })
+    }
+}
+
+/// The wait for the assembler ended without the file: read as a cancellation.
+fn unfinished(_: crate::assemble::Unfinished) -> io::Error {
+    io::ErrorKind::Interrupted.into()
+}
+
+/// Checks that `file` is a regular file (of `len` bytes, if given).
+fn check_file(file: &File, path: &[u8], len: Option<u64>) -> io::Result<()> {
+    let st = fstat(file)?;
+    let regular = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+    if !regular || len.is_some_and(|len| st.st_size as u64 != len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{:?} is not a regular file of {} bytes",
+                String::from_utf8_lossy(path),
+                len.map_or_else(|| "some".into(), |l| l.to_string())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One file of the directory, read up to its indexed length.
+struct FileRead<'a> {
+    file: File,
+    path: &'a [u8],
+    pos: u64,
+    len: u64,
+    /// While the assembler is still writing it: where it reports, the entry, and how many
+    /// bytes from the start are final.
+    pending: Option<(&'a Progress, usize, u64)>,
+}
+
+impl Read for FileRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.pos >= self.len || buf.is_empty() {
+                return Ok(0);
+            }
+            let limit = match self.pending {
+                None => self.len,
+                Some((_, _, upto)) if self.pos < upto => upto.min(self.len),
+                Some((p, entry, _)) => {
+                    match p.wait_beyond(entry, self.pos).map_err(unfinished)? {
+                        Available::All => {
+                            self.pending = None;
+                            check_file(&self.file, self.path, Some(self.len))?;
+                        }
+                        Available::Upto(n) => self.pending = Some((p, entry, n)),
+                    }
+                    continue;
+                }
+            };
+            let want = buf
+                .len()
+                .min(usize::try_from(limit - self.pos).unwrap_or(usize::MAX));
+            let mut n = self.file.read_at(&mut buf[..want], self.pos)?;
+            if n == 0 {
+                if self.pending.is_none() {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                // Beyond the file's end but within what is final: a hole the writer left,
+                // which a later write or the final length turns into zeros.
+                buf[..want].fill(0);
+                n = want;
+            }
+            self.pos += n as u64;
+            return Ok(n);
         }
-        Ok(File::from(fd))
     }
 }
 
@@ -239,8 +348,8 @@ impl Read for AssembledContent<'_> {
 impl ContentSource for AssembledContent<'_> {
     fn begin(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.cancelled()?;
-        self.current = match self.files.get(&offset) {
-            Some(path) => Current::File(self.open(path, len)?.take(len)),
+        self.current = match self.files.get(&offset).copied() {
+            Some((entry, path)) => Current::File(self.open(entry, path, len)?),
             None => {
                 self.chunks.seek(offset, len)?;
                 Current::Chunks

@@ -201,12 +201,20 @@ impl<'f> SparseWriter<'f> {
         Ok(())
     }
 
-    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+    /// Buffers `data`; returns whether whole blocks were written out (or left as holes).
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<bool> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= FLUSH_AT {
             self.flush(false)?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Bytes from the start of the file that are final: written, or holes (a hole beyond the
+    /// file's current end reads as its end until a later write or [`Self::finish`] extends it).
+    pub(crate) fn final_bytes(&self) -> u64 {
+        self.pos
     }
 
     /// Writes buffered whole blocks (and with `last`, the trailing partial block).

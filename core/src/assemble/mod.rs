@@ -27,6 +27,7 @@
 mod attrs;
 mod content;
 mod fsops;
+mod progress;
 mod recent;
 mod seed;
 mod walk;
@@ -42,6 +43,7 @@ use nix::errno::Errno;
 
 pub use content::HOLE_BLOCK;
 use fsops::sys;
+pub use progress::{Available, Progress, Unfinished};
 pub use seed::{PlanCancelled, Seed, Seeding};
 use walk::{Context, assemble_entries};
 
@@ -215,6 +217,8 @@ pub struct AssembleOptions<'a> {
     /// Set by another thread to stop early (checked per entry and per file job); the call
     /// then returns [`AssembleError::Cancelled`] once no thread writes into `dest` any more.
     pub cancel: Option<&'a AtomicBool>,
+    /// Told which files are final as they become so (for verification alongside the assembly).
+    pub progress: Option<&'a Progress>,
 }
 
 /// Writes the filesystem of the layer described by `index` into `dest` (an existing directory).
@@ -230,6 +234,7 @@ pub fn assemble_layer(
         parents: &[],
         seeding: None,
         cancel: None,
+        progress: None,
     };
     assemble_layer_with(index, chunks, dest, &opts)
 }
@@ -277,6 +282,7 @@ pub fn assemble_layer_with(
         &index.chunks,
         chunks,
         opts.cancel,
+        opts.progress,
     );
     // The walk, the read-ahead and the workers share the CPUs; one worker per CPU keeps them
     // busy while the walk waits on syscalls.

@@ -237,15 +237,26 @@ impl<'a> Assembler<'_, 'a> {
             })?;
             let job = writer::Job::Write {
                 file,
+                index: i,
                 entry: e,
                 content,
             };
             return self.pool.submit(job, &mut self.stats);
         }
         let mut w = content::SparseWriter::new(&file);
-        self.stream
-            .read(e.offset, e.size, |piece| w.write(piece).map_err(&io_err))?;
-        writer::finish_file(&file, w, e, &mut self.stats)
+        let progress = self.pool.progress();
+        self.stream.read(e.offset, e.size, |piece| {
+            let flushed = w.write(piece).map_err(&io_err)?;
+            if let (Some(p), true) = (progress, flushed) {
+                p.streamed(i, w.final_bytes());
+            }
+            Ok(())
+        })?;
+        writer::finish_file(&file, w, e, &mut self.stats)?;
+        if let Some(p) = progress {
+            p.done(i);
+        }
+        Ok(())
     }
 
     fn hardlink(

@@ -25,6 +25,7 @@ use nix::sys::time::TimeSpec;
 
 use super::content::{SparseWriter, Stream};
 use super::fsops::sys;
+use super::progress::Progress;
 use super::seed::{self, Seeding};
 use super::{AssembleError, AssembleStats, ChunkReader, Entry, attrs, lossy, split_path};
 
@@ -46,6 +47,7 @@ pub(crate) enum Job<'a> {
     /// Write `content` into the freshly created, empty `file`, then set its attributes.
     Write {
         file: File,
+        index: usize,
         entry: &'a Entry,
         content: Vec<u8>,
     },
@@ -70,6 +72,7 @@ pub(crate) struct Shared<'a> {
     drained: Condvar,
     failed: Mutex<Option<AssembleError>>,
     cancel: Option<&'a AtomicBool>,
+    progress: Option<&'a Progress>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -82,6 +85,7 @@ impl<'a> Shared<'a> {
         chunks: &'a [Chunk],
         reader: &'a dyn ChunkReader,
         cancel: Option<&'a AtomicBool>,
+        progress: Option<&'a Progress>,
     ) -> Self {
         Self {
             seeding,
@@ -92,6 +96,7 @@ impl<'a> Shared<'a> {
             drained: Condvar::new(),
             failed: Mutex::new(None),
             cancel,
+            progress,
         }
     }
 
@@ -141,6 +146,11 @@ impl<'a> Pool<'_, 'a> {
     /// Whether the assembly was cancelled (checked by the walk before each entry).
     pub(crate) fn cancelled(&self) -> bool {
         self.shared.cancelled()
+    }
+
+    /// Where the walk reports the files it finishes itself.
+    pub(crate) fn progress(&self) -> Option<&'a Progress> {
+        self.shared.progress
     }
 
     /// Whether jobs go to workers (else the caller may as well stream big files itself).
@@ -244,11 +254,27 @@ pub(crate) fn worker(rx: &Mutex<Receiver<Vec<Job<'_>>>>, shared: &Shared<'_>) ->
 }
 
 fn run(shared: &Shared<'_>, job: Job<'_>, stats: &mut AssembleStats) -> Result<(), AssembleError> {
+    let index = match &job {
+        Job::Write { index, .. } | Job::Seed { index, .. } => *index,
+    };
+    run_job(shared, job, stats)?;
+    if let Some(p) = shared.progress {
+        p.done(index);
+    }
+    Ok(())
+}
+
+fn run_job(
+    shared: &Shared<'_>,
+    job: Job<'_>,
+    stats: &mut AssembleStats,
+) -> Result<(), AssembleError> {
     match job {
         Job::Write {
             file,
             entry,
             content,
+            ..
         } => {
             let mut w = SparseWriter::new(&file);
             let io = io_err(&entry.path);
@@ -267,7 +293,7 @@ fn run(shared: &Shared<'_>, job: Job<'_>, stats: &mut AssembleStats) -> Result<(
             let mut w = SparseWriter::new(&file);
             let io = io_err(&entry.path);
             Stream::new(shared.chunks, shared.reader).read(entry.offset, entry.size, |piece| {
-                w.write(piece).map_err(&io)
+                w.write(piece).map(|_| ()).map_err(&io)
             })?;
             finish_file(&file, w, entry, stats)
         }

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 
 use chunksnap_format::pb::TarSplit;
 
-use super::{TarError, TarScan, scan_tar_with};
+use super::{Digests, TarError, TarScan, scan_tar_with};
 use chunksnap_format::tarsplit::MAX_TAR_SPLIT_RAW;
 
 /// What the recorder has seen so far.
@@ -78,14 +78,26 @@ pub fn scan_tar_split(
     reader: impl Read,
     content: &mut impl Write,
 ) -> Result<(TarScan, Option<TarSplit>), TarError> {
+    scan_tar_split_with(reader, content, Digests::Compute)
+}
+
+/// [`scan_tar_split`] choosing whether content digests are computed.
+pub fn scan_tar_split_with(
+    reader: impl Read,
+    content: &mut impl Write,
+    digests: Digests,
+) -> Result<(TarScan, Option<TarSplit>), TarError> {
     let state = RefCell::new(State::default());
     let mut rec = Recorder {
         inner: reader,
         state: &state,
     };
-    let scan = scan_tar_with(&mut rec, content, &mut |pos, size| {
-        state.borrow_mut().content(pos, size)
-    })?;
+    let scan = scan_tar_with(
+        &mut rec,
+        content,
+        &mut |pos, size| state.borrow_mut().content(pos, size),
+        digests,
+    )?;
     io::copy(&mut rec, &mut io::sink()).map_err(TarError::Read)?;
     let st = state.into_inner();
     Ok((scan, (!st.broken && st.skip == 0).then_some(st.split)))

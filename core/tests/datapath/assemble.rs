@@ -506,6 +506,7 @@ fn cancelled_assembly_stops_and_says_so() {
             parents: &[],
             seeding: None,
             cancel: Some(&cancel),
+            progress: None,
         };
         let r = assemble_layer_with(&built.index, &reader, dest.path(), &opts);
         assert!(matches!(r, Err(AssembleError::Cancelled)), "{after}: {r:?}");
@@ -548,6 +549,7 @@ fn implied_parents_copy_lower_layer_dirs() {
         parents: &parents,
         seeding: None,
         cancel: None,
+        progress: None,
     };
     assemble_layer_with(&built.index, &MemReader(built.chunks), dest.path(), &opts).unwrap();
     let md = fs::metadata(dest.path().join("usr")).unwrap();

@@ -102,6 +102,7 @@ fn overlay_seeded(seeding: &Seeding) -> AssembleOptions<'_> {
         parents: &[],
         seeding: Some(seeding),
         cancel: None,
+        progress: None,
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::fs;
 
-use chunksnap_core::assemble::{WhiteoutMode, assemble_layer};
+use chunksnap_core::assemble::{
+    AssembleOptions, Progress, WhiteoutMode, assemble_layer, assemble_layer_with,
+};
 use chunksnap_core::tarscan::split::scan_tar_split;
 use chunksnap_core::verify::{AssembledContent, VerifyError, check_chain, verify_tar, write_tar};
 use chunksnap_format::digest::Digest;
@@ -94,12 +96,11 @@ fn a_changed_directory_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("fs");
     assemble(&built.index, &built, &dir);
-    // Same size, other bytes.
+    // Same size, other bytes: the stream, and so the diffID, is another.
     fs::write(dir.join("etc/passwd"), b"evil:x:0:0\n").unwrap();
-    assert!(
-        verify(&built.index, &built, &dir)
-            .is_err_and(|e| matches!(e, VerifyError::EntryMismatch { .. }))
-    );
+    let changed = verify(&built.index, &built, &dir).unwrap();
+    assert_ne!(changed, Digest::of(&tar));
+    assert!(check_chain("", &Digest::of(&tar).to_string(), &changed).is_err());
     // A file replaced by a symlink is not read through.
     fs::remove_file(dir.join("etc/passwd")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", dir.join("etc/passwd")).unwrap();
@@ -202,4 +203,128 @@ fn format_1_indexes_cannot_be_verified() {
     ));
     let mut sink = Vec::new();
     assert!(write_tar(&ix, &MemReader(built.chunks.clone()), &mut sink).is_err());
+}
+
+/// A layer whose files the walk streams itself (larger than what it hands to workers), with
+/// holes in the middle and at the end, next to small files the workers write.
+fn large_files_tar() -> Vec<u8> {
+    let mut b = LayerBuilder::default();
+    let mut sparse = noise(3, 5 << 20);
+    sparse[1 << 20..3 << 20].fill(0);
+    sparse[(4 << 20) + 5..].fill(0);
+    b.file("big/sparse.img", 0o644, &sparse);
+    for i in 0..40 {
+        b.file(&format!("small/{i}"), 0o644, &noise(10 + i, 3000));
+    }
+    b.file("big/dense", 0o755, &noise(4, 3 << 20));
+    b.file("big/zeros", 0o644, &vec![0; 2 << 20]);
+    b.tar()
+}
+
+/// Assembles `index` into `dir` while another thread verifies it as the snapshotter does.
+fn assemble_and_verify(
+    index: &LayerIndex,
+    built: &Built,
+    dir: &std::path::Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> (
+    Result<chunksnap_core::assemble::AssembleStats, chunksnap_core::assemble::AssembleError>,
+    Result<Digest, VerifyError>,
+) {
+    fs::create_dir_all(dir).unwrap();
+    let chunks = MemReader(built.chunks.clone());
+    let progress = Progress::new(index.entries.len());
+    let opts = AssembleOptions {
+        mode: WhiteoutMode::Overlay,
+        parents: &[],
+        seeding: None,
+        cancel: Some(cancel),
+        progress: Some(&progress),
+    };
+    std::thread::scope(|s| {
+        let checker = s.spawn(|| {
+            let source = AssembledContent::new(index, dir, &chunks, Some(cancel))
+                .unwrap()
+                .while_assembled(&progress);
+            verify_tar(index, source)
+        });
+        let assembled = assemble_layer_with(index, &chunks, dir, &opts);
+        progress.finish(assembled.is_ok());
+        (assembled, checker.join().unwrap())
+    })
+}
+
+#[test]
+fn verifying_alongside_the_assembly_hashes_the_same_stream() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
+    for tar in [source_tar(), large_files_tar()] {
+        let built = convert(&tar);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fs");
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let (assembled, verified) = assemble_and_verify(&built.index, &built, &dir, &never);
+        assembled.unwrap();
+        assert_eq!(verified.unwrap(), Digest::of(&tar));
+        // And the directory left behind is the same one a verification after it reads.
+        assert_eq!(
+            verify(&built.index, &built, &dir).unwrap(),
+            Digest::of(&tar)
+        );
+    }
+}
+
+#[test]
+fn a_failed_assembly_stops_the_verification() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
+    let tar = large_files_tar();
+    let built = convert(&tar);
+    // Chunks missing from the reader: the assembly fails part way.
+    let mut partial = Built {
+        index: built.index.clone(),
+        packs: built.packs.clone(),
+        chunks: built.chunks.clone(),
+    };
+    let last = Digest::from_slice(&built.index.chunks.last().unwrap().digest).unwrap();
+    partial.chunks.remove(&last);
+    let tmp = tempfile::tempdir().unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let (assembled, verified) =
+        assemble_and_verify(&built.index, &partial, &tmp.path().join("fs"), &never);
+    assert!(assembled.is_err());
+    assert!(verified.is_err());
+    // Cancelled at once: both stop, neither hangs.
+    let tmp = tempfile::tempdir().unwrap();
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let (assembled, verified) =
+        assemble_and_verify(&built.index, &built, &tmp.path().join("fs"), &cancel);
+    assert!(assembled.is_err());
+    assert!(
+        matches!(verified, Err(VerifyError::Cancelled)),
+        "{verified:?}"
+    );
+}
+
+#[test]
+fn content_digests_are_hints_the_diff_id_proves_the_content() {
+    if chunksnap_testkit::skip_unless_root("file ownership (chown)") {
+        return;
+    }
+    let tar = source_tar();
+    let built = convert(&tar);
+    let mut ix = built.index.clone();
+    let tool = ix
+        .entries
+        .iter_mut()
+        .find(|e| e.path == b"bin/tool")
+        .unwrap();
+    tool.content_digest = Digest::of(b"something else").as_bytes().to_vec();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fs");
+    assemble(&ix, &built, &dir);
+    // Nothing the container sees differs, so the layer is the image's own.
+    assert_eq!(verify(&ix, &built, &dir).unwrap(), Digest::of(&tar));
 }

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use chunksnap_core::assemble::{
-    AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
-};
+use chunksnap_core::assemble::{AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode};
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_core::store::StoreError;
 use chunksnap_format::digest::Digest;
@@ -25,7 +23,7 @@ use chunksnap_core::verify::VerifyError;
 use super::cancel::unless_cancelled;
 use super::chunk_remote::ChunkRemote;
 use super::error::{RemoteError, chunk_digests, parse_label};
-use super::layer_verify::verify_assembled;
+use super::layer_verify::{Expected, assemble_checked};
 use crate::remote::{RemoteOutcome, RemoteRequest, SeedCandidate};
 use crate::snapshots::claims::DirClaim;
 
@@ -116,22 +114,21 @@ impl ChunkRemote {
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
         let ix2 = ix.clone();
-        let (parent, target) = (req.parent.clone(), req.target.clone());
         // The thread holds the claim (in `reader`) until it returns: a Remove of an abandoned
         // prepare cancels it and waits for that.
+        let expected = verify.then(|| Expected {
+            parent: req.parent.clone(),
+            target: req.target.clone(),
+        });
         let assembled = tokio::task::spawn_blocking(move || {
             let opts = AssembleOptions {
                 mode: WhiteoutMode::Overlay,
                 parents: &parents,
                 seeding: Some(&seeding),
                 cancel: Some(reader.claim.flag()),
+                progress: None,
             };
-            let stats = assemble_layer_with(&ix2, &reader, &dest, &opts)?;
-            let started = Instant::now();
-            if verify {
-                verify_assembled(&ix2, &dest, &reader, reader.claim.flag(), &parent, &target)?;
-            }
-            Ok::<_, RemoteError>((stats, started.elapsed()))
+            assemble_checked(&ix2, &dest, &reader, &opts, expected.as_ref())
         })
         .await;
         let assemble_ms = started.elapsed().as_millis() as u64;

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 
 use chunksnap_format::pb::{Entry, EntryType, Xattr};
 use tar::{Archive, EntryType as TarType};
@@ -89,15 +89,7 @@ const SPARSE: &str = "sparse";
 
 /// Reads `reader` as a tar, writing regular file contents to `content`.
 pub fn scan_tar(reader: impl Read, content: &mut impl Write) -> Result<TarScan, TarError> {
-    scan_tar_with(reader, content, &mut |_, _| {}, Digests::Compute)
-}
-
-/// Whether a scan computes each regular file's content digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Digests {
-    Compute,
-    /// Left empty: the caller proves the content otherwise (a layer's diffID covers it).
-    Skip,
+    scan_tar_with(reader, content, &mut |_, _| {})
 }
 
 /// [`scan_tar`], calling `on_content(position, size)` just before each regular file's content
@@ -106,12 +98,32 @@ pub fn scan_tar_with(
     reader: impl Read,
     content: &mut impl Write,
     on_content: &mut dyn FnMut(u64, u64),
-    digests: Digests,
 ) -> Result<TarScan, TarError> {
     let mut archive = Archive::new(limits::Limited::new(reader));
+    let entries = archive.entries().map_err(read_error)?;
+    scan_entries(entries, Some(content), on_content)
+}
+
+/// [`scan_tar_with`] reading headers only: file content is seeked over, never read, and entries
+/// have no content digest.
+pub fn scan_tar_headers_with(
+    reader: impl Read + Seek,
+    on_content: &mut dyn FnMut(u64, u64),
+) -> Result<TarScan, TarError> {
+    let mut archive = Archive::new(limits::Limited::new(reader));
+    let entries = archive.entries_with_seek().map_err(read_error)?;
+    scan_entries(entries, None::<&mut io::Sink>, on_content)
+}
+
+/// The entries of a tar; with `content`, file contents are copied there and hashed.
+fn scan_entries<R: Read>(
+    entries: tar::Entries<'_, R>,
+    mut content: Option<&mut impl Write>,
+    on_content: &mut dyn FnMut(u64, u64),
+) -> Result<TarScan, TarError> {
     let mut list = EntryList::default();
     let mut offset = 0u64;
-    for item in archive.entries().map_err(read_error)? {
+    for item in entries {
         let mut te = item.map_err(read_error)?;
         let raw_path = te.path_bytes().into_owned();
         let path_str = || show(&raw_path);
@@ -153,14 +165,16 @@ pub fn scan_tar_with(
             EntryType::File => {
                 let size = te.size();
                 on_content(te.raw_file_position(), size);
-                let (copied, digest) = if digests == Digests::Compute {
-                    let mut hashed = Sha256Writer::new(&mut *content);
-                    let copied = io::copy(&mut te, &mut hashed);
-                    (copied, Some(hashed.finish().1))
-                } else {
-                    (io::copy(&mut te, &mut *content), None)
+                e.size = size;
+                e.offset = offset;
+                offset += size;
+                // Headers only: the tar reader seeks over the content to the next header.
+                let Some(content) = content.as_deref_mut() else {
+                    list.add(e);
+                    continue;
                 };
-                let copied = copied.map_err(|err| {
+                let mut hashed = Sha256Writer::new(content);
+                let copied = io::copy(&mut te, &mut hashed).map_err(|err| {
                     if limits::extension_error(&err).is_some() {
                         read_error(err)
                     } else if err.kind() == io::ErrorKind::UnexpectedEof {
@@ -176,12 +190,7 @@ pub fn scan_tar_with(
                         actual: copied,
                     });
                 }
-                if let Some(d) = digest {
-                    e.content_digest = d.as_bytes().to_vec();
-                }
-                e.size = size;
-                e.offset = offset;
-                offset += size;
+                e.content_digest = hashed.finish().1.as_bytes().to_vec();
             }
             EntryType::Symlink | EntryType::Hardlink => {
                 let target = te

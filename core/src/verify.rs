@@ -17,26 +17,26 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chunksnap_format::pb::{EntryType, LayerIndex};
+use chunksnap_format::pb::{EntryType, LayerIndex, TarSplit};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
-mod read_ahead;
+mod headers;
 
 use crate::assemble::{Available, ChunkReader, Progress};
-use crate::tarscan::Digests;
 use crate::tarscan::TarError;
-use crate::tarscan::split::scan_tar_split_with;
-use chunksnap_format::digest::{Digest, Sha256Reader};
+use crate::tarscan::split::scan_tar_split_headers;
+use chunksnap_format::digest::{Digest, Sha256Reader, Sha256Writer};
 use chunksnap_format::tarsplit::{ContentSource, Sequential, TarStream};
+use headers::Headers;
 
 /// Why a layer is not proven to be the one asked for.
 #[derive(Debug, thiserror::Error)]
@@ -92,27 +92,22 @@ pub fn check_chain(parent: &str, target: &str, diff_id: &Digest) -> Result<(), V
     }
 }
 
-/// Rebuilds the layer tar from `index` and `source`, checks the index against it, and returns
-/// the tar's sha256 (the diffID) for the caller to check.
-pub fn verify_tar(
-    index: &LayerIndex,
-    source: impl ContentSource + Send,
-) -> Result<Digest, VerifyError> {
+/// Checks the index's entries against the headers of its tar-split data, then rebuilds the
+/// layer tar from the split and `source` and returns its sha256 (the diffID) for the caller to
+/// check.
+pub fn verify_tar(index: &LayerIndex, source: impl ContentSource) -> Result<Digest, VerifyError> {
     let split = index.tar_split.as_ref().ok_or(VerifyError::NoTarSplit)?;
-    let (scanned, diff_id) = read_ahead::with_read_ahead(TarStream::new(split, source), |tar| {
-        scan_tar_split_with(tar, &mut io::sink(), Digests::Skip)
-    });
-    let (scan, rescan) = scanned.map_err(|e| match e {
-        // Content is copied by the scan, so a failed read can also surface as a write.
-        TarError::Read(io) | TarError::Write(io) if read_ahead::is_cancelled(&io) => {
-            VerifyError::Cancelled
-        }
-        TarError::Read(io) | TarError::Write(io) => VerifyError::Read(io),
+    check_headers(index, split)?;
+    hash_tar(TarStream::new(split, source))
+}
+
+/// Scans the headers the tar-split holds as the converter scans a layer (content is seeked
+/// over): the entries and the split must come back exactly as the index has them.
+fn check_headers(index: &LayerIndex, split: &TarSplit) -> Result<(), VerifyError> {
+    let headers = Headers::new(split).map_err(|_| VerifyError::SplitMismatch)?;
+    let (scan, rescan) = scan_tar_split_headers(headers).map_err(|e| match e {
+        TarError::Read(_) | TarError::Write(_) => VerifyError::SplitMismatch,
         other => VerifyError::Tar(other),
-    })?;
-    // The scan reads to the end of the stream, so the reader hashed all of it.
-    let diff_id = diff_id.ok_or_else(|| {
-        VerifyError::Read(io::Error::other("the rebuilt tar was not read to its end"))
     })?;
     if rescan.as_ref() != Some(split) {
         return Err(VerifyError::SplitMismatch);
@@ -136,7 +131,24 @@ pub fn verify_tar(
             path: String::from_utf8_lossy(&index.entries[entry].path).into_owned(),
         });
     }
-    Ok(diff_id)
+    Ok(())
+}
+
+/// Bytes hashed at a time.
+const BLOCK: usize = 1 << 20;
+
+/// The sha256 of all of `tar`, read in large blocks.
+fn hash_tar(mut tar: impl Read) -> Result<Digest, VerifyError> {
+    let mut hasher = Sha256Writer::new(io::sink());
+    let mut block = vec![0u8; BLOCK];
+    loop {
+        match tar.read(&mut block) {
+            Ok(0) => return Ok(hasher.finish().1),
+            Ok(n) => hasher.write_all(&block[..n]).map_err(VerifyError::Read)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(VerifyError::Cancelled),
+            Err(e) => return Err(VerifyError::Read(e)),
+        }
+    }
 }
 
 /// Writes the layer's original uncompressed tar, rebuilt from the index's tar-split data and its

@@ -7,7 +7,7 @@
 //! including a PAX `size` override), and fails the read that would deliver a header announcing
 //! a larger record than [`MAX_TAR_EXTENSION`], before `tar` allocates for it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 
 use tar::{EntryType, Header, PaxExtensions};
 
@@ -164,6 +164,31 @@ impl<R: Read> Read for Limited<R> {
         let n = self.inner.read(buf)?;
         self.observe(&buf[..n]).map_err(io::Error::other)?;
         Ok(n)
+    }
+}
+
+/// Seeking forward over an entry's data (what `tar` does to skip content it was not asked to
+/// read); anything else the seek would pass over is read, so it is observed as usual.
+impl<R: Read + Seek> Seek for Limited<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let n = match to {
+            SeekFrom::Current(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "only forward seeks"))?;
+        match self.state {
+            State::Body { end, pax: None } if self.pos.checked_add(n).is_some_and(|p| p <= end) => {
+                self.inner.seek(SeekFrom::Current(n as i64))?;
+                self.pos += n;
+                if self.pos == end {
+                    self.state = State::Header(end);
+                }
+            }
+            _ => {
+                io::copy(&mut Read::by_ref(self).take(n), &mut io::sink())?;
+            }
+        }
+        self.inner.stream_position()
     }
 }
 

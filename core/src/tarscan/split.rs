@@ -3,11 +3,11 @@
 //! tar is read to EOF, so bytes after the end-of-archive blocks are kept too.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use chunksnap_format::pb::TarSplit;
 
-use super::{Digests, TarError, TarScan, scan_tar_with};
+use super::{TarError, TarScan, scan_tar_headers_with, scan_tar_with};
 use chunksnap_format::tarsplit::MAX_TAR_SPLIT_RAW;
 
 /// What the recorder has seen so far.
@@ -70,6 +70,30 @@ impl<R: Read> Read for Recorder<'_, R> {
     }
 }
 
+/// Seeking forward: content still to come is seeked over in the inner reader, anything past it
+/// is read (and so recorded).
+impl<R: Read + Seek> Seek for Recorder<'_, R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let n = match to {
+            SeekFrom::Current(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "only forward seeks"))?;
+        let content = {
+            let mut st = self.state.borrow_mut();
+            let c = st.skip.min(n);
+            st.skip -= c;
+            st.pos += c;
+            c
+        };
+        if content > 0 {
+            self.inner.seek(SeekFrom::Current(content as i64))?;
+        }
+        io::copy(&mut Read::by_ref(self).take(n - content), &mut io::sink())?;
+        Ok(self.state.borrow().pos)
+    }
+}
+
 /// [`super::scan_tar`] that also records the tar-split data, reading `reader` to EOF. The split
 /// is `None` when the layer cannot be recorded (more than [`MAX_TAR_SPLIT_RAW`] bytes of
 /// non-content, or a reader that did not consume the stream in order): such a layer cannot be
@@ -78,28 +102,41 @@ pub fn scan_tar_split(
     reader: impl Read,
     content: &mut impl Write,
 ) -> Result<(TarScan, Option<TarSplit>), TarError> {
-    scan_tar_split_with(reader, content, Digests::Compute)
+    let state = RefCell::new(State::default());
+    let mut rec = Recorder {
+        inner: reader,
+        state: &state,
+    };
+    let scan = scan_tar_with(&mut rec, content, &mut |pos, size| {
+        state.borrow_mut().content(pos, size)
+    })?;
+    finish(rec, &state, scan)
 }
 
-/// [`scan_tar_split`] choosing whether content digests are computed.
-pub fn scan_tar_split_with(
-    reader: impl Read,
-    content: &mut impl Write,
-    digests: Digests,
+/// [`scan_tar_split`] of a reader that can seek over file content (such as a tar-split's own
+/// raw bytes): headers are scanned and the split recorded without reading any content, and
+/// the entries have no content digests.
+pub fn scan_tar_split_headers(
+    reader: impl Read + Seek,
 ) -> Result<(TarScan, Option<TarSplit>), TarError> {
     let state = RefCell::new(State::default());
     let mut rec = Recorder {
         inner: reader,
         state: &state,
     };
-    let scan = scan_tar_with(
-        &mut rec,
-        content,
-        &mut |pos, size| state.borrow_mut().content(pos, size),
-        digests,
-    )?;
+    let scan = scan_tar_headers_with(&mut rec, &mut |pos, size| {
+        state.borrow_mut().content(pos, size)
+    })?;
+    finish(rec, &state, scan)
+}
+
+fn finish<R: Read>(
+    mut rec: Recorder<'_, R>,
+    state: &RefCell<State>,
+    scan: TarScan,
+) -> Result<(TarScan, Option<TarSplit>), TarError> {
     io::copy(&mut rec, &mut io::sink()).map_err(TarError::Read)?;
-    let st = state.into_inner();
+    let st = state.take();
     Ok((scan, (!st.broken && st.skip == 0).then_some(st.split)))
 }
 
@@ -187,6 +224,14 @@ mod tests {
         let (scan, split) = round_trip(&tar);
         assert_eq!(split.content_len, vec![5, 3, 2, 4]);
         assert_eq!(scan.content_size, 14);
+
+        // Seeking over the content instead of reading it records the same split and entries.
+        let (headers, again) = scan_tar_split_headers(std::io::Cursor::new(&tar)).unwrap();
+        assert_eq!(again, Some(split));
+        let mut want = scan.entries;
+        want.iter_mut().for_each(|e| e.content_digest.clear());
+        assert_eq!(headers.entries, want);
+        assert_eq!(headers.content_size, 14);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -268,6 +268,7 @@ impl<'a> AssembledContent<'a> {
             pos: 0,
             len,
             pending,
+            extent: Extent::Data(0),
         })
     }
 }
@@ -303,6 +304,53 @@ struct FileRead<'a> {
     /// While the assembler is still writing it: where it reports, the entry, and how many
     /// bytes from the start are final.
     pending: Option<(&'a Progress, usize, u64)>,
+    /// What the file holds from `pos` on, as far as is known.
+    extent: Extent,
+}
+
+/// A run of a file: data up to an offset, or a hole (zeros) up to an offset.
+#[derive(Debug, Clone, Copy)]
+enum Extent {
+    Data(u64),
+    Hole(u64),
+}
+
+impl Extent {
+    fn end(self) -> u64 {
+        match self {
+            Extent::Data(e) | Extent::Hole(e) => e,
+        }
+    }
+}
+
+/// Files from this size on are read hole-aware: reading a hole makes the kernel allocate and
+/// clear page-cache pages (a sparse disk image read back at a few hundred MB/s), while its
+/// zeros are known without reading.
+const SPARSE_FROM: u64 = 1 << 20;
+
+impl FileRead<'_> {
+    /// The run of the file at `pos`, ending by `limit` (what is final of it).
+    fn extent_at(&self, limit: u64) -> io::Result<Extent> {
+        use nix::unistd::{Whence, lseek};
+        let pos = self.pos;
+        let at = i64::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = self.file.as_fd();
+        let run = match lseek(fd, at, Whence::SeekData) {
+            Ok(d) if d as u64 > pos => Extent::Hole(d as u64),
+            Ok(_) => Extent::Data(lseek(fd, at, Whence::SeekHole)? as u64),
+            // No data from `pos` on (up to the file's current end, and what is final past it
+            // is a hole the writer left).
+            Err(Errno::ENXIO) => Extent::Hole(limit),
+            // The filesystem cannot tell: read it.
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => Extent::Data(limit),
+            Err(e) => return Err(e.into()),
+        };
+        // Past `limit` the writer may still change what is there.
+        Ok(match run {
+            Extent::Data(e) => Extent::Data(e.min(limit)),
+            Extent::Hole(e) => Extent::Hole(e.min(limit)),
+        })
+    }
 }
 
 impl Read for FileRead<'_> {
@@ -325,9 +373,26 @@ impl Read for FileRead<'_> {
                     continue;
                 }
             };
+            if self.pos >= self.extent.end() {
+                self.extent = if self.len >= SPARSE_FROM {
+                    self.extent_at(limit)?
+                } else {
+                    Extent::Data(limit)
+                };
+                if self.pos >= self.extent.end() {
+                    // A run ending where it starts: the filesystem answered oddly; read.
+                    self.extent = Extent::Data(limit);
+                }
+            }
+            let end = self.extent.end().min(limit);
             let want = buf
                 .len()
-                .min(usize::try_from(limit - self.pos).unwrap_or(usize::MAX));
+                .min(usize::try_from(end - self.pos).unwrap_or(usize::MAX));
+            if let Extent::Hole(_) = self.extent {
+                buf[..want].fill(0);
+                self.pos += want as u64;
+                return Ok(want);
+            }
             let mut n = self.file.read_at(&mut buf[..want], self.pos)?;
             if n == 0 {
                 if self.pending.is_none() {

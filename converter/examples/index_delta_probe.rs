@@ -1,0 +1,92 @@
+//! Index delta probe: what the index delta of an update is made of. Converts two versions of a
+//! layer (uncompressed tars) and prints the size of v2's index delta against v1's with parts of
+//! both indexes left out, to show what each part costs an updating node:
+//! `cargo run --release -p chunkconv --example index_delta_probe -- V1.tar V2.tar`.
+
+mod common;
+
+use std::collections::HashSet;
+
+use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
+use chunksnap_format::delta::compress_index_delta;
+use chunksnap_format::index::encode_raw;
+use chunksnap_format::pb::LayerIndex;
+
+fn delta(a: &LayerIndex, b: &LayerIndex) -> anyhow::Result<usize> {
+    Ok(compress_index_delta(&encode_raw(a), &encode_raw(b))
+        .transpose()?
+        .map_or(0, |d| d.len()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [v1, v2] = args.as_slice() else {
+        anyhow::bail!("usage: index_delta_probe V1.tar V2.tar");
+    };
+    let (d1, in1) = common::read_layer(v1)?;
+    let (d2, in2) = common::read_layer(v2)?;
+    let opts = LayerOptions::default();
+    let i1 = convert_layer(
+        d1.as_slice(),
+        &in1,
+        &opts,
+        &EmptyCatalog,
+        &mut common::Discard,
+    )?
+    .index;
+    let known = common::Known::of(&i1)?;
+    let i2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut common::Discard)?.index;
+    let old: HashSet<Vec<u8>> = i1
+        .entries
+        .iter()
+        .map(|e| e.content_digest.clone())
+        .collect();
+    type Edit = fn(&mut LayerIndex, &HashSet<Vec<u8>>);
+    let variants: Vec<(&str, Edit)> = vec![
+        ("as converted", |_, _| {}),
+        ("offsets left out", |ix, _| {
+            ix.entries.iter_mut().for_each(|e| e.offset = 0)
+        }),
+        ("digests of new files left out", |ix, old| {
+            ix.entries
+                .iter_mut()
+                .filter(|e| !old.contains(&e.content_digest))
+                .for_each(|e| e.content_digest.clear())
+        }),
+        ("both", |ix, old| {
+            for e in &mut ix.entries {
+                e.offset = 0;
+                if !old.contains(&e.content_digest) {
+                    e.content_digest.clear();
+                }
+            }
+        }),
+        ("tar-split left out", |ix, _| ix.tar_split = None),
+        ("chunk pack refs left out", |ix, _| {
+            for c in &mut ix.chunks {
+                (c.pack, c.pack_offset, c.stored_size) = (0, 0, 0);
+            }
+            ix.packs.clear();
+        }),
+        ("entries left out", |ix, _| ix.entries.clear()),
+        ("chunks left out", |ix, _| ix.chunks.clear()),
+    ];
+    println!(
+        "v1: {} entries, {} chunks; v2: {} entries, {} chunks, {} new file digests",
+        i1.entries.len(),
+        i1.chunks.len(),
+        i2.entries.len(),
+        i2.chunks.len(),
+        i2.entries
+            .iter()
+            .filter(|e| !e.content_digest.is_empty() && !old.contains(&e.content_digest))
+            .count()
+    );
+    for (name, edit) in variants {
+        let (mut a, mut b) = (i1.clone(), i2.clone());
+        edit(&mut a, &old);
+        edit(&mut b, &old);
+        println!("{name:32} {:>9} B", delta(&a, &b)?);
+    }
+    Ok(())
+}

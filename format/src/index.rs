@@ -40,8 +40,11 @@ pub const INDEX_BASE_ANNOTATION: &str = "io.chunksnap.index.base";
 pub const INDEX_BASE_RAW_ANNOTATION: &str = "io.chunksnap.index.base-raw";
 /// Index delta annotation: sha256 of the raw index the delta decodes to.
 pub const INDEX_RAW_ANNOTATION: &str = "io.chunksnap.index.raw";
-/// The format version this code writes (2: with `tar_split`, see `format::tarsplit`).
-pub const FORMAT_VERSION: u32 = 2;
+/// The format version this code writes (2: with `tar_split`, see `format::tarsplit`; 3: file
+/// offsets stored as gaps, see [`encode_raw`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// The first version whose regular-file offsets are stored as gaps.
+pub const GAP_OFFSETS_VERSION: u32 = 3;
 /// The oldest version this code reads (converters use version 1 indexes as delta bases; nodes
 /// cannot verify such a layer and fall back).
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -72,6 +75,8 @@ pub enum FormatError {
     UnknownVersion(u32),
     #[error("bad tar-split data: {0}")]
     TarSplit(#[from] TarSplitError),
+    #[error("file offsets overflow")]
+    OffsetOverflow,
     #[error("index has no source")]
     MissingSource,
     #[error("index has no chunker")]
@@ -174,8 +179,50 @@ pub fn encode(index: &LayerIndex) -> Vec<u8> {
 
 /// The protobuf bytes of `index` (what an index blob decompresses to, and what index deltas
 /// are made of). Deterministic for a given index.
+///
+/// From format 3 on, a regular file's `offset` is stored as the gap between the end of the
+/// previous regular file's content and its own start (almost always 0, so not stored at all):
+/// absolute offsets change for every file after one that changed size, which made them a large
+/// part of an update's index delta. In memory offsets are always absolute. An index whose files
+/// are not in stream order (which `validate` refuses anyway) is written as format 2.
 pub fn encode_raw(index: &LayerIndex) -> Vec<u8> {
-    index.encode_to_vec()
+    if index.version < GAP_OFFSETS_VERSION {
+        return index.encode_to_vec();
+    }
+    let mut stored = index.clone();
+    let mut end = 0u64;
+    for e in stored.entries.iter_mut().filter(|e| is_file(e)) {
+        let Some(gap) = e.offset.checked_sub(end) else {
+            stored = index.clone();
+            stored.version = GAP_OFFSETS_VERSION - 1;
+            return stored.encode_to_vec();
+        };
+        end = e.offset.saturating_add(e.size);
+        e.offset = gap;
+    }
+    stored.encode_to_vec()
+}
+
+fn is_file(e: &crate::pb::Entry) -> bool {
+    e.r#type == crate::pb::EntryType::File as i32
+}
+
+/// Turns format 3's stored gaps back into absolute offsets.
+fn absolute_offsets(index: &mut LayerIndex) -> Result<(), FormatError> {
+    if index.version < GAP_OFFSETS_VERSION {
+        return Ok(());
+    }
+    let mut end = 0u64;
+    for e in index.entries.iter_mut().filter(|e| is_file(e)) {
+        e.offset = end
+            .checked_add(e.offset)
+            .ok_or(FormatError::OffsetOverflow)?;
+        end = e
+            .offset
+            .checked_add(e.size)
+            .ok_or(FormatError::OffsetOverflow)?;
+    }
+    Ok(())
 }
 
 /// An index blob from raw protobuf bytes.
@@ -218,7 +265,8 @@ pub fn decompress(blob: &[u8]) -> Result<Vec<u8>, FormatError> {
 /// is checked first ([`crate::budget`]), before prost allocates anything.
 pub fn decode_raw(raw: &[u8]) -> Result<LayerIndex, FormatError> {
     crate::budget::check(raw)?;
-    let index = LayerIndex::decode(raw)?;
+    let mut index = LayerIndex::decode(raw)?;
+    absolute_offsets(&mut index)?;
     validate(&index)?;
     Ok(index)
 }

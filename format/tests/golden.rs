@@ -203,11 +203,14 @@ fn layer(data: &[u8]) -> (Vec<u8>, LayerIndex) {
 
 const PACK_LEN: usize = 81299;
 const PACK_DIGEST: &str = "sha256:975fa9d20353b70210b9fc08518ffcc7fde63d140688eef9706e7baf83aef4b5";
-// Format version 2 (tar-split added; this hand-built index carries none).
+// Format version 3 (file offsets stored as gaps; this hand-built index carries no tar-split).
 const INDEX_RAW_DIGEST: &str =
+    "sha256:94f8a101d0ae4f84a0b59ae8108148f67bbcfd05652326eec08f8e925ab85f2b";
+// The same index as format 2 (absolute offsets), as earlier converters wrote it.
+const INDEX_V2_RAW_DIGEST: &str =
     "sha256:22a5fbb3d7d75619c83ffda757227b500c502508966987198a05e87ef0ef9b3c";
 const INDEX_BLOB_DIGEST: &str =
-    "sha256:aca12e9c0d928472fb2cc5ebf0352bc06457aa7228d1676253de1ff6ce5414ed";
+    "sha256:91e8f174d39f68089c1c6a507e799ae9013154ce50f4dc0d8e840ee603442b5d";
 
 #[test]
 fn pack_and_index_bytes() {
@@ -219,6 +222,10 @@ fn pack_and_index_bytes() {
     // Raw protobuf (prost) and the zstd blob (zstd) are pinned separately, so a failure says
     // which dependency moved.
     assert_eq!(sha(&index::encode_raw(&index)), INDEX_RAW_DIGEST);
+    let mut v2 = index.clone();
+    v2.version = 2;
+    assert_eq!(sha(&index::encode_raw(&v2)), INDEX_V2_RAW_DIGEST);
+    assert_eq!(index::decode(&index::encode(&v2)).expect("decodes"), v2);
     let blob = index::encode(&index);
     assert_eq!(sha(&blob), INDEX_BLOB_DIGEST);
     assert_eq!(index::decode(&blob).expect("decodes"), index);
@@ -228,7 +235,7 @@ const DELTA_FRAME_LEN: usize = 91;
 const DELTA_FRAME_DIGEST: &str =
     "sha256:6f719a18aef63d1df3e810b628e561997ffe2e6cc618de49a7e7bc0d93a59c4e";
 const INDEX_DELTA_DIGEST: &str =
-    "sha256:5ba187061abd33aee32e5cad0d3990c1901bf4c891a5b9c7a7ce0a15b8eab12e";
+    "sha256:019befe7d302e7390d8752c448d75b8f8ede224ea5e4106afa8965279bbecf03";
 
 #[test]
 fn delta_frames() {

@@ -13,7 +13,6 @@ use chunksnap_format::delta::{compress_index_delta, decompress_index_delta};
 use chunksnap_format::digest::Digest;
 use chunksnap_format::index::encode;
 use chunksnap_format::pb::{EntryType, Xattr};
-use prost::Message;
 
 use crate::harness::{check_artifact, check_index, check_index_delta, check_tar, delta_input};
 use crate::{Layer, entry};
@@ -41,7 +40,7 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, layer) in layers() {
         let index = layer.build().index;
         out.push(("index", format!("seed-{name}.zst"), encode(&index)));
-        out.push(("index", format!("seed-{name}.pb"), index.encode_to_vec()));
+        out.push(("index", format!("seed-{name}.pb"), chunksnap_format::index::encode_raw(&index)));
     }
     for (name, base, raw) in index_deltas() {
         out.push((
@@ -87,7 +86,7 @@ fn layers() -> Vec<(&'static str, Layer)> {
 fn index_deltas() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let raw = |name: &str| {
         let (_, layer) = layers().into_iter().find(|(n, _)| *n == name).unwrap();
-        layer.build().index.encode_to_vec()
+        chunksnap_format::index::encode_raw(&layer.build().index)
     };
     let (all, zeros, empty) = (raw("all-types"), raw("zeros"), raw("empty"));
     vec![

@@ -429,3 +429,53 @@ fn accepts_deltas_and_rejects_bad_ones() {
     i.delta_bases[0].size = MAX_DELTA_BASE as u32;
     assert!(matches!(err(&i), FormatError::BadDelta { chunk: 1, .. }));
 }
+
+#[test]
+fn format_3_stores_offsets_as_gaps_and_reads_them_back_absolute() {
+    let mut ix = valid();
+    // Content no entry holds (a replaced file's) before bin/x: a gap of 50 bytes.
+    let x = ix.entries.iter_mut().find(|e| e.path == b"bin/x").unwrap();
+    x.offset = 150;
+    x.size = 150;
+    validate(&ix).unwrap();
+    let raw = encode_raw(&ix);
+    let stored = LayerIndex::decode(raw.as_slice()).unwrap();
+    let gaps: Vec<u64> = stored
+        .entries
+        .iter()
+        .filter(|e| e.r#type == EntryType::File as i32)
+        .map(|e| e.offset)
+        .collect();
+    assert_eq!(gaps, vec![0, 0, 50]);
+    assert_eq!(decode_raw(&raw).unwrap(), ix);
+    // Format 2 keeps absolute offsets, and reads back the same.
+    ix.version = 2;
+    let raw = encode_raw(&ix);
+    assert_eq!(LayerIndex::decode(raw.as_slice()).unwrap(), ix);
+    assert_eq!(decode_raw(&raw).unwrap(), ix);
+}
+
+#[test]
+fn files_out_of_stream_order_are_written_as_format_2_and_refused() {
+    let mut ix = valid();
+    let x = ix.entries.iter_mut().find(|e| e.path == b"etc/a").unwrap();
+    x.offset = 250;
+    x.size = 10;
+    let raw = encode_raw(&ix);
+    assert_eq!(LayerIndex::decode(raw.as_slice()).unwrap().version, 2);
+    assert!(decode_raw(&raw).is_err());
+}
+
+#[test]
+fn gaps_that_overflow_are_refused() {
+    let mut ix = valid();
+    ix.entries.iter_mut().for_each(|e| e.offset = 0);
+    let last = ix
+        .entries
+        .iter_mut()
+        .rfind(|e| e.r#type == EntryType::File as i32)
+        .unwrap();
+    last.offset = u64::MAX;
+    let raw = ix.encode_to_vec();
+    assert!(matches!(decode_raw(&raw), Err(FormatError::OffsetOverflow)));
+}

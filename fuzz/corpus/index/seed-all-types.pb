@@ -1,14 +1,14 @@
-½
+½
 Gsha256:dac1d7cfa95021764849fd102524e141488c5e3a90f861dbb5a12d9ac8584f85Gsha256:40266a5fbe92fbce83ce5fed70c3b8f83f3fdd0eb53fb64eee16bc954f92d8dd&application/vnd.oci.image.layer.v1.tar0Ì
 fastcdc-2020@€ €("
 etc¤0€ øú"&
 	etc/hosts¤0€ øú@b
-	user.notev"
-bin/big¤0€ øú@¸h"
+	user.notev"
+bin/big¤0€ øú@¸"
 bin/sh¤0€ øúJbig"
-bin/sh2¤0€ øúJbin/big"
-etc/.wh.old¤0€ øúhÌ"
-etc/.wh..wh..opq¤0€ øúhÌ"
+bin/sh2¤0€ øúJbin/big"
+etc/.wh.old¤0€ øú"
+etc/.wh..wh..opq¤0€ øú"
 dev/null¤0€ øúPX"
 run/fifo¤0€ øú*(
  §ûUPÚ“œmÖnXJ|ÑÓ×ÿuæ/ôD“Yçƒ½(½*+

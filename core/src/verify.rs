@@ -182,6 +182,8 @@ pub struct AssembledContent<'a> {
     current: Current<'a>,
     cancel: Option<&'a AtomicBool>,
     progress: Option<&'a Progress>,
+    /// The directory of the last file opened, resolved beneath the root.
+    dir: Option<(Vec<u8>, OwnedFd)>,
 }
 
 enum Current<'a> {
@@ -217,6 +219,7 @@ impl<'a> AssembledContent<'a> {
             current: Current::None,
             cancel,
             progress: None,
+            dir: None,
         })
     }
 
@@ -233,24 +236,12 @@ impl<'a> AssembledContent<'a> {
         }
     }
 
-    fn open(&self, entry: usize, path: &'a [u8], len: u64) -> io::Result<FileRead<'a>> {
+    fn open(&mut self, entry: usize, path: &'a [u8], len: u64) -> io::Result<FileRead<'a>> {
         let available = match self.progress {
             Some(p) => p.wait_beyond(entry, 0).map_err(unfinished)?,
             None => Available::All,
         };
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
-        let fd = loop {
-            match openat2(&self.root, OsStr::from_bytes(path), how) {
-                Err(Errno::EAGAIN) => continue,
-                r => break r?,
-            }
-        };
+        let fd = self.open_beneath(path)?;
         let file = File::from(fd);
         let pending = match (available, self.progress) {
             (Available::Upto(n), Some(p)) => {
@@ -270,6 +261,44 @@ impl<'a> AssembledContent<'a> {
             pending,
             extent: Extent::Data(0),
         })
+    }
+}
+
+impl AssembledContent<'_> {
+    /// Opens the file at `path` beneath the root, following no symlink. Consecutive files
+    /// mostly share a directory, which is resolved once for them (a deep path costs a lookup
+    /// per component, and a layer can hold tens of thousands of small files).
+    fn open_beneath(&mut self, path: &[u8]) -> io::Result<OwnedFd> {
+        let beneath = ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        let file = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(beneath);
+        let Some(slash) = path.iter().rposition(|b| *b == b'/') else {
+            return openat2_retry(&self.root, path, file);
+        };
+        let (dir, name) = (&path[..slash], &path[slash + 1..]);
+        if self.dir.as_ref().is_none_or(|(d, _)| d.as_slice() != dir) {
+            let how = OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(beneath);
+            let fd = openat2_retry(&self.root, dir, how)?;
+            self.dir = Some((dir.to_vec(), fd));
+        }
+        match &self.dir {
+            Some((_, fd)) => openat2_retry(fd, name, file),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+}
+
+fn openat2_retry(at: &OwnedFd, path: &[u8], how: OpenHow) -> io::Result<OwnedFd> {
+    loop {
+        match openat2(at, OsStr::from_bytes(path), how) {
+            Err(Errno::EAGAIN) => continue,
+            r => return Ok(r?),
+        }
     }
 }
 

@@ -108,6 +108,15 @@ fn a_changed_directory_fails() {
         verify(&built.index, &built, &dir),
         Err(VerifyError::Read(_))
     ));
+    // Nor is a directory replaced by a symlink to a copy of it.
+    fs::remove_file(dir.join("etc/passwd")).unwrap();
+    fs::write(dir.join("etc/passwd"), b"root:x:0:0\n").unwrap();
+    fs::rename(dir.join("bin"), tmp.path().join("bin-copy")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("bin-copy"), dir.join("bin")).unwrap();
+    assert!(matches!(
+        verify(&built.index, &built, &dir),
+        Err(VerifyError::Read(_))
+    ));
 }
 
 #[test]

@@ -40,7 +40,11 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     for (name, layer) in layers() {
         let index = layer.build().index;
         out.push(("index", format!("seed-{name}.zst"), encode(&index)));
-        out.push(("index", format!("seed-{name}.pb"), chunksnap_format::index::encode_raw(&index)));
+        out.push((
+            "index",
+            format!("seed-{name}.pb"),
+            chunksnap_format::index::encode_raw(&index),
+        ));
     }
     for (name, base, raw) in index_deltas() {
         out.push((

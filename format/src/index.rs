@@ -189,18 +189,47 @@ pub fn encode_raw(index: &LayerIndex) -> Vec<u8> {
     if index.version < GAP_OFFSETS_VERSION {
         return index.encode_to_vec();
     }
-    let mut stored = index.clone();
+    // Field by field, as prost's derived encoding writes them (in field-number order), so
+    // only one entry at a time is copied: an index can be hundreds of megabytes.
+    let mut buf = Vec::with_capacity(index.encoded_len());
+    let head = LayerIndex {
+        version: index.version,
+        source: index.source.clone(),
+        chunker: index.chunker.clone(),
+        ..LayerIndex::default()
+    };
+    head.encode_raw(&mut buf);
     let mut end = 0u64;
-    for e in stored.entries.iter_mut().filter(|e| is_file(e)) {
+    for e in &index.entries {
+        if !is_file(e) {
+            prost::encoding::message::encode(4, e, &mut buf);
+            continue;
+        }
         let Some(gap) = e.offset.checked_sub(end) else {
-            stored = index.clone();
-            stored.version = GAP_OFFSETS_VERSION - 1;
-            return stored.encode_to_vec();
+            let mut v2 = index.clone();
+            v2.version = GAP_OFFSETS_VERSION - 1;
+            return v2.encode_to_vec();
         };
         end = e.offset.saturating_add(e.size);
-        e.offset = gap;
+        let stored = crate::pb::Entry {
+            offset: gap,
+            ..e.clone()
+        };
+        prost::encoding::message::encode(4, &stored, &mut buf);
     }
-    stored.encode_to_vec()
+    for c in &index.chunks {
+        prost::encoding::message::encode(5, c, &mut buf);
+    }
+    for p in &index.packs {
+        prost::encoding::message::encode(6, p, &mut buf);
+    }
+    for b in &index.delta_bases {
+        prost::encoding::message::encode(7, b, &mut buf);
+    }
+    if let Some(split) = &index.tar_split {
+        prost::encoding::message::encode(8, split, &mut buf);
+    }
+    buf
 }
 
 fn is_file(e: &crate::pb::Entry) -> bool {

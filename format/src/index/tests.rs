@@ -437,6 +437,11 @@ fn format_3_stores_offsets_as_gaps_and_reads_them_back_absolute() {
     let x = ix.entries.iter_mut().find(|e| e.path == b"bin/x").unwrap();
     x.offset = 150;
     x.size = 150;
+    ix.tar_split = Some(crate::pb::TarSplit {
+        raw: vec![7; 2000],
+        raw_len: vec![512, 512, 512],
+        content_len: vec![100, 50, 150],
+    });
     validate(&ix).unwrap();
     let raw = encode_raw(&ix);
     let stored = LayerIndex::decode(raw.as_slice()).unwrap();
@@ -447,6 +452,17 @@ fn format_3_stores_offsets_as_gaps_and_reads_them_back_absolute() {
         .map(|e| e.offset)
         .collect();
     assert_eq!(gaps, vec![0, 0, 50]);
+    // Written field by field, it is exactly prost's own encoding of the stored form.
+    let mut with_gaps = ix.clone();
+    let mut end = 0;
+    for e in with_gaps
+        .entries
+        .iter_mut()
+        .filter(|e| e.r#type == EntryType::File as i32)
+    {
+        (e.offset, end) = (e.offset - end, e.offset + e.size);
+    }
+    assert_eq!(raw, with_gaps.encode_to_vec());
     assert_eq!(decode_raw(&raw).unwrap(), ix);
     // Format 2 keeps absolute offsets, and reads back the same.
     ix.version = 2;

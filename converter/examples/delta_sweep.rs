@@ -9,7 +9,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, encode, plan};
-use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunkconv::sketch::{Sketch, sketch};
 use chunksnap_core::assemble::{ChunkReader, Seed, Seeding};
 use chunksnap_core::store::StoreError;
@@ -49,19 +48,12 @@ fn main() -> anyhow::Result<()> {
     let [v1, v2] = args.as_slice() else {
         anyhow::bail!("usage: delta_sweep V1.tar V2.tar");
     };
-    let (d1, in1) = common::read_layer(v1)?;
-    let (d2, in2) = common::read_layer(v2)?;
-    let opts = LayerOptions::default();
-    let i1 = convert_layer(
-        d1.as_slice(),
-        &in1,
-        &opts,
-        &EmptyCatalog,
-        &mut common::Discard,
-    )?
-    .index;
-    let known = common::Known::of(&i1)?;
-    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut common::Discard)?;
+    let common::Pair {
+        v1: d1,
+        v2: d2,
+        i1,
+        out2,
+    } = common::convert_pair(v1, v2)?;
     let i2 = out2.index;
     let mut all = HashMap::new();
     add_chunks(&d1, &mut all)?;

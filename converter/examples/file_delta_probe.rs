@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use chunkconv::delta::files::{Found, chunk_range, file_window, match_files, starts};
 use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, attach, encode, plan};
-use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunkconv::sketch::{Sketch, sketch};
 use chunksnap_core::assemble::{Seed, Seeding};
 use chunksnap_core::tarscan::scan_tar;
@@ -37,19 +36,12 @@ fn main() -> anyhow::Result<()> {
             "usage: file_delta_probe V1.tar V2.tar [plan6/19 windows runs files6 files19 ...]"
         );
     };
-    let (d1, in1) = common::read_layer(v1)?;
-    let (d2, in2) = common::read_layer(v2)?;
-    let opts = LayerOptions::default();
-    let i1 = convert_layer(
-        d1.as_slice(),
-        &in1,
-        &opts,
-        &EmptyCatalog,
-        &mut common::Discard,
-    )?
-    .index;
-    let known = common::Known::of(&i1)?;
-    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut common::Discard)?;
+    let common::Pair {
+        v1: d1,
+        v2: d2,
+        i1,
+        out2,
+    } = common::convert_pair(v1, v2)?;
     let i2 = out2.index;
     let (s1, s2) = (stream(&d1)?, stream(&d2)?);
     drop((d1, d2));

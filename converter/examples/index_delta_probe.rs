@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashSet;
 
-use chunkconv::layer::{EmptyCatalog, LayerOptions, convert_layer};
 use chunksnap_format::delta::compress_index_delta;
 use chunksnap_format::index::encode_raw;
 use chunksnap_format::pb::LayerIndex;
@@ -23,19 +22,8 @@ fn main() -> anyhow::Result<()> {
     let [v1, v2] = args.as_slice() else {
         anyhow::bail!("usage: index_delta_probe V1.tar V2.tar");
     };
-    let (d1, in1) = common::read_layer(v1)?;
-    let (d2, in2) = common::read_layer(v2)?;
-    let opts = LayerOptions::default();
-    let i1 = convert_layer(
-        d1.as_slice(),
-        &in1,
-        &opts,
-        &EmptyCatalog,
-        &mut common::Discard,
-    )?
-    .index;
-    let known = common::Known::of(&i1)?;
-    let i2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut common::Discard)?.index;
+    let common::Pair { i1, out2, .. } = common::convert_pair(v1, v2)?;
+    let i2 = out2.index;
     let old: HashSet<Vec<u8>> = i1
         .entries
         .iter()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::registry::REGISTRY_BIN;
 use crate::util::{Poller, http_get_status};
 
 /// A running authenticated registry.
@@ -48,14 +49,14 @@ impl AuthRegistry {
             .create(true)
             .append(true)
             .open(dir.join("auth-registry.log"))?;
-        let child = Command::new("/usr/bin/docker-registry")
+        let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("spawn docker-registry")?;
+            .with_context(|| format!("spawn {REGISTRY_BIN}"))?;
         let registry = Self { child };
         let url = format!("http://{host}/v2/");
         let mut poll = Poller::new("auth registry GET /v2/", Duration::from_secs(30));

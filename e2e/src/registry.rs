@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use crate::proxy::{CountingProxy, RequestRecord};
 use crate::util::{Poller, free_port, http_get_status, keep_temp_dirs};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+pub(crate) const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 /// A running registry. Clients must use [`Registry::host`] (the proxy), never the upstream.
 #[derive(Debug)]

@@ -6,7 +6,10 @@
 
 use std::collections::HashMap;
 
-use chunkconv::layer::{ChunkCatalog, ExistingChunk, PackSink, SinkError};
+use chunkconv::layer::{
+    ChunkCatalog, EmptyCatalog, ExistingChunk, LayerOptions, LayerOutcome, PackSink, SinkError,
+    convert_layer,
+};
 use chunksnap_format::pb::LayerIndex;
 
 use anyhow::Context;
@@ -22,6 +25,32 @@ pub fn read_layer(path: &str) -> anyhow::Result<(Vec<u8>, LayerInput)> {
         size: Some(data.len() as u64),
     };
     Ok((data, input))
+}
+
+/// Two versions of a layer converted as `chunkconv convert` converts them: v1 alone, then v2
+/// against v1's chunks (default options, packs dropped).
+pub struct Pair {
+    /// The tars' bytes.
+    pub v1: Vec<u8>,
+    pub v2: Vec<u8>,
+    pub i1: LayerIndex,
+    pub out2: LayerOutcome,
+}
+
+/// Reads and converts the tars at `v1` and `v2` (see [`Pair`]).
+pub fn convert_pair(v1: &str, v2: &str) -> anyhow::Result<Pair> {
+    let (d1, in1) = read_layer(v1)?;
+    let (d2, in2) = read_layer(v2)?;
+    let opts = LayerOptions::default();
+    let i1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut Discard)?.index;
+    let known = Known::of(&i1)?;
+    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut Discard)?;
+    Ok(Pair {
+        v1: d1,
+        v2: d2,
+        i1,
+        out2,
+    })
 }
 
 /// A pack sink that drops the packs (when only the index matters).

@@ -165,9 +165,9 @@ fn check_file(file: &File, path: &[u8], len: Option<u64>) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{:?} is not a regular file of {} bytes",
+                "{:?} is not a regular file{}",
                 String::from_utf8_lossy(path),
-                len.map_or_else(|| "some".into(), |l| l.to_string())
+                len.map_or_else(String::new, |l| format!(" of {l} bytes"))
             ),
         ));
     }

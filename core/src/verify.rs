@@ -26,7 +26,7 @@ pub use assembled::AssembledContent;
 
 use crate::assemble::ChunkReader;
 use crate::tarscan::TarError;
-use crate::tarscan::split::scan_tar_split_headers;
+use crate::tarscan::split::scan_tar_split_headers_matching;
 use chunk_range::ChunkRange;
 use chunksnap_format::digest::{Digest, Sha256Reader, Sha256Writer};
 use chunksnap_format::tarsplit::{ContentSource, Sequential, TarStream};
@@ -99,11 +99,11 @@ pub fn verify_tar(index: &LayerIndex, source: impl ContentSource) -> Result<Dige
 /// over): the entries and the split must come back exactly as the index has them.
 fn check_headers(index: &LayerIndex, split: &TarSplit) -> Result<(), VerifyError> {
     let headers = Headers::new(split).map_err(|_| VerifyError::SplitMismatch)?;
-    let (scan, rescan) = scan_tar_split_headers(headers).map_err(|e| match e {
+    let (scan, same) = scan_tar_split_headers_matching(headers, split).map_err(|e| match e {
         TarError::Read(_) | TarError::Write(_) => VerifyError::SplitMismatch,
         other => VerifyError::Tar(other),
     })?;
-    if rescan.as_ref() != Some(split) {
+    if !same {
         return Err(VerifyError::SplitMismatch);
     }
     if scan.entries.len() != index.entries.len() {

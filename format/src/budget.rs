@@ -11,7 +11,7 @@
 
 use std::mem::size_of;
 
-use crate::pb::{BaseChunk, Chunk, Entry, Pack, Xattr};
+use crate::pb::{BaseChunk, Chunk, Entry, LayerIndex, Pack, Xattr};
 
 use super::index::FormatError;
 
@@ -125,10 +125,50 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Bytes a decoded index holds: every element's struct plus the heap bytes of its strings and
+/// byte fields. What a node caching decoded indexes counts against its cache budget.
+pub fn held_size(ix: &LayerIndex) -> u64 {
+    let bytes = |v: &[u8]| v.len() as u64;
+    let entries: u64 = ix
+        .entries
+        .iter()
+        .map(|e| {
+            size_of::<Entry>() as u64
+                + bytes(&e.path)
+                + bytes(&e.link_target)
+                + bytes(e.uname.as_bytes())
+                + bytes(e.gname.as_bytes())
+                + bytes(&e.content_digest)
+                + e.xattrs
+                    .iter()
+                    .map(|x| size_of::<Xattr>() as u64 + bytes(x.name.as_bytes()) + bytes(&x.value))
+                    .sum::<u64>()
+        })
+        .sum();
+    let chunks: u64 = ix
+        .chunks
+        .iter()
+        .map(|c| size_of::<Chunk>() as u64 + bytes(&c.digest))
+        .sum();
+    let packs: u64 = ix
+        .packs
+        .iter()
+        .map(|p| size_of::<Pack>() as u64 + bytes(p.digest.as_bytes()))
+        .sum();
+    let bases: u64 = ix
+        .delta_bases
+        .iter()
+        .map(|b| size_of::<BaseChunk>() as u64 + bytes(&b.digest))
+        .sum();
+    let split = ix.tar_split.as_ref().map_or(0, |t| {
+        bytes(&t.raw) + 8 * (t.raw_len.len() + t.content_len.len()) as u64
+    });
+    size_of::<LayerIndex>() as u64 + entries + chunks + packs + bases + split
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::LayerIndex;
     use prost::Message;
 
     #[test]
@@ -178,5 +218,25 @@ mod tests {
         // A truncated length and a varint overflow end the walk without error.
         assert_eq!(decoded_size(&[0x22, 0x05, 0x00]).unwrap(), 3);
         assert_eq!(decoded_size(&[0xff; 16]).unwrap(), 16);
+    }
+
+    #[test]
+    fn held_size_counts_structs_and_their_bytes() {
+        let empty = held_size(&LayerIndex::default());
+        let index = LayerIndex {
+            entries: vec![Entry {
+                path: b"usr/bin/x".to_vec(),
+                content_digest: vec![0; 32],
+                ..Default::default()
+            }],
+            tar_split: Some(crate::pb::TarSplit {
+                raw: vec![0; 1024],
+                raw_len: vec![512],
+                content_len: vec![3],
+            }),
+            ..Default::default()
+        };
+        let want = size_of::<Entry>() + 9 + 32 + 1024 + 16;
+        assert_eq!(held_size(&index) - empty, want as u64);
     }
 }

@@ -271,6 +271,9 @@ pub fn compress_raw_fast(raw: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Most bytes [`decompress`] allocates before they are decoded.
+const PREALLOCATE_RAW: u64 = 64 << 20;
+
 /// Decodes and validates an index blob, never inflating it past [`MAX_INDEX_SIZE`].
 pub fn decode(blob: &[u8]) -> Result<LayerIndex, FormatError> {
     decode_raw(&decompress(blob)?)
@@ -279,7 +282,13 @@ pub fn decode(blob: &[u8]) -> Result<LayerIndex, FormatError> {
 /// The raw protobuf bytes of an index blob, never more than [`MAX_INDEX_SIZE`].
 pub fn decompress(blob: &[u8]) -> Result<Vec<u8>, FormatError> {
     let decoder = zstd::stream::read::Decoder::new(blob).map_err(FormatError::Decompress)?;
-    let mut raw = Vec::new();
+    // Sized up front from the frame's declared size (the blob's word, so within a cap): grown
+    // by doubling instead, the buffer would hold up to twice the index while it grows.
+    let declared = zstd::zstd_safe::get_frame_content_size(blob)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let mut raw = Vec::with_capacity(declared.min(PREALLOCATE_RAW) as usize);
     decoder
         .take(MAX_INDEX_SIZE as u64 + 1)
         .read_to_end(&mut raw)

@@ -64,7 +64,9 @@ impl RegistryClient {
                     limit: max,
                 });
             }
-            collect_capped(stream, max, &what).await
+            // The declared length sizes the buffer up front, within reason: it is the server's word.
+            let capacity = len.unwrap_or(0).min(PREALLOCATE_MAX);
+            collect_capped(stream, max, capacity, &what).await
         })
         .await?;
         let actual = Digest::of(&bytes);
@@ -129,7 +131,9 @@ impl RegistryClient {
                 .await?;
             let (got, partial) = match answer {
                 part @ BlobAnswer::Part(_) => {
-                    match collect_capped(part.into_stream(), len, &d).await {
+                    match collect_capped(part.into_stream(), len, len.min(PREALLOCATE_MAX), &d)
+                        .await
+                    {
                         Ok(b) => (b, true),
                         Err(RegistryError::Oci {
                             source: OciDistributionError::IoError(e),
@@ -249,13 +253,20 @@ async fn take_range(
     Ok(out.freeze())
 }
 
-/// Collects a stream, failing once it exceeds `max` bytes.
+/// Most bytes a body buffer is allocated for before they arrive. A buffer grown by doubling
+/// instead holds up to twice its body while it grows, and a node reads several 4 MiB ranges at
+/// once.
+const PREALLOCATE_MAX: u64 = 8 << 20;
+
+/// Collects a stream into a buffer first sized for `capacity` bytes, failing once it exceeds
+/// `max` bytes.
 async fn collect_capped(
     mut stream: impl Stream<Item = std::io::Result<Bytes>> + Unpin,
     max: u64,
+    capacity: u64,
     what: &str,
 ) -> Result<Bytes, RegistryError> {
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(capacity.min(max) as usize);
     while let Some(chunk) = stream.next().await {
         pace::received(chunk.as_ref().map_or(0, Bytes::len));
         let chunk = chunk.map_err(|e| RegistryError::Oci {
@@ -342,14 +353,14 @@ mod tests {
     async fn collect_capped_refuses_oversized_blobs() {
         let data = vec![0u8; 100];
         assert_eq!(
-            collect_capped(chunks(&data, 30), 100, "b")
+            collect_capped(chunks(&data, 30), 100, 100, "b")
                 .await
                 .unwrap()
                 .len(),
             100
         );
         assert!(matches!(
-            collect_capped(chunks(&data, 30), 99, "b").await,
+            collect_capped(chunks(&data, 30), 99, 0, "b").await,
             Err(RegistryError::TooLarge { .. })
         ));
     }

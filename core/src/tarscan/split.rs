@@ -10,21 +10,45 @@ use chunksnap_format::pb::TarSplit;
 use super::{TarError, TarScan, scan_tar_headers_with, scan_tar_with};
 use chunksnap_format::tarsplit::MAX_TAR_SPLIT_RAW;
 
+/// Where the recorded split goes: kept, or compared as it comes with a split already in hand
+/// (a node checking an index's split holds no second copy of it).
+enum Sink<'e> {
+    Keep(TarSplit),
+    Compare {
+        expected: &'e TarSplit,
+        /// Content cuts matched so far.
+        cuts: usize,
+    },
+}
+
 /// What the recorder has seen so far.
-#[derive(Default)]
-struct State {
+struct State<'e> {
     /// Tar stream position (bytes read from the inner reader).
     pos: u64,
     /// Content bytes still to pass through unrecorded.
     skip: u64,
-    split: TarSplit,
-    /// `split.raw.len()` at the last content cut.
+    sink: Sink<'e>,
+    /// Raw (non-content) bytes recorded so far.
+    raw: usize,
+    /// `raw` at the last content cut.
     cut: usize,
-    /// The stream could not be recorded faithfully (or exceeded [`MAX_TAR_SPLIT_RAW`]).
+    /// The stream could not be recorded faithfully (exceeded [`MAX_TAR_SPLIT_RAW`], or
+    /// differs from the split it is compared with).
     broken: bool,
 }
 
-impl State {
+impl<'e> State<'e> {
+    fn new(sink: Sink<'e>) -> Self {
+        Self {
+            pos: 0,
+            skip: 0,
+            sink,
+            raw: 0,
+            cut: 0,
+            broken: false,
+        }
+    }
+
     fn content(&mut self, position: u64, size: u64) {
         if size == 0 || self.broken {
             return;
@@ -33,46 +57,77 @@ impl State {
             self.fail();
             return;
         }
-        let raw = self.split.raw.len();
-        self.split.raw_len.push((raw - self.cut) as u64);
-        self.split.content_len.push(size);
-        self.cut = raw;
+        let raw_len = (self.raw - self.cut) as u64;
+        match &mut self.sink {
+            Sink::Keep(split) => {
+                split.raw_len.push(raw_len);
+                split.content_len.push(size);
+            }
+            Sink::Compare { expected, cuts } => {
+                let i = *cuts;
+                *cuts += 1;
+                if expected.raw_len.get(i) != Some(&raw_len)
+                    || expected.content_len.get(i) != Some(&size)
+                {
+                    self.fail();
+                    return;
+                }
+            }
+        }
+        self.cut = self.raw;
         self.skip = size;
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if self.broken || bytes.is_empty() {
+            return;
+        }
+        let end = self.raw + bytes.len();
+        if end > MAX_TAR_SPLIT_RAW {
+            self.fail();
+            return;
+        }
+        let same = match &mut self.sink {
+            Sink::Keep(split) => {
+                split.raw.extend_from_slice(bytes);
+                true
+            }
+            Sink::Compare { expected, .. } => expected.raw.get(self.raw..end) == Some(bytes),
+        };
+        self.raw = end;
+        if !same {
+            self.fail();
+        }
     }
 
     fn fail(&mut self) {
         self.broken = true;
-        self.split = TarSplit::default();
+        if let Sink::Keep(split) = &mut self.sink {
+            *split = TarSplit::default();
+        }
     }
 }
 
-struct Recorder<'s, R> {
+struct Recorder<'s, 'e, R> {
     inner: R,
-    state: &'s RefCell<State>,
+    state: &'s RefCell<State<'e>>,
 }
 
-impl<R: Read> Read for Recorder<'_, R> {
+impl<R: Read> Read for Recorder<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut st = self.state.borrow_mut();
         st.pos += n as u64;
         let skipped = usize::try_from(st.skip).unwrap_or(usize::MAX).min(n);
         st.skip -= skipped as u64;
-        let rest = &buf[skipped..n];
-        if !st.broken && !rest.is_empty() {
-            if st.split.raw.len() + rest.len() > MAX_TAR_SPLIT_RAW {
-                st.fail();
-            } else {
-                st.split.raw.extend_from_slice(rest);
-            }
-        }
+        st.record(&buf[skipped..n]);
         Ok(n)
     }
 }
 
 /// Seeking forward: content still to come is seeked over in the inner reader, anything past it
 /// is read (and so recorded).
-impl<R: Read + Seek> Seek for Recorder<'_, R> {
+impl<R: Read + Seek> Seek for Recorder<'_, '_, R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let n = match to {
             SeekFrom::Current(n) => u64::try_from(n).ok(),
@@ -102,7 +157,7 @@ pub fn scan_tar_split(
     reader: impl Read,
     content: &mut impl Write,
 ) -> Result<(TarScan, Option<TarSplit>), TarError> {
-    let state = RefCell::new(State::default());
+    let state = RefCell::new(State::new(Sink::Keep(TarSplit::default())));
     let mut rec = Recorder {
         inner: reader,
         state: &state,
@@ -110,7 +165,10 @@ pub fn scan_tar_split(
     let scan = scan_tar_with(&mut rec, content, &mut |pos, size| {
         state.borrow_mut().content(pos, size)
     })?;
-    finish(rec, &state, scan)
+    match finish(rec, &state, scan)? {
+        (scan, true, Sink::Keep(split)) => Ok((scan, Some(split))),
+        (scan, _, _) => Ok((scan, None)),
+    }
 }
 
 /// [`scan_tar_split`] of a reader that can seek over file content (such as a tar-split's own
@@ -119,7 +177,27 @@ pub fn scan_tar_split(
 pub fn scan_tar_split_headers(
     reader: impl Read + Seek,
 ) -> Result<(TarScan, Option<TarSplit>), TarError> {
-    let state = RefCell::new(State::default());
+    match scan_headers(reader, Sink::Keep(TarSplit::default()))? {
+        (scan, true, Sink::Keep(split)) => Ok((scan, Some(split))),
+        (scan, _, _) => Ok((scan, None)),
+    }
+}
+
+/// [`scan_tar_split_headers`] that compares the split with `expected` as it is recorded
+/// instead of keeping it: the bool says whether they are the same.
+pub fn scan_tar_split_headers_matching(
+    reader: impl Read + Seek,
+    expected: &TarSplit,
+) -> Result<(TarScan, bool), TarError> {
+    let (scan, ok, _) = scan_headers(reader, Sink::Compare { expected, cuts: 0 })?;
+    Ok((scan, ok))
+}
+
+fn scan_headers<'e>(
+    reader: impl Read + Seek,
+    sink: Sink<'e>,
+) -> Result<(TarScan, bool, Sink<'e>), TarError> {
+    let state = RefCell::new(State::new(sink));
     let mut rec = Recorder {
         inner: reader,
         state: &state,
@@ -130,14 +208,25 @@ pub fn scan_tar_split_headers(
     finish(rec, &state, scan)
 }
 
-fn finish<R: Read>(
-    mut rec: Recorder<'_, R>,
-    state: &RefCell<State>,
+/// Reads the rest of the stream; the bool says whether the split came out whole (and, when
+/// compared, the same as the one expected).
+fn finish<'e, R: Read>(
+    mut rec: Recorder<'_, 'e, R>,
+    state: &RefCell<State<'e>>,
     scan: TarScan,
-) -> Result<(TarScan, Option<TarSplit>), TarError> {
+) -> Result<(TarScan, bool, Sink<'e>), TarError> {
     io::copy(&mut rec, &mut io::sink()).map_err(TarError::Read)?;
-    let st = state.take();
-    Ok((scan, (!st.broken && st.skip == 0).then_some(st.split)))
+    drop(rec);
+    let st = state.replace(State::new(Sink::Keep(TarSplit::default())));
+    let complete = match &st.sink {
+        Sink::Keep(_) => true,
+        Sink::Compare { expected, cuts } => {
+            st.raw == expected.raw.len()
+                && *cuts == expected.raw_len.len()
+                && *cuts == expected.content_len.len()
+        }
+    };
+    Ok((scan, !st.broken && st.skip == 0 && complete, st.sink))
 }
 
 #[cfg(test)]
@@ -227,7 +316,45 @@ mod tests {
 
         // Seeking over the content instead of reading it records the same split and entries.
         let (headers, again) = scan_tar_split_headers(std::io::Cursor::new(&tar)).unwrap();
-        assert_eq!(again, Some(split));
+        assert_eq!(again.as_ref(), Some(&split));
+        // Compared as it is recorded: the same, and any difference is seen.
+        let (_, same) =
+            scan_tar_split_headers_matching(std::io::Cursor::new(&tar), &split).unwrap();
+        assert!(same);
+        for altered in [
+            TarSplit {
+                raw: [split.raw.as_slice(), &[0]].concat(),
+                ..split.clone()
+            },
+            TarSplit {
+                raw: split.raw[..split.raw.len() - 1].to_vec(),
+                ..split.clone()
+            },
+            TarSplit {
+                raw_len: split.raw_len[1..].to_vec(),
+                ..split.clone()
+            },
+            TarSplit {
+                content_len: [split.content_len.as_slice(), &[1]].concat(),
+                ..split.clone()
+            },
+            TarSplit {
+                content_len: vec![5, 3, 2, 5],
+                ..split.clone()
+            },
+            {
+                let mut raw = split.raw.clone();
+                raw[100] ^= 1;
+                TarSplit {
+                    raw,
+                    ..split.clone()
+                }
+            },
+        ] {
+            let (_, same) =
+                scan_tar_split_headers_matching(std::io::Cursor::new(&tar), &altered).unwrap();
+            assert!(!same);
+        }
         let mut want = scan.entries;
         want.iter_mut().for_each(|e| e.content_digest.clear());
         assert_eq!(headers.entries, want);

@@ -67,6 +67,8 @@ pub struct CaseOffline {
     pub mode: Mode,
     pub v1_tar_bytes: u64,
     pub v2_tar_bytes: u64,
+    /// Uncompressed bytes of v2's layers that v1 does not have (all of v2 when cold).
+    pub changed_tar_bytes: u64,
     /// Bytes a casync node fetches for v2: store growth after v1 (update) or the v2 store (cold).
     pub casync_bytes: u64,
     /// `zstd -19 --long --patch-from=v1 v2` (or without a base when cold), changed layers.
@@ -380,6 +382,13 @@ pub async fn run(s: &Settings) -> Result<Results> {
             mode: case.mode,
             v1_tar_bytes: Case::tar_bytes(&case.v1)?,
             v2_tar_bytes,
+            changed_tar_bytes: Case::tar_bytes(
+                &case
+                    .changed_layers()
+                    .into_iter()
+                    .map(|(_, l)| l.clone())
+                    .collect::<Vec<_>>(),
+            )?,
             casync_bytes,
             zstd_floor_bytes,
             convert_v2_bytes_pushed: c2.bytes_pushed,

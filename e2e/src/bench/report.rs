@@ -101,6 +101,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
                     off.casync_bytes as f64 / MB,
                     true,
                 ));
+                bytes_floor_targets(&mut t, &p.profile, c, off, b, plain_bytes);
                 if c.case == "debian-security"
                     && let Some(pb) = plain_bytes
                 {
@@ -132,6 +133,9 @@ pub fn targets(r: &Results) -> Vec<Target> {
                         true,
                     )),
                     Mode::Update => {}
+                }
+                if p.profile != "loopback" {
+                    time_floor_targets(&mut t, &p.profile, c, off, ts / tp);
                 }
             }
             verification_targets(&mut t, &p.profile, c, off);
@@ -214,6 +218,59 @@ pub fn targets(r: &Results) -> Vec<Target> {
         ));
     }
     t
+}
+
+/// Update bytes against the zstd patch floor, and cold bytes against the gzip pull.
+fn bytes_floor_targets(
+    t: &mut Vec<Target>,
+    profile: &str,
+    c: &CaseRuns,
+    off: &CaseOffline,
+    chunksnap: f64,
+    plain: Option<f64>,
+) {
+    if profile == "loopback" {
+        // Bytes do not depend on the network: once per case.
+        return;
+    }
+    match (c.mode, plain) {
+        (Mode::Update, _) if off.zstd_floor_bytes > 0 => t.push(Target::new(
+            format!("{}: v2 bytes / zstd patch floor <= 1.2", c.case),
+            chunksnap / off.zstd_floor_bytes as f64,
+            1.2,
+            true,
+        )),
+        (Mode::Cold, Some(pb)) => t.push(Target::new(
+            format!("{}: cold bytes chunksnap/plain (gzip) <= 0.8", c.case),
+            chunksnap / pb,
+            0.8,
+            true,
+        )),
+        _ => {}
+    }
+}
+
+/// Time to running on a shaped link: updates whose changed layers hold at least 10 MB at
+/// 0.2x plain, cold pulls at 0.7x.
+fn time_floor_targets(t: &mut Vec<Target>, profile: &str, c: &CaseRuns, off: &CaseOffline, r: f64) {
+    match c.mode {
+        Mode::Update if off.changed_tar_bytes >= 10_000_000 => t.push(Target::new(
+            format!(
+                "{profile} {}: time-to-running chunksnap/plain <= 0.2 (changed layers >= 10 MB)",
+                c.case
+            ),
+            r,
+            0.2,
+            true,
+        )),
+        Mode::Cold => t.push(Target::new(
+            format!("{profile} {}: cold pull chunksnap/plain <= 0.7", c.case),
+            r,
+            0.7,
+            true,
+        )),
+        Mode::Update => {}
+    }
 }
 
 /// What proving each layer by its diffID costs in time (against chunksnap without

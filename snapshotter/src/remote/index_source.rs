@@ -11,13 +11,14 @@
 //! failed verification the layer's indexes and the artifact are forgotten: a bad artifact costs
 //! speed once, never correctness.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_format::artifact::Artifact;
+use chunksnap_format::budget::held_size;
 use chunksnap_format::delta::decompress_index_delta;
 use chunksnap_format::digest::Digest;
 use chunksnap_format::index::{self, MAX_INDEX_SIZE};
@@ -26,14 +27,18 @@ use oci_client::Reference;
 
 use super::artifact_cache::BoundedMap;
 use super::error::{RemoteError, lock};
+use super::index_cache::IndexCache;
 use super::index_files;
 use crate::metrics::Metrics;
 
 /// How long "this image has no artifact" is remembered, so the layers of one unconverted
 /// image do not each ask the registry again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(60);
-/// Layer indexes kept in memory.
+/// Layer indexes kept in memory, per cache (fetched, verified), and the bytes each cache's
+/// indexes may hold together: one index of a large layer holds tens of MB (its tar-split
+/// records), and the node's index files on disk remain behind both.
 const INDEX_CACHE_ENTRIES: usize = 64;
+const INDEX_CACHE_BYTES: u64 = 64 << 20;
 /// Layer indexes kept on disk (for seeding after a restart); the least recently used go.
 const INDEX_FILES: usize = 256;
 /// Artifact lookups kept (per repository and manifest digest), and for how long.
@@ -54,9 +59,9 @@ pub struct IndexSource {
     client: RegistryClient,
     metrics: Metrics,
     artifacts: Mutex<BoundedMap<ArtifactKey, ArtifactEntry>>,
-    indexes: Mutex<HashMap<IndexKey, Arc<LayerIndex>>>,
+    indexes: Mutex<IndexCache<IndexKey>>,
     /// Indexes of layers this node assembled and verified, per layer (seeds, delta bases).
-    verified: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    verified: Mutex<IndexCache<Digest>>,
     /// Registry host -> mirror hosts tried first (in order) for artifacts, indexes and packs.
     mirrors: BTreeMap<String, Vec<String>>,
     /// Where layer indexes are kept across restarts (`None`: memory only).
@@ -75,8 +80,8 @@ impl IndexSource {
             client,
             metrics,
             artifacts: Mutex::new(BoundedMap::new(ARTIFACT_ENTRIES, ARTIFACT_TTL)),
-            indexes: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
+            indexes: Mutex::new(IndexCache::new(INDEX_CACHE_ENTRIES, INDEX_CACHE_BYTES)),
+            verified: Mutex::new(IndexCache::new(INDEX_CACHE_ENTRIES, INDEX_CACHE_BYTES)),
             mirrors,
             index_dir,
         }
@@ -152,7 +157,7 @@ impl IndexSource {
         let by_delta = artifact.index_deltas.get(layer).map(|d| d.raw.to_string());
         for content in std::iter::once(&desc.digest).chain(by_delta.as_ref()) {
             if let Some(ix) = lock(&self.indexes).get(&(*layer, content.clone())) {
-                return Ok(ix.clone());
+                return Ok(ix);
             }
         }
         if let Some(ix) = self.cached_index(layer).await {
@@ -197,7 +202,7 @@ impl IndexSource {
         let (base_layer, base_raw) = (d.base_layer, d.base_raw);
         // The verified index in memory first: its file is written in the background after
         // verification, so a prepare right after the base's may not find it on disk yet.
-        let in_memory = lock(&self.verified).get(&base_layer).cloned();
+        let in_memory = lock(&self.verified).get(&base_layer);
         let base = tokio::task::spawn_blocking(move || {
             if let Some(ix) = in_memory {
                 let raw = index::encode_raw(&ix);
@@ -225,6 +230,8 @@ impl IndexSource {
             let _permit = permit;
             let raw = decompress_index_delta(&frame, &base, MAX_INDEX_SIZE as u64, &d.raw)
                 .map_err(|e| e.to_string())?;
+            // The base's raw bytes are as large as the index: not held through the decode.
+            drop((base, frame));
             decode_for(&raw, &want, index::decode_raw).map_err(|e| e.to_string())
         })
         .await
@@ -243,11 +250,8 @@ impl IndexSource {
 
     fn remember_index(&self, key: IndexKey, ix: LayerIndex) -> Arc<LayerIndex> {
         let ix = Arc::new(ix);
-        let mut cache = lock(&self.indexes);
-        if cache.len() >= INDEX_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(key, ix.clone());
+        let size = held_size(&ix);
+        lock(&self.indexes).insert(key, ix.clone(), size);
         ix
     }
 
@@ -255,13 +259,8 @@ impl IndexSource {
     /// index delta base (in memory and on disk; stored compressed fast: what matters is that it
     /// decompresses to the raw bytes the next version's index delta is made against).
     pub(super) fn remember_verified(&self, layer: Digest, ix: &Arc<LayerIndex>) {
-        {
-            let mut cache = lock(&self.verified);
-            if cache.len() >= INDEX_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(layer, ix.clone());
-        }
+        let size = held_size(ix);
+        lock(&self.verified).insert(layer, ix.clone(), size);
         if let Some(dir) = self.index_dir.clone() {
             let ix = ix.clone();
             tokio::task::spawn_blocking(move || {
@@ -274,13 +273,13 @@ impl IndexSource {
     /// Forgets every cached index of `layer` and the artifact itself after the layer failed
     /// verification.
     pub(super) fn forget_unverified(&self, image: &Reference, manifest: &Digest, layer: &Digest) {
-        lock(&self.indexes).retain(|(l, _), _| l != layer);
+        lock(&self.indexes).retain(|(l, _)| l != layer);
         lock(&self.artifacts).remove(&artifact_key(image, manifest));
     }
 
     /// The index of a layer this node verified, from memory or the index directory.
     pub(super) async fn cached_index(&self, layer: &Digest) -> Option<Arc<LayerIndex>> {
-        if let Some(ix) = lock(&self.verified).get(layer).cloned() {
+        if let Some(ix) = lock(&self.verified).get(layer) {
             return Some(ix);
         }
         let dir = self.index_dir.clone()?;
@@ -301,7 +300,8 @@ impl IndexSource {
         .await
         .ok()??;
         let ix = Arc::new(ix);
-        lock(&self.verified).insert(*layer, ix.clone());
+        let size = held_size(&ix);
+        lock(&self.verified).insert(*layer, ix.clone(), size);
         Some(ix)
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! The implementation, [`chunk_remote::ChunkRemote`]:
 //! - [`index_source`]: where the artifact and the layer index come from (caches, index
-//!   files on disk ([`index_files`]), index deltas, the registry);
+//!   files on disk ([`index_files`]), index deltas, the registry), with its in-memory caches
+//!   bounded in bytes ([`index_cache`]);
 //! - [`prepare`]: preparing one layer (seeds, fetch, assembly);
 //! - [`prefetch`]: the image's other layers in the background, and `chunksnap prefetch`.
 
@@ -19,6 +20,7 @@ pub mod cancel;
 pub mod chunk_remote;
 pub mod converted;
 pub mod error;
+pub mod index_cache;
 pub mod index_files;
 pub mod index_source;
 pub mod layer_verify;

@@ -153,8 +153,16 @@ fn reference(s: &str) -> Result<Reference> {
     RegistryClient::parse_reference(s).with_context(|| format!("parsing image reference {s:?}"))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    chunksnap_core::malloc::cap_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run())
+}
+
+async fn run() -> Result<()> {
     // reqwest is built without a default TLS provider: pick ring once, before any client exists.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()

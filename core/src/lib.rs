@@ -7,9 +7,11 @@
 //! - [`store`]: the node-wide chunk store (verified chunks by digest, LRU budget).
 //! - [`fetch`]: fetching missing chunks from packs with coalesced, parallel Range reads.
 //! - [`assemble`]: writing a layer's filesystem from its index and the store.
+//! - [`malloc`]: the glibc malloc settings the binaries start with.
 
 pub mod assemble;
 pub mod fetch;
+pub mod malloc;
 pub mod registry;
 pub mod store;
 pub mod tarscan;

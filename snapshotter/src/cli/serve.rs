@@ -24,28 +24,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Keeps freed memory from staying resident in glibc's malloc.
-/// - Arenas are capped at two. By default every thread that allocates may get an arena of its
-///   own (up to 8 per CPU), and buffers freed on another thread stay resident in them: the
-///   runtime's workers, blocking threads and the assembler's threads together kept tens of MB
-///   of freed buffers. Two arenas measured the same speed.
-/// - Blocks of 1 MiB and more are mapped on their own and unmapped when freed. By default
-///   glibc raises that threshold each time such a block is freed (up to 32 MiB), after which
-///   range bodies, index copies and delta bases of a pull stay in the heap once freed.
-fn tune_malloc() {
-    // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("log level {:?}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    tune_malloc();
+    chunksnap_core::malloc::tune();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -57,6 +57,39 @@ fn main() -> anyhow::Result<()> {
             ix.packs.clear();
         }),
         ("entries left out", |ix, _| ix.entries.clear()),
+        ("entry metadata left out", |ix, _| {
+            for e in &mut ix.entries {
+                *e = chunksnap_format::pb::Entry {
+                    content_digest: std::mem::take(&mut e.content_digest),
+                    ..Default::default()
+                };
+            }
+        }),
+        ("delta bases left out", |ix, _| ix.delta_bases.clear()),
+        ("digests of delta chunks left out", |ix, _| {
+            ix.chunks
+                .iter_mut()
+                .filter(|c| c.delta.is_some())
+                .for_each(|c| c.digest.clear())
+        }),
+        ("full refs of delta chunks left out", |ix, _| {
+            for c in ix.chunks.iter_mut().filter(|c| c.delta.is_some()) {
+                (c.pack, c.pack_offset, c.stored_size) = (0, 0, 0);
+            }
+        }),
+        ("metadata+new file+delta digests", |ix, old| {
+            for e in &mut ix.entries {
+                let d = std::mem::take(&mut e.content_digest);
+                *e = chunksnap_format::pb::Entry {
+                    content_digest: if old.contains(&d) { d } else { Vec::new() },
+                    ..Default::default()
+                };
+            }
+            ix.chunks
+                .iter_mut()
+                .filter(|c| c.delta.is_some())
+                .for_each(|c| c.digest.clear())
+        }),
         ("chunks left out", |ix, _| ix.chunks.clear()),
     ];
     println!(

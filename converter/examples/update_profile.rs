@@ -45,6 +45,9 @@ impl RangeSource for Registry {
             .0
             .get(pack)
             .ok_or_else(|| FetchError::range(pack, offset, len, "no pack"))?;
+        if std::env::var_os("SHOW_REQUESTS").is_some() {
+            eprintln!("request {} {offset} {len}", &pack[7..15]);
+        }
         Ok(p.slice(offset as usize..(offset + len) as usize))
     }
 }

@@ -5,7 +5,8 @@
 //! request across gaps up to [`FetchOptions::max_gap`], capped at
 //! [`FetchOptions::max_request`]; requests run [`FetchOptions::parallelism`] at a time. Every
 //! chunk is decompressed (bounded) and its sha256 checked on a blocking thread before it enters
-//! the store: a short read or a bad chunk fails the fetch and nothing unverified is stored.
+//! the store, while the rest of its request is still arriving (`request`): a short read or a
+//! bad chunk fails the fetch and nothing unverified is stored.
 //!
 //! [`Inflight`] is shared process-wide so that concurrent fetches needing the same chunk fetch
 //! it once: the first claims it, the others wait for it; if the first fails, a waiter claims
@@ -39,6 +40,7 @@ mod bounds;
 mod inflight;
 mod limits;
 mod plan;
+mod request;
 mod verify;
 
 pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
@@ -47,6 +49,7 @@ pub use inflight::Inflight;
 pub use limits::{claim_wait, request_deadline};
 pub use plan::estimate;
 use plan::{FullFrame, Request, Want, check_range, plan, use_deltas};
+use request::{Fetched, fetch_request};
 
 /// How many times a chunk another fetch was getting is waited for before giving up.
 const MAX_ROUNDS: usize = 4;
@@ -134,7 +137,25 @@ pub trait RangeSource: Send + Sync {
         offset: u64,
         len: u64,
     ) -> impl Future<Output = Result<Bytes, FetchError>> + Send;
+
+    /// The same bytes as they arrive, so that chunks are verified while the rest is on the
+    /// wire. The stream may break or end early: the caller reads what is missing with
+    /// [`read_range`](Self::read_range). By default, all of it at once from `read_range`.
+    fn stream_range(
+        &self,
+        pack: &str,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<RangeStream, FetchError>> + Send {
+        async move {
+            let bytes = self.read_range(pack, offset, len).await?;
+            Ok(futures::stream::once(async move { Ok(bytes) }).boxed())
+        }
+    }
 }
+
+/// A Range request's bytes as they arrive ([`RangeSource::stream_range`]).
+pub type RangeStream = futures::stream::BoxStream<'static, Result<Bytes, FetchError>>;
 
 /// Request shaping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,77 +379,6 @@ pub async fn fetch_needed(
         Ok(stats)
     } else {
         Err(FetchError::StillMissing(wants.len()))
-    }
-}
-
-/// What one request brought.
-struct Fetched {
-    /// Chunks stored.
-    stored: u64,
-    /// Of those, rebuilt from deltas.
-    from_deltas: u64,
-    /// Bytes received.
-    bytes: u64,
-    /// Delta wants that could not be used: fetch them as full chunks.
-    retry: Vec<Want>,
-}
-
-/// Runs one request. Each chunk is stored (and its claim released) as soon as it verifies; full
-/// chunks that fail verification (damaged in transit, e.g. by a faulty proxy) are read once
-/// more before the fetch fails; deltas that fail go back as full chunks.
-async fn fetch_request(
-    r: Request,
-    claims: Arc<Claims>,
-    store: &Arc<ChunkStore>,
-    source: &impl RangeSource,
-    opts: &FetchOptions,
-) -> Result<Fetched, FetchError> {
-    let r = Arc::new(r);
-    let mut received = 0;
-    let mut attempt = 0;
-    let deadline = request_deadline(opts, r.len);
-    loop {
-        attempt += 1;
-        let data = tokio::time::timeout(deadline, source.read_range(&r.pack, r.start, r.len))
-            .await
-            .map_err(|_| FetchError::Deadline {
-                pack: r.pack.clone(),
-                offset: r.start,
-                len: r.len,
-                after: deadline,
-            })??;
-        if data.len() as u64 != r.len {
-            return Err(FetchError::ShortRead {
-                pack: r.pack.clone(),
-                offset: r.start,
-                expected: r.len,
-                got: data.len() as u64,
-            });
-        }
-        received += data.len() as u64;
-        let (req, st, cl) = (Arc::clone(&r), Arc::clone(store), Arc::clone(&claims));
-        let verified = tokio::task::spawn_blocking(move || -> Result<Fetched, FetchError> {
-            let done = verify::check_and_store(&req, &data, &st, &|d| cl.release(d))?;
-            Ok(Fetched {
-                stored: done.stored,
-                from_deltas: done.from_deltas,
-                bytes: 0,
-                retry: done.retry,
-            })
-        })
-        .await?;
-        match verified {
-            Ok(f) => {
-                return Ok(Fetched {
-                    bytes: received,
-                    ..f
-                });
-            }
-            Err(FetchError::Store(StoreError::Corrupt(e))) if attempt < 2 => {
-                tracing::warn!(pack = %r.pack, offset = r.start, cause = %e, "chunk failed verification; reading the range again");
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

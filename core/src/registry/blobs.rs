@@ -164,6 +164,44 @@ impl RegistryClient {
         Ok(bytes)
     }
 
+    /// [`read_range`](Self::read_range)'s bytes as they arrive. Only opening the request is
+    /// retried: a body that breaks or ends short is the reader's to finish (it may read the rest
+    /// with `read_range`). A registry that ignores `Range` is sliced as with `read_range`, in
+    /// one piece.
+    #[tracing::instrument(skip(self), fields(image = %image, %digest))]
+    pub async fn range_stream(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<BlobStream, RegistryError> {
+        if len == 0 {
+            return Ok(futures::stream::empty().boxed());
+        }
+        let (client, _) = self.prepare(image).await?;
+        let d = digest.to_string();
+        let direct = &self.inner.direct;
+        let answer = self
+            .retry("range read", &d, || {
+                direct.blob(
+                    &self.inner.config,
+                    image,
+                    &d,
+                    Some((offset, len)),
+                    client.authorization.as_ref(),
+                )
+            })
+            .await?;
+        Ok(match answer {
+            part @ BlobAnswer::Part(_) => part.into_stream().boxed(),
+            whole @ BlobAnswer::Whole(_) => {
+                tracing::debug!(%digest, "registry ignored Range; slicing the full response");
+                futures::stream::once(take_range(whole.into_stream(), offset, len)).boxed()
+            }
+        })
+    }
+
     /// Asks the registry to mount the blob `digest` from `source`'s repository into `image`'s
     /// (cross-repository mount, same registry only). Returns whether it was mounted; a registry
     /// that declines (it then opens an upload session instead, which it expires) gives `false`,
@@ -320,6 +358,25 @@ impl crate::fetch::RangeSource for RepoRangeSource {
             }),
             Err(e) => Err(FetchError::range(pack, offset, len, e)),
         }
+    }
+
+    async fn stream_range(
+        &self,
+        pack: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<crate::fetch::RangeStream, crate::fetch::FetchError> {
+        use crate::fetch::FetchError;
+        let digest = Digest::parse(pack).map_err(|e| FetchError::range(pack, offset, len, e))?;
+        let stream = self
+            .client
+            .range_stream(&self.repo, &digest, offset, len)
+            .await
+            .map_err(|e| FetchError::range(pack, offset, len, e))?;
+        let pack = pack.to_owned();
+        Ok(stream
+            .map(move |piece| piece.map_err(|e| FetchError::range(&pack, offset, len, e)))
+            .boxed())
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 use chunksnap_format::pb::Compression;
 
 use chunksnap_format::digest::Digest;
-use chunksnap_format::pack::{PackError, decompress_chunk};
+use chunksnap_format::pack::{PackError, decode_chunk, decompress_chunk};
 
 mod upkeep;
 
@@ -146,6 +146,9 @@ pub struct ChunkStore {
     temp_seq: AtomicU64,
 }
 
+/// How a read turns a stored frame into the chunk: hashed or not (`get`, `get_unhashed`).
+type Decode = fn(&[u8], Compression, u64, &Digest) -> Result<Vec<u8>, PackError>;
+
 /// Keeps a set of chunks from being evicted while it lives.
 pub struct PinGuard {
     state: Arc<Mutex<State>>,
@@ -267,6 +270,20 @@ impl ChunkStore {
     /// The uncompressed bytes of a chunk, verified. A corrupt file is deleted and reported as
     /// [`StoreError::Missing`].
     pub fn get(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        self.read(digest, size, decompress_chunk)
+    }
+
+    /// [`get`](Self::get) without hashing the bytes again: for readers whose result is proven
+    /// another way, an assembly checked against the layer's diffID or a delta decoded from
+    /// these bases and checked against its own sha256. Each chunk was verified when it was
+    /// stored; what this skips is the check against damage on disk since, which the reader's
+    /// own proof catches (it then has the layer's chunks checked with [`get`](Self::get), which
+    /// drops damaged ones). A frame that does not decode is still deleted.
+    pub fn get_unhashed(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        self.read(digest, size, decode_chunk)
+    }
+
+    fn read(&self, digest: &Digest, size: u32, decode: Decode) -> Result<Vec<u8>, StoreError> {
         let path = self.chunk_path(digest);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -284,8 +301,8 @@ impl ChunkStore {
         let mut raw = Vec::new();
         file.read_to_end(&mut raw).map_err(io_err(&path))?;
         let decoded = match raw.split_first() {
-            Some((&0, rest)) => decompress_chunk(rest, Compression::None, size.into(), digest),
-            Some((&1, rest)) => decompress_chunk(rest, Compression::Zstd, size.into(), digest),
+            Some((&0, rest)) => decode(rest, Compression::None, size.into(), digest),
+            Some((&1, rest)) => decode(rest, Compression::Zstd, size.into(), digest),
             Some((&h, _)) => Err(PackError::Corrupt {
                 digest: *digest,
                 reason: format!("unknown header byte {h}"),

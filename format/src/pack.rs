@@ -89,19 +89,7 @@ pub fn decompress_chunk(
     expected_size: u64,
     digest: &Digest,
 ) -> Result<Vec<u8>, PackError> {
-    let data = match compression {
-        Compression::None => {
-            if stored.len() as u64 != expected_size {
-                return Err(PackError::SizeMismatch {
-                    digest: *digest,
-                    declared: Some(stored.len() as u64),
-                    expected: expected_size,
-                });
-            }
-            stored.to_vec()
-        }
-        Compression::Zstd => decompress_frame(stored, expected_size, digest)?,
-    };
+    let data = decode_chunk(stored, compression, expected_size, digest)?;
     let actual = Digest::of(&data);
     if actual != *digest {
         return Err(PackError::DigestMismatch {
@@ -110,6 +98,30 @@ pub fn decompress_chunk(
         });
     }
     Ok(data)
+}
+
+/// [`decompress_chunk`] without the sha256: only for bytes that are proven another way, such as
+/// a chunk the store verified when it took it in, read back for a layer that is then checked
+/// against its diffID. The size is still checked (`digest` names the chunk in errors).
+pub fn decode_chunk(
+    stored: &[u8],
+    compression: Compression,
+    expected_size: u64,
+    digest: &Digest,
+) -> Result<Vec<u8>, PackError> {
+    match compression {
+        Compression::None => {
+            if stored.len() as u64 != expected_size {
+                return Err(PackError::SizeMismatch {
+                    digest: *digest,
+                    declared: Some(stored.len() as u64),
+                    expected: expected_size,
+                });
+            }
+            Ok(stored.to_vec())
+        }
+        Compression::Zstd => decompress_frame(stored, expected_size, digest),
+    }
 }
 
 /// Checks that `frame` is exactly one zstd frame declaring `expected_size` bytes of content;

@@ -80,12 +80,23 @@ async fn receive(
         let (store, claims) = (Arc::clone(store), Arc::clone(&claims));
         tokio::task::spawn_blocking(move || verify_pieces(rx, &store, &claims))
     };
+    let t0 = std::time::Instant::now();
     let mut body = Body::new(&r);
     let received = body.receive(&r, source, &tx).await;
+    let received_in = t0.elapsed();
     drop(tx);
     // The verifier ends once it has the last piece (or at its first error).
     let (done, damaged) = verifier.await??;
     fetched.bytes = received?;
+    tracing::debug!(
+        pack = %r.pack,
+        offset = r.start,
+        len = r.len,
+        chunks = r.chunks.len(),
+        received_ms = received_in.as_millis() as u64,
+        verified_ms = t0.elapsed().as_millis() as u64,
+        "range request done"
+    );
     fetched.add(done);
     for piece in damaged {
         let data = source

@@ -163,9 +163,7 @@ impl RangeSource for Streaming {
     }
 }
 
-fn lock_reads(
-    r: &std::sync::Mutex<Vec<(u64, u64)>>,
-) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
+fn lock_reads(r: &std::sync::Mutex<Vec<(u64, u64)>>) -> std::sync::MutexGuard<'_, Vec<(u64, u64)>> {
     r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -187,7 +185,14 @@ async fn stream_with(
         extra,
         whole_reads: Arc::default(),
     };
-    let r = fetch_missing(&ix, &store, &src, &FetchOptions::default(), &Inflight::default()).await;
+    let r = fetch_missing(
+        &ix,
+        &store,
+        &src,
+        &FetchOptions::default(),
+        &Inflight::default(),
+    )
+    .await;
     let stored = digests.iter().filter(|d| store.contains(d)).count();
     let reads = lock_reads(&src.whole_reads).clone();
     (r, reads, stored)
@@ -208,7 +213,10 @@ async fn chunks_are_stored_while_the_body_still_arrives() {
 async fn a_broken_body_is_finished_with_a_read_of_the_rest() {
     let (r, reads, stored) = stream_with(100, None, Some(150_000), 0).await;
     let stats = r.unwrap();
-    assert_eq!((stats.chunks_fetched, stats.bytes_fetched), (100, 100 * 4096));
+    assert_eq!(
+        (stats.chunks_fetched, stats.bytes_fetched),
+        (100, 100 * 4096)
+    );
     assert_eq!(reads, vec![(150_000, 100 * 4096 - 150_000)]);
     assert_eq!(stored, 100);
 }

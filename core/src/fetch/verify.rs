@@ -1,8 +1,9 @@
 //! Turning the bytes of one Range request into verified chunks in the store.
 //!
 //! Full frames are decompressed (bounded) and checked against their sha256. Delta frames are
-//! decoded against their base chunks, read and verified from the store, then checked the same
-//! way; a delta that fails is handed back to be fetched as the full chunk. Each chunk is stored
+//! decoded against their base chunks, read from the store, then checked the same way (the
+//! bases are not hashed again: a damaged base gives a chunk that fails its sha256); a delta
+//! that fails has its bases checked and is handed back to be fetched as the full chunk. Each chunk is stored
 //! as soon as it checks out and its waiters are released, so an assembly waiting for it goes
 //! on while the rest of the request is decoded. Neighbouring deltas mostly share their bases
 //! (their windows over the previous version overlap), so decoded bases are cached per worker;
@@ -60,7 +61,8 @@ impl<'s> Bases<'s> {
             let data = match self.cache.get(d) {
                 Some(data) => data.clone(),
                 None => {
-                    let data = Arc::new(self.store.get(d, *size)?);
+                    // Unhashed: the delta decoded from them is checked against its sha256.
+                    let data = Arc::new(self.store.get_unhashed(d, *size)?);
                     if self.bytes + data.len() > BASE_CACHE_BYTES {
                         self.cache.clear();
                         self.bytes = 0;
@@ -73,6 +75,17 @@ impl<'s> Bases<'s> {
             out.extend_from_slice(&data);
         }
         Ok(out)
+    }
+
+    /// After a delta failed: reads its bases hashed, which deletes any damaged on disk, and
+    /// forgets them here.
+    fn check(&mut self, bases: &[(Digest, u32)]) {
+        for (d, size) in bases {
+            if let Some(data) = self.cache.remove(d) {
+                self.bytes -= data.len();
+            }
+            let _ = self.store.get(d, *size);
+        }
     }
 }
 
@@ -152,6 +165,7 @@ fn slice(
                     }
                     Err(e) => {
                         tracing::warn!(chunk = %w.digest, cause = %e, "delta unusable; fetching the full chunk");
+                        bases.check(list);
                         out.retry.push(w.clone());
                         continue;
                     }

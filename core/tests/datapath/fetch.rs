@@ -472,3 +472,25 @@ async fn a_delta_that_does_not_decode_falls_back_to_the_full_chunk() {
         assert_eq!(&st.get(d, data.len() as u32).unwrap(), data);
     }
 }
+
+#[tokio::test]
+async fn a_base_damaged_on_disk_fails_its_delta_and_is_removed() {
+    let v1 = layer(4);
+    let v2 = with_deltas(&v1, 4);
+    let (_dir, st) = store();
+    fetch(&v1, &FakeSource::new(&v1), &st).await;
+    // Bases are read without hashing them again: the delta decoded from a damaged one fails
+    // its own sha256, and the base is then checked and deleted.
+    let base = Digest::from_slice(&v1.index.chunks[0].digest).unwrap();
+    let path = st.chunk_path(&base);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let stats = fetch(&v2, &FakeSource::new(&v2), &st).await;
+    assert_eq!((stats.chunks_from_deltas, stats.delta_fallbacks), (3, 1));
+    assert_eq!(stats.chunks_fetched, 4);
+    assert!(!st.contains(&base) && !path.exists());
+    for (d, data) in &v2.chunks {
+        assert_eq!(&st.get(d, data.len() as u32).unwrap(), data);
+    }
+}

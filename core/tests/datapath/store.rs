@@ -101,6 +101,36 @@ fn missing_and_corrupt_chunks_are_reported_missing() {
 }
 
 #[test]
+fn unhashed_reads_leave_damage_to_the_caller_and_hashed_reads_remove_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path(), None).unwrap();
+    // Incompressible, so stored raw: a flipped byte still reads back at the right size.
+    let data = crate::noise(3, 8192);
+    let (d, _) = put(&store, &data);
+    let path = store.chunk_path(&d);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[4000] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let read = store.get_unhashed(&d, 8192).unwrap();
+    assert_eq!(read.len(), 8192);
+    assert_ne!(read, data, "the damage is the reader's proof to catch");
+    assert!(store.contains(&d));
+    assert!(matches!(store.get(&d, 8192), Err(StoreError::Missing(_))));
+    assert!(!path.exists(), "a hashed read deletes the damaged chunk");
+
+    // A frame that no longer decodes is deleted by an unhashed read too.
+    let text = vec![b'a'; 10_000];
+    let (t, stored) = put(&store, &text);
+    let path = store.chunk_path(&t);
+    fs::write(&path, &fs::read(&path).unwrap()[..stored as usize / 2]).unwrap();
+    assert!(matches!(
+        store.get_unhashed(&t, 10_000),
+        Err(StoreError::Missing(_))
+    ));
+    assert!(!store.contains(&t) && !path.exists());
+}
+
+#[test]
 fn lru_eviction_respects_budget_recency_and_pins() {
     let dir = tempfile::tempdir().unwrap();
     // Incompressible 4 KiB chunks: 4097 bytes each on disk.

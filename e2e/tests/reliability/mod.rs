@@ -5,6 +5,7 @@ pub(crate) mod common;
 mod concurrency;
 pub(crate) mod crash;
 mod credential_provider;
+mod damaged_store;
 mod disk;
 mod faults;
 mod forged;

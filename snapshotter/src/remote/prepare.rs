@@ -110,6 +110,7 @@ impl ChunkRemote {
             runtime: tokio::runtime::Handle::current(),
             give_up: fetch_failed,
             claim: req.claim.clone(),
+            proven_by_diff_id: verify,
         };
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
@@ -140,6 +141,7 @@ impl ChunkRemote {
             Err(RemoteError::Verify(e)) if !matches!(e, VerifyError::Cancelled) => {
                 self.metrics.verify_failures.inc();
                 self.source.forget_unverified(&asked, &manifest, &layer);
+                self.scrub(&ix);
                 tracing::warn!(
                     %layer,
                     image = %req.image_ref,
@@ -185,6 +187,29 @@ impl ChunkRemote {
         })
     }
 
+    /// After a layer failed its diffID check: reads each of its chunks in the store hashed, in
+    /// the background, which deletes those damaged on disk (the assembly read them unhashed), so
+    /// the next prepare fetches them again.
+    fn scrub(self: &Arc<Self>, ix: &Arc<LayerIndex>) {
+        let (store, ix) = (self.store.clone(), ix.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut seen = std::collections::HashSet::new();
+            let damaged = ix
+                .chunks
+                .iter()
+                .filter_map(|c| Some((Digest::from_slice(&c.digest).ok()?, c.size)))
+                .filter(|(d, _)| seen.insert(*d) && store.contains(d))
+                .filter(|(d, size)| matches!(store.get(d, *size), Err(StoreError::Missing(_))))
+                .count();
+            if damaged > 0 {
+                tracing::warn!(
+                    damaged,
+                    "removed damaged chunks of a layer that failed its check"
+                );
+            }
+        });
+    }
+
     /// Keeps the store within its budget and the gauge current (eviction never touches pinned
     /// chunks of in-flight prepares).
     fn after_prepare(self: &Arc<Self>) {
@@ -212,11 +237,24 @@ struct FetchingReader {
     give_up: Arc<AtomicBool>,
     /// The prepare's claim: once cancelled, nothing more is fetched for it.
     claim: DirClaim,
+    /// The layer is checked against its diffID: chunks are read without hashing each again
+    /// (should one be damaged on disk, the check fails and the layer's chunks are scrubbed).
+    proven_by_diff_id: bool,
+}
+
+impl FetchingReader {
+    fn get(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
+        if self.proven_by_diff_id {
+            self.remote.store.get_unhashed(digest, size)
+        } else {
+            self.remote.store.get(digest, size)
+        }
+    }
 }
 
 impl ChunkReader for FetchingReader {
     fn read_chunk(&self, digest: &Digest, size: u32) -> Result<Vec<u8>, StoreError> {
-        match self.remote.store.get(digest, size) {
+        match self.get(digest, size) {
             Err(StoreError::Missing(_))
                 if !self.give_up.load(Ordering::Relaxed) && !self.claim.is_cancelled() => {}
             other => return other,
@@ -238,7 +276,7 @@ impl ChunkReader for FetchingReader {
             tracing::warn!(%digest, cause = %e, "fetching a chunk while assembling failed");
             return Err(StoreError::Missing(*digest));
         }
-        self.remote.store.get(digest, size)
+        self.get(digest, size)
     }
 }
 

@@ -5,7 +5,8 @@
 //! fills a chunk store with v1 and assembles v1, then times v2: the fetch of what the node lacks
 //! (served from memory, so this is decode and store cost only) and the seeded assembly, first
 //! one after the other, then overlapped as the daemon runs them. WORKDIR should be on the
-//! filesystem a node would use (see docs/benchmarks.md on ext4 without a journal).
+//! filesystem a node would use (see docs/benchmarks.md on ext4 without a journal). With
+//! `SHOW_REQUESTS=1` each Range request (pack, offset, length) is printed.
 
 mod common;
 

@@ -245,9 +245,9 @@ impl ChunkStore {
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(&[compression as u8])?;
-            // No fsync: every read re-verifies the sha256, so a chunk torn by a crash is
-            // dropped and fetched again, never used; an fsync per chunk made fetching
-            // thousands of chunks disk-bound.
+            // No fsync: a chunk torn by a crash is never used (a hashed read drops it; a
+            // layer that read it unhashed fails its diffID check, and its chunks are then
+            // read hashed); an fsync per chunk made fetching thousands of chunks disk-bound.
             f.write_all(stored)
         };
         // The rename happens under the lock so eviction never races a fresh insert.

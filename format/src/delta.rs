@@ -86,13 +86,7 @@ pub fn decompress_delta(
             expected: expected_size,
         });
     }
-    let actual = Digest::of(&data);
-    if actual != *digest {
-        return Err(PackError::DigestMismatch {
-            digest: *digest,
-            actual,
-        });
-    }
+    crate::pack::check_digest(&data, digest)?;
     Ok(data)
 }
 

@@ -90,14 +90,20 @@ pub fn decompress_chunk(
     digest: &Digest,
 ) -> Result<Vec<u8>, PackError> {
     let data = decode_chunk(stored, compression, expected_size, digest)?;
-    let actual = Digest::of(&data);
+    check_digest(&data, digest)?;
+    Ok(data)
+}
+
+/// Checks that `data` hashes to `digest`.
+pub(crate) fn check_digest(data: &[u8], digest: &Digest) -> Result<(), PackError> {
+    let actual = Digest::of(data);
     if actual != *digest {
         return Err(PackError::DigestMismatch {
             digest: *digest,
             actual,
         });
     }
-    Ok(data)
+    Ok(())
 }
 
 /// [`decompress_chunk`] without the sha256: only for bytes that are proven another way, such as

@@ -125,11 +125,7 @@ fn verify_pieces(
     let mut damaged = Vec::new();
     while let Some((piece, data)) = rx.blocking_recv() {
         match verify::check_and_store(&piece, &data, store, &|d| claims.release(d)) {
-            Ok(done) => {
-                all.stored += done.stored;
-                all.from_deltas += done.from_deltas;
-                all.retry.extend(done.retry);
-            }
+            Ok(done) => all.add(done),
             Err(StoreError::Corrupt(e)) => {
                 tracing::warn!(pack = %piece.pack, offset = piece.start, cause = %e, "chunk failed verification; reading the range again");
                 damaged.push(piece);

@@ -38,6 +38,15 @@ pub(super) struct Done {
     pub retry: Vec<Want>,
 }
 
+impl Done {
+    /// Adds what `other` gave to this.
+    pub(super) fn add(&mut self, other: Done) {
+        self.stored += other.stored;
+        self.from_deltas += other.from_deltas;
+        self.retry.extend(other.retry);
+    }
+}
+
 /// Base chunks decoded from the store, kept while deltas reuse them.
 struct Bases<'s> {
     store: &'s ChunkStore,
@@ -119,10 +128,7 @@ pub(super) fn check_and_store(
     });
     let mut all = Done::default();
     for part in parts {
-        let part = part?;
-        all.stored += part.stored;
-        all.from_deltas += part.from_deltas;
-        all.retry.extend(part.retry);
+        all.add(part?);
     }
     Ok(all)
 }

@@ -7,7 +7,7 @@ use oci_client::errors::OciDistributionError;
 
 use super::direct_blobs::BlobAnswer;
 use super::pace;
-use super::{Reference, RegistryClient, RegistryError};
+use super::{ClientHandle, Reference, RegistryClient, RegistryError};
 use chunksnap_format::digest::Digest;
 
 /// A blob's bytes as they arrive. `oci-client` checks the digest once the stream ends and fails
@@ -118,17 +118,8 @@ impl RegistryClient {
         };
         // A connection broken or stalled mid-body, or a short answer, is as transient as a
         // failed request: the whole range is read again (`IoError` classifies as transient).
-        let direct = &self.inner.direct;
         let read = || async {
-            let answer = direct
-                .blob(
-                    &self.inner.config,
-                    image,
-                    &d,
-                    Some((offset, len)),
-                    client.authorization.as_ref(),
-                )
-                .await?;
+            let answer = self.range_get(&client, image, &d, offset, len).await?;
             let (got, partial) = match answer {
                 part @ BlobAnswer::Part(_) => {
                     match collect_capped(part.into_stream(), len, len.min(PREALLOCATE_MAX), &d)
@@ -181,16 +172,9 @@ impl RegistryClient {
         }
         let (client, _) = self.prepare(image).await?;
         let d = digest.to_string();
-        let direct = &self.inner.direct;
         let answer = self
             .retry("range read", &d, || {
-                direct.blob(
-                    &self.inner.config,
-                    image,
-                    &d,
-                    Some((offset, len)),
-                    client.authorization.as_ref(),
-                )
+                self.range_get(&client, image, &d, offset, len)
             })
             .await?;
         Ok(match answer {
@@ -200,6 +184,27 @@ impl RegistryClient {
                 futures::stream::once(take_range(whole.into_stream(), offset, len)).boxed()
             }
         })
+    }
+
+    /// One `GET` of `len` bytes at `offset` of the blob `digest` (a `Range` request).
+    async fn range_get(
+        &self,
+        client: &ClientHandle,
+        image: &Reference,
+        digest: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<BlobAnswer, OciDistributionError> {
+        self.inner
+            .direct
+            .blob(
+                &self.inner.config,
+                image,
+                digest,
+                Some((offset, len)),
+                client.authorization.as_ref(),
+            )
+            .await
     }
 
     /// Asks the registry to mount the blob `digest` from `source`'s repository into `image`'s

@@ -17,6 +17,14 @@ fn delta(a: &LayerIndex, b: &LayerIndex) -> anyhow::Result<usize> {
         .map_or(0, |d| d.len()))
 }
 
+/// Clears the content digests of files under `limit` bytes that v1 does not hold.
+fn small_new(ix: &mut LayerIndex, old: &HashSet<Vec<u8>>, limit: u64) {
+    ix.entries
+        .iter_mut()
+        .filter(|e| e.size < limit && !old.contains(&e.content_digest))
+        .for_each(|e| e.content_digest.clear())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [v1, v2] = args.as_slice() else {
@@ -40,6 +48,15 @@ fn main() -> anyhow::Result<()> {
                 .iter_mut()
                 .filter(|e| !old.contains(&e.content_digest))
                 .for_each(|e| e.content_digest.clear())
+        }),
+        ("new file digests < 4 KiB out", |ix, old| {
+            small_new(ix, old, 4 << 10)
+        }),
+        ("new file digests < 16 KiB out", |ix, old| {
+            small_new(ix, old, 16 << 10)
+        }),
+        ("new file digests < 64 KiB out", |ix, old| {
+            small_new(ix, old, 64 << 10)
         }),
         ("both", |ix, old| {
             for e in &mut ix.entries {

@@ -17,6 +17,7 @@
 //! Deterministic: the same layer, catalog and options give the same frames and packs.
 
 pub mod files;
+pub mod hints;
 mod plan;
 mod resemble;
 
@@ -91,6 +92,8 @@ pub struct DeltaReport {
     pub chunk_bytes: u64,
     /// Bytes uploaded for deltas: delta packs, the index delta, the layer's sketch blob.
     pub bytes_pushed: u64,
+    /// Small files new to the reference whose content digest was left out ([`hints`]).
+    pub digests_dropped: u64,
 }
 
 /// Errors of the delta pass.
@@ -189,6 +192,7 @@ pub async fn add_deltas(
         layer: ref_digest,
         raw_index,
     };
+    report.digests_dropped = hints::drop_new_small_file_digests(index, &reference);
     let reference = Arc::new(reference);
     let ref_sketches = match &known.sketch {
         Some(desc) => {

@@ -71,6 +71,8 @@ async fn a_node_holding_v1_fetches_deltas_and_rebuilds_v2_exactly() {
         Some(v1_layer.digest.as_str())
     );
     assert!(l.new_chunks >= l.chunks - 1, "every chunk changed: {l:?}");
+    // Of the changed files only app.conf is small: its digest is no use to a node holding v1.
+    assert_eq!(l.deltas.digests_dropped, 1, "{:?}", l.deltas);
     assert_eq!(l.deltas.deltas, l.deltas.tried, "{:?}", l.deltas);
     assert!(
         l.deltas.deltas + 1 >= l.new_chunks && l.deltas.delta_bytes * 20 < l.deltas.chunk_bytes,

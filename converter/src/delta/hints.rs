@@ -4,8 +4,8 @@
 //! instead of writing it from chunks (seeding). Against a reference layer, a file whose content
 //! the reference does not hold is new to every node that holds the reference: its digest is 32
 //! bytes of an update's index delta that do not compress, and on a dependency bump with many
-//! small changed files those are a third of the delta (docs/benchmarks.md, "Index delta
-//! parts"). Such a file that is also small is written from chunks the node fetches anyway, so
+//! small changed files those were half of the delta (docs/decisions.md, "Small files new to
+//! the reference carry no content digest"). Such a file that is also small is written from chunks the node fetches anyway, so
 //! its digest is left out; large new files keep theirs (a node may hold them from another
 //! image). A node never trusts the digest either way: the layer's diffID covers every byte.
 

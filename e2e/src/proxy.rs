@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use http_body_util::BodyExt;
@@ -30,6 +31,10 @@ pub struct RequestRecord {
     pub status: u16,
     /// Response body bytes actually forwarded to the client.
     pub bytes: u64,
+    /// When the request arrived.
+    pub arrived: Instant,
+    /// From arrival to the last body byte forwarded (to the response head if there was none).
+    pub took: Duration,
 }
 
 impl RequestRecord {
@@ -46,6 +51,29 @@ struct Entry {
     range: Option<String>,
     status: u16,
     bytes: AtomicU64,
+    arrived: Instant,
+    /// Microseconds from `arrived` to the last byte forwarded.
+    took_us: AtomicU64,
+}
+
+impl Entry {
+    fn new(
+        method: String,
+        path: String,
+        range: Option<String>,
+        status: u16,
+        arrived: Instant,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            range,
+            status,
+            bytes: AtomicU64::new(0),
+            took_us: AtomicU64::new(arrived.elapsed().as_micros() as u64),
+            arrived,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +94,8 @@ impl Log {
                 range: e.range.clone(),
                 status: e.status,
                 bytes: e.bytes.load(Ordering::Relaxed),
+                arrived: e.arrived,
+                took: Duration::from_micros(e.took_us.load(Ordering::Relaxed)),
             })
             .collect()
     }
@@ -115,6 +145,7 @@ async fn forward(
     upstream: SocketAddr,
     log: Arc<Log>,
 ) -> Result<Response<ProxyBody>, hyper::Error> {
+    let arrived = Instant::now();
     let method = req.method().to_string();
     let path = req
         .uri()
@@ -128,26 +159,20 @@ async fn forward(
     let resp = match send_upstream(req, upstream).await {
         Ok(r) => r,
         Err(e) => {
-            log.push(Arc::new(Entry {
-                method,
-                path,
-                range,
-                status: 502,
-                bytes: AtomicU64::new(0),
-            }));
+            log.push(Arc::new(Entry::new(method, path, range, 502, arrived)));
             return Ok(text_response(
                 StatusCode::BAD_GATEWAY,
                 format!("e2e proxy: {e:#}"),
             ));
         }
     };
-    let entry = Arc::new(Entry {
+    let entry = Arc::new(Entry::new(
         method,
         path,
         range,
-        status: resp.status().as_u16(),
-        bytes: AtomicU64::new(0),
-    });
+        resp.status().as_u16(),
+        arrived,
+    ));
     log.push(entry.clone());
     Ok(resp.map(|body| CountingBody { inner: body, entry }.boxed()))
 }
@@ -173,6 +198,8 @@ impl Body for CountingBody {
             self.entry
                 .bytes
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
+            let took = self.entry.arrived.elapsed().as_micros() as u64;
+            self.entry.took_us.store(took, Ordering::Relaxed);
         }
         polled
     }

@@ -26,6 +26,9 @@ pub const MAX_INDEX_DELTA_INPUT: usize = 64 << 20;
 /// zstd level of index deltas: one per layer, small, read by every updating node.
 pub const INDEX_DELTA_LEVEL: i32 = 19;
 
+/// The first bytes of a zstd dictionary (`ZSTD_MAGIC_DICTIONARY`, little-endian).
+const ZSTD_DICT_MAGIC: [u8; 4] = 0xEC30_A437_u32.to_le_bytes();
+
 /// zstd window log for a frame whose prefix and content total `len` bytes: the window must
 /// reach back over the whole prefix.
 fn window_log(len: usize) -> u32 {
@@ -72,13 +75,33 @@ pub fn decompress_delta(
         reason: format!("delta frame: {reason}"),
     };
     let capacity = check_frame(frame, expected_size, digest)?;
-    let mut d =
-        DCtx::try_create().ok_or_else(|| corrupt("cannot allocate a zstd context".into()))?;
-    d.ref_prefix(base)
-        .map_err(|c| corrupt(zstd_safe::get_error_name(c).to_owned()))?;
     let mut data = Vec::with_capacity(capacity);
-    d.decompress(&mut data, frame)
-        .map_err(|c| corrupt(zstd_safe::get_error_name(c).to_owned()))?;
+    let decoded = if base.get(..4) == Some(&ZSTD_DICT_MAGIC[..]) {
+        // zstd would take such a base for a trained dictionary: a fresh context, told that it
+        // is raw content (a prefix), as the converter encoded it.
+        let mut d =
+            DCtx::try_create().ok_or_else(|| corrupt("cannot allocate a zstd context".into()))?;
+        d.ref_prefix(base)
+            .and_then(|_| d.decompress(&mut data, frame))
+            .map_err(zstd_safe::get_error_name)
+    } else {
+        // Any other base is raw content to zstd either way; one context per thread, since
+        // creating one per delta was a tenth of a node's delta decoding.
+        thread_local! {
+            static DCTX: std::cell::RefCell<Option<DCtx<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        DCTX.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let d = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(DCtx::try_create().ok_or("cannot allocate a zstd context")?),
+            };
+            d.decompress_using_dict(&mut data, frame, base)
+                .map_err(zstd_safe::get_error_name)
+        })
+    };
+    decoded.map_err(|reason| corrupt(reason.to_owned()))?;
     if data.len() as u64 != expected_size {
         return Err(PackError::SizeMismatch {
             digest: *digest,
@@ -151,6 +174,36 @@ mod tests {
         assert_eq!(back, data);
         // Deterministic.
         assert_eq!(frame, compress_delta(&base, &data, 6).unwrap());
+    }
+
+    #[test]
+    fn a_base_that_looks_like_a_zstd_dictionary_is_still_a_prefix() {
+        let mut base = ZSTD_DICT_MAGIC.to_vec();
+        base.extend(sample(5, 32 << 10));
+        let mut data = base[..30_000].to_vec();
+        data[100] ^= 0xff;
+        let digest = Digest::of(&data);
+        let frame = compress_delta(&base, &data, 6).unwrap();
+        assert!(frame.len() < 200);
+        let back = decompress_delta(&frame, &base, data.len() as u64, &digest).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn the_thread_context_decodes_again_after_a_failure() {
+        let base = sample(6, 32 << 10);
+        let data = base[..20_000].to_vec();
+        let digest = Digest::of(&data);
+        let frame = compress_delta(&base, &data, 6).unwrap();
+        let mut broken = frame.clone();
+        let mid = broken.len() / 2;
+        broken[mid] ^= 0x55;
+        assert!(decompress_delta(&broken, &base, 20_000, &digest).is_err());
+        assert!(decompress_delta(&frame[..mid], &base, 20_000, &digest).is_err());
+        assert_eq!(
+            decompress_delta(&frame, &base, 20_000, &digest).unwrap(),
+            data
+        );
     }
 
     #[test]

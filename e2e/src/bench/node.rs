@@ -207,6 +207,7 @@ pub async fn run_once(
             _ => None,
         };
         let requests = net.registry.requests();
+        write_requests(&requests_log(keep_log, version), start, &requests);
         let new_layers: Vec<&str> = v2
             .layers
             .iter()
@@ -268,6 +269,43 @@ pub async fn run_once(
     }
     drop(node);
     result
+}
+
+/// Keeps what the registry served during the timed part of a run, one request a line
+/// (ms from the start of the pull to its arrival and to its last byte, method, status, body
+/// bytes, path, range), beside the run's chunksnap log: where the bytes and the time of an
+/// update go.
+fn write_requests(path: &Path, start: Instant, requests: &[crate::proxy::RequestRecord]) {
+    let ms = |at: Instant| at.saturating_duration_since(start).as_secs_f64() * 1e3;
+    let mut text = String::from("arrived_ms\tdone_ms\tmethod\tstatus\tbytes\tpath\trange\n");
+    for r in requests {
+        text.push_str(&format!(
+            "{:.1}\t{:.1}\t{}\t{}\t{}\t{}\t{}\n",
+            ms(r.arrived),
+            ms(r.arrived + r.took),
+            r.method,
+            r.status,
+            r.bytes,
+            r.path,
+            r.range.as_deref().unwrap_or("-")
+        ));
+    }
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, text));
+    if let Err(e) = written {
+        eprintln!("bench: writing {}: {e}", path.display());
+    }
+}
+
+/// `<run>.containerd<version>.requests.tsv` beside the run's `<run>.chunksnap.log`.
+fn requests_log(keep_log: &Path, version: ContainerdVersion) -> PathBuf {
+    let name = keep_log
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map_or("run", |n| n.trim_end_matches(".chunksnap.log"));
+    keep_log.with_file_name(format!("{name}.containerd{}.requests.tsv", version.name()))
 }
 
 /// Sum of containerd's `msg="diff applied" d=<duration> digest="<layer>"` log lines for

@@ -5,15 +5,20 @@
 //! only costs a registry read or a seed. Loaded blobs are decoded and validated again.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use chunksnap_format::digest::Digest;
 use chunksnap_format::index::MAX_INDEX_SIZE;
 
+/// Where `layer`'s index is stored (it may not be).
+pub fn path(dir: &Path, layer: &Digest) -> PathBuf {
+    dir.join(layer.hex())
+}
+
 /// The stored blob of `layer`'s index, marked as recently used.
 pub fn load(dir: &Path, layer: &Digest) -> Option<Vec<u8>> {
-    let path = dir.join(layer.hex());
+    let path = path(dir, layer);
     let file = fs::File::open(&path).ok()?;
     if file.metadata().ok()?.len() > MAX_INDEX_SIZE as u64 {
         return None;

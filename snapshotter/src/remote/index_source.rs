@@ -203,6 +203,15 @@ impl IndexSource {
         // The verified index in memory first: its file is written in the background after
         // verification, so a prepare right after the base's may not find it on disk yet.
         let in_memory = lock(&self.verified).get(&base_layer);
+        // Without the base the delta is of no use: not fetched.
+        if in_memory.is_none()
+            && !tokio::fs::try_exists(index_files::path(&dir, &base_layer))
+                .await
+                .unwrap_or(false)
+        {
+            return None;
+        }
+        // The base is read from disk while the delta is on the wire.
         let base = tokio::task::spawn_blocking(move || {
             if let Some(ix) = in_memory {
                 let raw = index::encode_raw(&ix);
@@ -213,11 +222,11 @@ impl IndexSource {
             let blob = index_files::load(&dir, &base_layer)?;
             let raw = index::decompress(&blob).ok()?;
             (Digest::of(&raw) == base_raw).then_some(raw)
-        })
-        .await
-        .ok()??;
+        });
         let key = (*layer, d.raw.to_string());
-        let frame = match self.client.read_blob(image, &d.digest, d.size).await {
+        let (base, frame) = tokio::join!(base, self.client.read_blob(image, &d.digest, d.size));
+        let base = base.ok()??;
+        let frame = match frame {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(%layer, cause = %e, "index delta unavailable; fetching the index");

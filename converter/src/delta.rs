@@ -285,6 +285,20 @@ pub fn index_delta(
     Ok((frame.len() * KEEP.1 < blob_len * KEEP.0).then_some(frame))
 }
 
+/// The packs `index`'s delta frames are in, in pack order: named on its index delta, so that
+/// a node that rebuilds the index can read them while the index delta is on the wire.
+pub fn delta_packs(index: &LayerIndex) -> Result<Vec<Digest>, DeltaError> {
+    let used: BTreeSet<u32> = index
+        .chunks
+        .iter()
+        .filter_map(|c| c.delta.as_ref().map(|d| d.pack))
+        .collect();
+    used.into_iter()
+        .filter_map(|p| index.packs.get(p as usize))
+        .map(|pack| Ok(Digest::parse(&pack.digest)?))
+        .collect()
+}
+
 /// The reference as a plain chunk list: its own deltas are irrelevant to reading its chunks.
 fn without_deltas(reference: &LayerIndex) -> LayerIndex {
     let mut plain = reference.clone();

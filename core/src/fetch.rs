@@ -37,6 +37,7 @@ use crate::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 
 mod bounds;
+mod early;
 mod inflight;
 mod limits;
 mod plan;
@@ -44,6 +45,7 @@ mod request;
 mod verify;
 
 pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
+pub use early::{EarlyPacks, WithEarlyPacks};
 use inflight::Claims;
 pub use inflight::Inflight;
 pub use limits::{claim_wait, request_deadline};

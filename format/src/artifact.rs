@@ -13,8 +13,8 @@ use crate::digest::{Digest, DigestError};
 
 pub use super::index::{
     ARTIFACT_TYPE, INDEX_BASE_ANNOTATION, INDEX_BASE_RAW_ANNOTATION, INDEX_DELTA_MEDIA_TYPE,
-    INDEX_RAW_ANNOTATION, LAYER_DIGEST_ANNOTATION, LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE,
-    PACK_MEDIA_TYPE,
+    INDEX_DELTA_PACKS_ANNOTATION, INDEX_RAW_ANNOTATION, LAYER_DIGEST_ANNOTATION,
+    LAYER_INDEX_MEDIA_TYPE, LAYER_SKETCH_MEDIA_TYPE, PACK_MEDIA_TYPE,
 };
 
 /// Media type of the artifact manifest itself (an OCI image manifest).
@@ -185,6 +185,9 @@ pub struct IndexDelta {
     pub base_raw: Digest,
     /// sha256 of the raw index the delta decodes to.
     pub raw: Digest,
+    /// The packs holding the layer's delta frames (each also listed as a pack of the artifact):
+    /// a node that uses this delta fetches from them, so it may read them early.
+    pub packs: Vec<Digest>,
 }
 
 impl IndexDelta {
@@ -197,6 +200,11 @@ impl IndexDelta {
             (INDEX_RAW_ANNOTATION, &self.raw),
         ] {
             d.annotations.insert(k.to_owned(), v.to_string());
+        }
+        if !self.packs.is_empty() {
+            let packs: Vec<String> = self.packs.iter().map(Digest::to_string).collect();
+            d.annotations
+                .insert(INDEX_DELTA_PACKS_ANNOTATION.to_owned(), packs.join(","));
         }
         d
     }
@@ -213,6 +221,13 @@ impl IndexDelta {
                 base_layer: get(INDEX_BASE_ANNOTATION)?,
                 base_raw: get(INDEX_BASE_RAW_ANNOTATION)?,
                 raw: get(INDEX_RAW_ANNOTATION)?,
+                packs: match d.annotations.get(INDEX_DELTA_PACKS_ANNOTATION) {
+                    Some(list) => list
+                        .split(',')
+                        .map(Digest::parse)
+                        .collect::<Result<_, _>>()?,
+                    None => Vec::new(),
+                },
             },
         ))
     }
@@ -397,6 +412,14 @@ pub fn parse(bytes: &[u8], expected_subject: Option<&Digest>) -> Result<Artifact
         return Err(not(format!(
             "index delta for layer {orphan} without its index"
         )));
+    }
+    // A node reads the named packs whole: only packs of the artifact, bounded by their sizes.
+    for (layer, delta) in &index_deltas {
+        if let Some(p) = delta.packs.iter().find(|p| !packs.contains_key(*p)) {
+            return Err(not(format!(
+                "index delta for layer {layer} names pack {p}, which the artifact does not list"
+            )));
+        }
     }
     if let Some(orphan) = sketches.keys().find(|l| !indexes.contains_key(*l)) {
         return Err(not(format!(

@@ -40,6 +40,10 @@ pub const INDEX_BASE_ANNOTATION: &str = "io.chunksnap.index.base";
 pub const INDEX_BASE_RAW_ANNOTATION: &str = "io.chunksnap.index.base-raw";
 /// Index delta annotation: sha256 of the raw index the delta decodes to.
 pub const INDEX_RAW_ANNOTATION: &str = "io.chunksnap.index.raw";
+/// Index delta annotation (optional): the packs holding the layer's delta frames, as digests
+/// joined by commas. A node that rebuilds the index from the delta reads them while the delta
+/// is on the wire.
+pub const INDEX_DELTA_PACKS_ANNOTATION: &str = "io.chunksnap.index.delta-packs";
 /// The format version this code writes (2: with `tar_split`, see `format::tarsplit`; 3: file
 /// offsets stored as gaps, see [`encode_raw`]).
 pub const FORMAT_VERSION: u32 = 3;

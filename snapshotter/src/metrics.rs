@@ -37,6 +37,9 @@ pub const DELTA_CHUNKS_TOTAL: &str = "chunksnap_delta_chunks";
 pub const DELTA_FALLBACKS_TOTAL: &str = "chunksnap_delta_fallbacks";
 /// `chunksnap_index_deltas_total`: layer indexes rebuilt from a delta against one on the node.
 pub const INDEX_DELTAS_TOTAL: &str = "chunksnap_index_deltas";
+/// `chunksnap_early_delta_packs_total`: delta packs read whole while their layer's index delta
+/// was on the wire.
+pub const EARLY_DELTA_PACKS_TOTAL: &str = "chunksnap_early_delta_packs";
 /// `chunksnap_seeded_files_total`: files hardlinked from earlier layers instead of written.
 pub const SEEDED_FILES_TOTAL: &str = "chunksnap_seeded_files";
 /// `chunksnap_seeded_bytes_total`: content bytes of those files.
@@ -80,6 +83,7 @@ pub struct Metrics {
     pub delta_chunks: Counter,
     pub delta_fallbacks: Counter,
     pub index_deltas: Counter,
+    pub early_delta_packs: Counter,
     pub seeded_files: Counter,
     pub seeded_bytes: Counter,
     pub seeds_rejected: Counter,
@@ -109,6 +113,7 @@ impl Metrics {
         let delta_chunks = Counter::default();
         let delta_fallbacks = Counter::default();
         let index_deltas = Counter::default();
+        let early_delta_packs = Counter::default();
         let seeded_files = Counter::default();
         let seeded_bytes = Counter::default();
         let seeds_rejected = Counter::default();
@@ -151,6 +156,11 @@ impl Metrics {
             INDEX_DELTAS_TOTAL,
             "Layer indexes rebuilt from a delta against an index already on the node",
             index_deltas.clone(),
+        );
+        r.register(
+            EARLY_DELTA_PACKS_TOTAL,
+            "Delta packs read whole while their layer's index delta was on the wire",
+            early_delta_packs.clone(),
         );
         r.register(
             SEEDED_FILES_TOTAL,
@@ -200,6 +210,7 @@ impl Metrics {
             delta_chunks,
             delta_fallbacks,
             index_deltas,
+            early_delta_packs,
             seeded_files,
             seeded_bytes,
             seeds_rejected,

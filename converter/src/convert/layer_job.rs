@@ -136,6 +136,7 @@ pub(super) async fn convert_one(
                 base_layer,
                 base_raw,
                 raw: raw_digest,
+                packs: delta::delta_packs(&outcome.index)?,
             })
         }
         None => None,

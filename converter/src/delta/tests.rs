@@ -99,3 +99,32 @@ fn the_final_level_shrinks_a_rebuilt_chunks_delta_and_it_still_decodes() {
     let back = decompress_delta(&refined, &flat, new.len() as u64, &digest).unwrap();
     assert_eq!(back, new);
 }
+
+#[test]
+fn delta_packs_are_the_packs_holding_delta_frames_in_pack_order() {
+    use chunksnap_format::pb::{Delta, Pack};
+    let pack = |n: u8| Pack {
+        digest: Digest::of(&[n]).to_string(),
+        size: 10,
+    };
+    let with_delta = |p: u32| Chunk {
+        delta: Some(Delta {
+            pack: p,
+            ..Delta::default()
+        }),
+        ..Chunk::default()
+    };
+    let index = LayerIndex {
+        packs: vec![pack(0), pack(1), pack(2)],
+        chunks: vec![
+            with_delta(2),
+            Chunk::default(),
+            with_delta(1),
+            with_delta(2),
+        ],
+        ..LayerIndex::default()
+    };
+    let want = vec![Digest::of(&[1]), Digest::of(&[2])];
+    assert_eq!(delta_packs(&index).unwrap(), want);
+    assert!(delta_packs(&LayerIndex::default()).unwrap().is_empty());
+}

@@ -1,6 +1,7 @@
 //! The main promise: with v1 on a node, pulling v2 through CRI fetches only the chunks v1 did
 //! not bring, never a layer blob, and every assembled layer equals containerd's own unpacking.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -108,7 +109,31 @@ pub async fn security_update(version: ContainerdVersion) -> Result<()> {
         .chunksnap
         .metric("chunksnap_delta_fallbacks_total")
         .await?;
-    eprintln!("v2 pull: {deltas} chunks from deltas, {index_deltas} index deltas");
+    let early = node
+        .chunksnap
+        .metric("chunksnap_early_delta_packs_total")
+        .await?;
+    eprintln!(
+        "v2 pull: {deltas} chunks from deltas, {index_deltas} index deltas, {early} delta packs read early"
+    );
+    // The delta packs were read whole next to the index delta, and their frames taken from
+    // those bytes: no Range request went to a blob that was also read whole.
+    ensure!(early >= 1.0, "v2's delta packs were not read early");
+    let requests = node.env.registry.requests();
+    let whole: BTreeSet<&str> = requests
+        .iter()
+        .filter(|r| r.is_blob_get() && r.range.is_none())
+        .map(|r| r.path.as_str())
+        .collect();
+    let reread: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.range.is_some() && whole.contains(r.path.as_str()))
+        .map(|r| r.path.as_str())
+        .collect();
+    ensure!(
+        reread.is_empty(),
+        "blobs read whole and by range too: {reread:?}"
+    );
     ensure!(deltas > 100.0, "only {deltas} chunks came as deltas");
     ensure!(index_deltas == 1.0, "v2's index was not rebuilt from v1's");
     ensure!(fallbacks == 0.0, "{fallbacks} deltas could not be used");

@@ -141,6 +141,7 @@ fn index_deltas_parse_back_and_need_their_index() {
         base_layer: d(9),
         base_raw: d(41),
         raw: d(42),
+        packs: Vec::new(),
     };
     l[1].index_delta = Some(delta.clone());
     let built = build(&subject(), &l).unwrap();
@@ -165,6 +166,39 @@ fn index_deltas_parse_back_and_need_their_index() {
     let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
     v["layers"][pos] = no_base;
     assert!(parse(&serde_json::to_vec(&v).unwrap(), None).is_err());
+}
+
+#[test]
+fn an_index_deltas_packs_parse_back_and_must_be_packs_of_the_artifact() {
+    let mut l = layers();
+    let delta = IndexDelta {
+        digest: d(40),
+        size: 7,
+        base_layer: d(9),
+        base_raw: d(41),
+        raw: d(42),
+        packs: vec![d(20), d(30)],
+    };
+    l[1].index_delta = Some(delta.clone());
+    let built = build(&subject(), &l).unwrap();
+    let a = parse(&built.bytes, None).unwrap();
+    assert_eq!(a.index_deltas[&d(2)].packs, vec![d(20), d(30)]);
+
+    // A pack the artifact does not list is refused: nodes read these whole.
+    let mut v: serde_json::Value = serde_json::from_slice(&built.bytes).unwrap();
+    let pos = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|x| x["mediaType"] == INDEX_DELTA_MEDIA_TYPE)
+        .unwrap();
+    for bad in [format!("{},{}", d(20), d(77)), "not-a-digest".to_owned()] {
+        v["layers"][pos]["annotations"][INDEX_DELTA_PACKS_ANNOTATION] = bad.clone().into();
+        assert!(
+            parse(&serde_json::to_vec(&v).unwrap(), None).is_err(),
+            "{bad}"
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use chunksnap_core::fetch::{FetchOptions, FetchStats, Inflight, fetch_needed};
+use chunksnap_core::fetch::{
+    EarlyPacks, FetchOptions, FetchStats, Inflight, WithEarlyPacks, fetch_needed,
+};
 use chunksnap_core::registry::{RegistryClient, RepoRangeSource};
 use chunksnap_core::store::ChunkStore;
 use chunksnap_format::digest::Digest;
@@ -94,16 +96,21 @@ impl ChunkRemote {
     }
 
     /// Fetches the chunks of `ix` the store lacks (of those `needed`, or all), counted in the
-    /// metrics.
+    /// metrics; ranges of the `early` packs come from memory.
     pub(super) async fn fetch_chunks(
         &self,
         image: &Reference,
         ix: &LayerIndex,
         needed: Option<&[bool]>,
+        early: EarlyPacks,
     ) -> Result<FetchStats, RemoteError> {
-        let source = RepoRangeSource {
+        let registry = RepoRangeSource {
             client: self.client.clone(),
             repo: image.clone(),
+        };
+        let source = WithEarlyPacks {
+            inner: &registry,
+            early,
         };
         let stats = fetch_needed(
             ix,

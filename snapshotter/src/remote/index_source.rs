@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chunksnap_core::registry::RegistryClient;
-use chunksnap_format::artifact::Artifact;
+use chunksnap_format::artifact::{Artifact, IndexDelta};
 use chunksnap_format::budget::held_size;
 use chunksnap_format::delta::decompress_index_delta;
 use chunksnap_format::digest::Digest;
@@ -204,11 +204,7 @@ impl IndexSource {
         // verification, so a prepare right after the base's may not find it on disk yet.
         let in_memory = lock(&self.verified).get(&base_layer);
         // Without the base the delta is of no use: not fetched.
-        if in_memory.is_none()
-            && !tokio::fs::try_exists(index_files::path(&dir, &base_layer))
-                .await
-                .unwrap_or(false)
-        {
+        if in_memory.is_none() && !self.on_disk(&base_layer).await {
             return None;
         }
         // The base is read from disk while the delta is on the wire.
@@ -254,6 +250,41 @@ impl IndexSource {
                 tracing::warn!(%layer, cause = %e, "index delta unusable; fetching the index");
                 None
             }
+        }
+    }
+
+    /// The index delta `layer`'s index will be rebuilt from: the artifact has one, this node
+    /// holds its base, and it holds no index of `layer` yet (a layer whose index was fetched or
+    /// verified before has its chunks fetched already, or on their way).
+    pub(super) async fn usable_index_delta(
+        &self,
+        artifact: &Artifact,
+        layer: &Digest,
+    ) -> Option<IndexDelta> {
+        let d = artifact.index_deltas.get(layer)?;
+        self.index_dir.as_ref()?;
+        let fetched = lock(&self.indexes)
+            .get(&(*layer, d.raw.to_string()))
+            .is_some()
+            || artifact.indexes.get(layer).is_some_and(|desc| {
+                lock(&self.indexes)
+                    .get(&(*layer, desc.digest.clone()))
+                    .is_some()
+            });
+        let held = |l: &Digest| lock(&self.verified).get(l).is_some();
+        if fetched || held(layer) || self.on_disk(layer).await {
+            return None;
+        }
+        (held(&d.base_layer) || self.on_disk(&d.base_layer).await).then(|| d.clone())
+    }
+
+    /// Whether the index directory holds `layer`'s index.
+    async fn on_disk(&self, layer: &Digest) -> bool {
+        match &self.index_dir {
+            Some(dir) => tokio::fs::try_exists(index_files::path(dir, layer))
+                .await
+                .unwrap_or(false),
+            None => false,
         }
     }
 

@@ -12,13 +12,15 @@
 //! - [`index_source`]: where the artifact and the layer index come from (caches, index
 //!   files on disk ([`index_files`]), index deltas, the registry), with its in-memory caches
 //!   bounded in bytes ([`index_cache`]);
-//! - [`prepare`]: preparing one layer (seeds, fetch, assembly);
+//! - [`prepare`]: preparing one layer (seeds, fetch, assembly), with the layer's delta packs
+//!   read while its index delta is on the wire ([`early_deltas`]);
 //! - [`prefetch`]: the image's other layers in the background, and `chunksnap prefetch`.
 
 pub mod artifact_cache;
 pub mod cancel;
 pub mod chunk_remote;
 pub mod converted;
+pub mod early_deltas;
 pub mod error;
 pub mod index_cache;
 pub mod index_files;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chunksnap_core::fetch::FetchStats;
+use chunksnap_core::fetch::{EarlyPacks, FetchStats};
 use chunksnap_core::registry::{Platform, RegistryClient, choose_platform};
 use chunksnap_format::artifact::Artifact;
 use chunksnap_format::digest::Digest;
@@ -40,9 +40,10 @@ impl ChunkRemote {
             let (image, artifact) = (image.clone(), artifact.clone());
             tokio::spawn(async move {
                 let result = async {
+                    let early = this.early_delta_packs(&image, &artifact, &layer).await;
                     let ix = this.source.layer_index(&image, &artifact, &layer).await?;
                     let _pin = this.store.pin(chunk_digests(&ix));
-                    this.fetch_chunks(&image, &ix, None).await
+                    this.fetch_chunks(&image, &ix, None, early).await
                 }
                 .await;
                 if let Err(e) = result {
@@ -67,7 +68,9 @@ impl ChunkRemote {
             let layer = parse_label("layer digest", &layer.digest)?;
             let ix = self.source.layer_index(&image, &artifact, &layer).await?;
             let _pin = self.store.pin(chunk_digests(&ix));
-            let s = self.fetch_chunks(&image, &ix, None).await?;
+            let s = self
+                .fetch_chunks(&image, &ix, None, EarlyPacks::default())
+                .await?;
             total.add(&s);
         }
         Ok(total)

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use chunksnap_core::assemble::{AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode};
+use chunksnap_core::fetch::EarlyPacks;
 use chunksnap_core::registry::RegistryClient;
 use chunksnap_core::store::StoreError;
 use chunksnap_format::digest::Digest;
@@ -58,6 +59,7 @@ impl ChunkRemote {
         let (image, artifact) = self.source.artifact(&asked, &manifest).await?;
         self.prefetch_siblings(&image, &artifact, req);
         let artifact_ms = t0.elapsed().as_millis() as u64;
+        let early = self.early_delta_packs(&image, &artifact, &layer).await;
         let ix = self.source.layer_index(&image, &artifact, &layer).await?;
         chunksnap_core::fetch::check_layer(
             &ix,
@@ -87,15 +89,16 @@ impl ChunkRemote {
         // by the reader.
         let fetch_failed = Arc::new(AtomicBool::new(false));
         let fetch = {
-            let (this, image, ix, failed) = (
+            let (this, image, ix, failed, early) = (
                 self.clone(),
                 image.clone(),
                 ix.clone(),
                 fetch_failed.clone(),
+                early.clone(),
             );
             let token = req.claim.token();
             tokio::spawn(async move {
-                let fetch = this.fetch_chunks(&image, &ix, Some(&needed));
+                let fetch = this.fetch_chunks(&image, &ix, Some(&needed), early);
                 let result = unless_cancelled(&token, fetch).await;
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
@@ -111,6 +114,7 @@ impl ChunkRemote {
             give_up: fetch_failed,
             claim: req.claim.clone(),
             proven_by_diff_id: verify,
+            early,
         };
         let dest = req.fs_dir.clone();
         let parents: Vec<PathBuf> = req.parent_dirs.clone();
@@ -240,6 +244,9 @@ struct FetchingReader {
     /// The layer is checked against its diffID: chunks are read without hashing each again
     /// (should one be damaged on disk, the check fails and the layer's chunks are scrubbed).
     proven_by_diff_id: bool,
+    /// The layer's delta packs read early: a chunk the assembly reaches before the fetch has
+    /// claimed it comes from there too.
+    early: EarlyPacks,
 }
 
 impl FetchingReader {
@@ -266,9 +273,9 @@ impl ChunkReader for FetchingReader {
             .map(|c| c.digest.as_slice() == digest.as_bytes().as_slice())
             .collect();
         let _pin = self.remote.store.pin([*digest]);
-        let fetch = self
-            .remote
-            .fetch_chunks(&self.image, &self.index, Some(&needed));
+        let fetch =
+            self.remote
+                .fetch_chunks(&self.image, &self.index, Some(&needed), self.early.clone());
         let fetched = self
             .runtime
             .block_on(unless_cancelled(&self.claim.token(), fetch));

@@ -1,7 +1,8 @@
 //! Times a node's update from v1 to v2 of one layer, the daemon's data path without containerd
 //! or a network: `cargo run --release -p chunkconv --example update_profile -- V1.tar V2.tar WORKDIR`.
 //!
-//! Converts both tars in memory (v2 against v1, deltas included, as `chunkconv convert` does),
+//! Converts both tars in memory (v2 against v1, deltas included, as `chunkconv convert` does:
+//! `common::with_deltas`),
 //! fills a chunk store with v1 and assembles v1, then times v2: the fetch of what the node lacks
 //! (served from memory, so this is decode and store cost only) and the seeded assembly, first
 //! one after the other, then overlapped as the daemon runs them. WORKDIR should be on the
@@ -15,8 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use chunkconv::delta::{DeltaOptions, PlanOptions, Sketches, attach, encode, plan};
-use chunkconv::layer::{EmptyCatalog, LayerOptions, PackSink, SinkError, convert_layer};
 use chunksnap_core::assemble::{
     AssembleOptions, ChunkReader, Seed, Seeding, WhiteoutMode, assemble_layer_with,
 };
@@ -24,17 +23,6 @@ use chunksnap_core::fetch::{FetchError, FetchOptions, Inflight, RangeSource, fet
 use chunksnap_core::store::{ChunkStore, StoreError};
 use chunksnap_format::digest::Digest;
 use chunksnap_format::pb::LayerIndex;
-
-/// Packs by digest, kept in memory: the "registry".
-#[derive(Default)]
-struct Packs(HashMap<String, Bytes>);
-
-impl PackSink for Packs {
-    fn put_pack(&mut self, d: &Digest, data: Vec<u8>) -> Result<(), SinkError> {
-        self.0.insert(d.to_string(), Bytes::from(data));
-        Ok(())
-    }
-}
 
 /// The packs once converted, shared: the "registry" the node fetches from.
 #[derive(Clone)]
@@ -53,35 +41,6 @@ impl RangeSource for Registry {
     }
 }
 
-/// Every chunk's bytes (for computing deltas), read back from the packs.
-struct Plain(HashMap<Digest, Vec<u8>>);
-
-impl ChunkReader for Plain {
-    fn read_chunk(&self, digest: &Digest, _: u32) -> Result<Vec<u8>, StoreError> {
-        self.0
-            .get(digest)
-            .cloned()
-            .ok_or(StoreError::Missing(*digest))
-    }
-}
-
-fn plain_chunks(
-    ix: &LayerIndex,
-    packs: &Packs,
-    into: &mut HashMap<Digest, Vec<u8>>,
-) -> anyhow::Result<()> {
-    for c in &ix.chunks {
-        let d = Digest::from_slice(&c.digest)?;
-        let p = &packs.0[&ix.packs[c.pack as usize].digest];
-        let stored =
-            &p[c.pack_offset as usize..(c.pack_offset + u64::from(c.stored_size)) as usize];
-        let data =
-            chunksnap_format::pack::decompress_chunk(stored, c.compression(), c.size.into(), &d)?;
-        into.insert(d, data);
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [v1, v2, work] = args.as_slice() else {
@@ -90,50 +49,12 @@ fn main() -> anyhow::Result<()> {
     let work = std::path::Path::new(work);
     std::fs::create_dir_all(work)?;
     let run = tempfile::tempdir_in(work)?;
-    let opts = LayerOptions::default();
-    let mut packs = Packs::default();
-    let (d1, in1) = common::read_layer(v1)?;
-    let out1 = convert_layer(d1.as_slice(), &in1, &opts, &EmptyCatalog, &mut packs)?;
-    let (i1, sketches1) = (out1.index, out1.sketches);
-    drop(d1);
-    let known = common::Known::of(&i1)?;
-    let (d2, in2) = common::read_layer(v2)?;
-    let out2 = convert_layer(d2.as_slice(), &in2, &opts, &known, &mut packs)?;
-    drop(d2);
-    let mut i2 = out2.index;
-    let new_packs: Vec<String> = out2
-        .stats
-        .packs
-        .iter()
-        .map(|(d, _)| d.to_string())
-        .collect();
-    let mut first = std::collections::HashSet::new();
-    let candidate: Vec<bool> = i2
-        .chunks
-        .iter()
-        .map(|c| {
-            new_packs.contains(&i2.packs[c.pack as usize].digest) && first.insert(c.digest.clone())
-        })
-        .collect();
-    let mut plain = HashMap::new();
-    plain_chunks(&i1, &packs, &mut plain)?;
-    plain_chunks(&i2, &packs, &mut plain)?;
-    let sketches = Sketches {
-        new: &out2.sketches,
-        reference: &sketches1,
-    };
-    let tries = plan(
-        &i2,
-        &candidate,
-        &i1,
-        &PlanOptions::default(),
-        Some(sketches),
-    );
-    let frames = encode(&i2, &tries, &i1, &Plain(plain), &DeltaOptions::default())?;
-    let deltas = frames.len();
-    for (d, data) in attach(&mut i2, &i1, frames, DeltaOptions::default().pack_size)? {
-        packs.put_pack(&d, data).map_err(|e| anyhow::anyhow!(e))?;
-    }
+    let common::with_deltas::DeltaPair {
+        i1,
+        i2,
+        packs,
+        deltas,
+    } = common::with_deltas::convert_with_deltas(v1, v2)?;
     println!(
         "v2: {} entries, {} chunks, {deltas} deltas",
         i2.entries.len(),

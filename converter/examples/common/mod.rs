@@ -4,6 +4,8 @@
 // Each example uses some of these.
 #![allow(dead_code)]
 
+pub mod with_deltas;
+
 use std::collections::HashMap;
 
 use chunkconv::layer::{

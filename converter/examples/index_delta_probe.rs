@@ -7,15 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use chunksnap_format::delta::compress_index_delta;
-use chunksnap_format::index::encode_raw;
 use chunksnap_format::pb::LayerIndex;
-
-fn delta(a: &LayerIndex, b: &LayerIndex) -> anyhow::Result<usize> {
-    Ok(compress_index_delta(&encode_raw(a), &encode_raw(b))
-        .transpose()?
-        .map_or(0, |d| d.len()))
-}
 
 /// Clears the content digests of files under `limit` bytes that v1 does not hold.
 fn small_new(ix: &mut LayerIndex, old: &HashSet<Vec<u8>>, limit: u64) {
@@ -37,8 +29,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|e| e.content_digest.clone())
         .collect();
-    type Edit = fn(&mut LayerIndex, &HashSet<Vec<u8>>);
-    let variants: Vec<(&str, Edit)> = vec![
+    let variants: Vec<(&str, common::Edit)> = vec![
         ("as converted", |_, _| {}),
         ("offsets left out", |ix, _| {
             ix.entries.iter_mut().for_each(|e| e.offset = 0)
@@ -104,11 +95,6 @@ fn main() -> anyhow::Result<()> {
             .filter(|e| !e.content_digest.is_empty() && !old.contains(&e.content_digest))
             .count()
     );
-    for (name, edit) in variants {
-        let (mut a, mut b) = (i1.clone(), i2.clone());
-        edit(&mut a, &old);
-        edit(&mut b, &old);
-        println!("{name:32} {:>9} B", delta(&a, &b)?);
-    }
+    common::print_index_delta_variants(&i1, &i2, &old, &variants)?;
     Ok(())
 }

@@ -7,15 +7,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use chunksnap_format::delta::compress_index_delta;
 use chunksnap_format::index::encode_raw;
-use chunksnap_format::pb::LayerIndex;
-
-fn delta(a: &LayerIndex, b: &LayerIndex) -> anyhow::Result<usize> {
-    Ok(compress_index_delta(&encode_raw(a), &encode_raw(b))
-        .transpose()?
-        .map_or(0, |d| d.len()))
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,8 +30,7 @@ fn main() -> anyhow::Result<()> {
         i2.delta_bases.len(),
         encode_raw(&i2).len()
     );
-    type Edit = fn(&mut LayerIndex, &HashSet<Vec<u8>>);
-    let variants: Vec<(&str, Edit)> = vec![
+    let variants: Vec<(&str, common::Edit)> = vec![
         ("as shipped", |_, _| {}),
         ("new chunk digests out", |ix, old| {
             ix.chunks
@@ -74,11 +65,6 @@ fn main() -> anyhow::Result<()> {
         ("entries out", |ix, _| ix.entries.clear()),
         ("chunks out", |ix, _| ix.chunks.clear()),
     ];
-    for (name, edit) in variants {
-        let (mut a, mut b) = (i1.clone(), i2.clone());
-        edit(&mut a, &old);
-        edit(&mut b, &old);
-        println!("{name:32} {:>9} B", delta(&a, &b)?);
-    }
+    common::print_index_delta_variants(&i1, &i2, &old, &variants)?;
     Ok(())
 }

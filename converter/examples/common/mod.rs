@@ -93,3 +93,29 @@ impl ChunkCatalog for Known {
         self.0.get(digest).cloned()
     }
 }
+
+/// A change made to both indexes before their index delta is measured, given a set of v1's
+/// digests (which kind is up to the probe).
+pub type Edit = fn(&mut LayerIndex, &std::collections::HashSet<Vec<u8>>);
+
+/// Prints, for each named edit, the size of `i2`'s index delta against `i1`'s once the edit is
+/// made to both.
+pub fn print_index_delta_variants(
+    i1: &LayerIndex,
+    i2: &LayerIndex,
+    old: &std::collections::HashSet<Vec<u8>>,
+    variants: &[(&str, Edit)],
+) -> anyhow::Result<()> {
+    use chunksnap_format::delta::compress_index_delta;
+    use chunksnap_format::index::encode_raw;
+    for (name, edit) in variants {
+        let (mut a, mut b) = (i1.clone(), i2.clone());
+        edit(&mut a, old);
+        edit(&mut b, old);
+        let size = compress_index_delta(&encode_raw(&a), &encode_raw(&b))
+            .transpose()?
+            .map_or(0, |d| d.len());
+        println!("{name:32} {size:>9} B");
+    }
+    Ok(())
+}

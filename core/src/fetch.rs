@@ -45,7 +45,7 @@ mod request;
 mod verify;
 
 pub use bounds::{LayerCost, MAX_LAYER_CONTENT, check_layer};
-pub use early::{EarlyPacks, WithEarlyPacks};
+pub use early::{EarlyPacks, EarlyRead, WithEarlyPacks};
 use inflight::Claims;
 pub use inflight::Inflight;
 pub use limits::{claim_wait, request_deadline};

@@ -80,6 +80,37 @@ impl RegistryClient {
         Ok(bytes.to_vec())
     }
 
+    /// Opens the blob `digest` to read as it arrives (one `GET`, no `Range`), refusing a blob
+    /// whose declared length exceeds `max`. Only opening is retried. The bytes are not checked
+    /// against `digest`: the reader checks each piece it uses (packs' chunks, by sha256), and
+    /// must stop reading past `max` itself when the length was not declared.
+    pub async fn open_blob(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<BlobStream, RegistryError> {
+        let what = digest.to_string();
+        let (client, _) = self.prepare(image).await?;
+        let direct = &self.inner.direct;
+        let answer = self
+            .retry("pull blob", &what, || {
+                direct.blob(
+                    &self.inner.config,
+                    image,
+                    &what,
+                    None,
+                    client.authorization.as_ref(),
+                )
+            })
+            .await;
+        let answer = self.forget_if_refused(image, answer)?;
+        if answer.content_length().is_some_and(|l| l > max) {
+            return Err(RegistryError::TooLarge { what, limit: max });
+        }
+        Ok(answer.into_stream().boxed())
+    }
+
     /// The blob `desc` references: its embedded `data` when that matches the descriptor, else
     /// read from the registry under the `max` cap ([`read_blob`](Self::read_blob)).
     pub async fn read_described(

@@ -4,18 +4,20 @@
 //! version's index) will fetch that layer's delta frames as soon as it has planned, one round
 //! trip later. The artifact names the packs those frames are in, so they are read whole right
 //! away, next to the index delta, when they are small enough to hold in memory; the fetch then
-//! takes its delta frames from memory ([`chunksnap_core::fetch::WithEarlyPacks`]). Nothing is
-//! trusted for being early: each chunk is still checked against its sha256.
+//! takes its delta frames from memory as they arrive ([`chunksnap_core::fetch::WithEarlyPacks`]),
+//! within the deadline a Range request of that size would have. Nothing is trusted for being
+//! early: each chunk is still checked against its sha256.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use chunksnap_core::fetch::EarlyPacks;
+use chunksnap_core::fetch::{EarlyPacks, EarlyRead, request_deadline};
+use chunksnap_core::registry::RegistryClient;
 use chunksnap_format::artifact::Artifact;
 use chunksnap_format::digest::Digest;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, future};
 use oci_client::Reference;
+use prometheus_client::metrics::counter::Counter;
 
 use super::chunk_remote::ChunkRemote;
 
@@ -78,24 +80,58 @@ impl ChunkRemote {
             return EarlyPacks::default();
         };
         tracing::debug!(%layer, packs = sized.len(), bytes = total, "reading delta packs early");
-        EarlyPacks::start(sized.into_iter().map(|(pack, size)| {
-            let (client, image) = (self.client.clone(), image.clone());
-            let read_early = self.metrics.early_delta_packs.clone();
-            let read = async move {
-                match client.read_blob(&image, &pack, size).await {
-                    Ok(bytes) => {
-                        read_early.inc();
-                        Some(Bytes::from(bytes))
-                    }
-                    Err(e) => {
-                        tracing::debug!(%pack, cause = %e, "early delta pack read failed; reading its ranges");
-                        None
-                    }
-                }
-            };
-            (pack.to_string(), read.boxed())
-        }), reservation)
+        let fetch = self.fetch;
+        EarlyPacks::start(
+            sized.into_iter().map(|(pack, size)| {
+                let read = open_early(
+                    self.client.clone(),
+                    image.clone(),
+                    pack,
+                    size,
+                    self.metrics.early_delta_packs.clone(),
+                );
+                (pack.to_string(), size, read)
+            }),
+            move |size| request_deadline(&fetch, size),
+            reservation,
+        )
     }
+}
+
+/// The read of delta pack `pack` (`size` bytes) from `image`'s repository, as it arrives; it
+/// ends at the first error, and counts in `read_early` once the whole pack is in.
+fn open_early(
+    client: RegistryClient,
+    image: Reference,
+    pack: Digest,
+    size: u64,
+    read_early: Counter,
+) -> EarlyRead {
+    async move {
+        let stream = client
+            .open_blob(&image, &pack, size)
+            .await
+            .map_err(|e| tracing::debug!(%pack, cause = %e, "early delta pack read failed; reading its ranges"))
+            .ok()?;
+        let mut left = size;
+        let pieces = stream
+            .take_while(move |piece| {
+                if let Err(e) = piece {
+                    tracing::debug!(%pack, cause = %e, "early delta pack read broke; reading the rest by Range");
+                }
+                future::ready(piece.is_ok())
+            })
+            .filter_map(|piece| future::ready(piece.ok()))
+            .inspect(move |bytes| {
+                let was = left;
+                left = left.saturating_sub(bytes.len() as u64);
+                if was > 0 && left == 0 {
+                    read_early.inc();
+                }
+            });
+        Some(pieces.boxed())
+    }
+    .boxed()
 }
 
 #[cfg(test)]

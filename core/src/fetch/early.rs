@@ -253,12 +253,17 @@ mod tests {
         EarlyPacks::start([(pack.to_owned(), size, open.boxed())], |_| DEADLINE, ())
     }
 
-    /// Pack `pack` of `size` bytes read early, its pieces sent through the returned sender.
-    fn arriving(pack: &str, size: u64) -> (EarlyPacks, mpsc::UnboundedSender<Bytes>) {
+    /// Pack `pack` of `size` bytes read early (for at most `deadline`), its pieces sent
+    /// through the returned sender.
+    fn arriving(
+        pack: &str,
+        size: u64,
+        deadline: Duration,
+    ) -> (EarlyPacks, mpsc::UnboundedSender<Bytes>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let pieces = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
         let open = async move { Some(pieces) }.boxed();
-        let early = EarlyPacks::start([(pack.to_owned(), size, open)], |_| DEADLINE, ());
+        let early = EarlyPacks::start([(pack.to_owned(), size, open)], move |_| deadline, ());
         (early, tx)
     }
 
@@ -306,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn a_range_streams_its_bytes_as_the_pack_arrives() {
         let inner = Counting::default();
-        let (early, tx) = arriving("p", 8);
+        let (early, tx) = arriving("p", 8, DEADLINE);
         let src = WithEarlyPacks {
             inner: &inner,
             early,
@@ -328,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn what_a_broken_or_oversized_read_leaves_out_comes_from_the_registry() {
         let inner = Counting::default();
-        let (early, tx) = arriving("p", 6);
+        let (early, tx) = arriving("p", 6, DEADLINE);
         let src = WithEarlyPacks {
             inner: &inner,
             early,
@@ -341,7 +346,7 @@ mod tests {
         assert_eq!(src.read_range("p", 0, 2).await.unwrap(), &b"ab"[..]);
         assert_eq!(inner.0.load(Ordering::Relaxed), 1);
 
-        let (early, tx) = arriving("p", 2);
+        let (early, tx) = arriving("p", 2, DEADLINE);
         tx.send(Bytes::from_static(b"abc")).unwrap();
         let src = WithEarlyPacks {
             inner: &inner,
@@ -358,10 +363,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_read_ends_at_its_deadline() {
         let inner = Counting::default();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-        let pieces = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-        let open = async move { Some(pieces) }.boxed();
-        let early = EarlyPacks::start([("p".to_owned(), 4, open)], |_| Duration::from_secs(5), ());
+        let (early, tx) = arriving("p", 4, Duration::from_secs(5));
         tx.send(Bytes::from_static(b"ab")).unwrap();
         let src = WithEarlyPacks {
             inner: &inner,

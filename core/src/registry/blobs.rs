@@ -42,28 +42,7 @@ impl RegistryClient {
     ) -> Result<Vec<u8>, RegistryError> {
         let what = digest.to_string();
         let bytes = pace::within(&self.inner.config, "pull blob", &what, async {
-            let (client, _) = self.prepare(image).await?;
-            let direct = &self.inner.direct;
-            let answer = self
-                .retry("pull blob", &what, || {
-                    direct.blob(
-                        &self.inner.config,
-                        image,
-                        &what,
-                        None,
-                        client.authorization.as_ref(),
-                    )
-                })
-                .await;
-            let answer = self.forget_if_refused(image, answer)?;
-            let len = answer.content_length();
-            let stream = answer.into_stream();
-            if len.is_some_and(|l| l > max) {
-                return Err(RegistryError::TooLarge {
-                    what: what.clone(),
-                    limit: max,
-                });
-            }
+            let (len, stream) = self.open(image, &what, max).await?;
             // The declared length sizes the buffer up front, within reason: it is the server's word.
             let capacity = len.unwrap_or(0).min(PREALLOCATE_MAX);
             collect_capped(stream, max, capacity, &what).await
@@ -90,25 +69,40 @@ impl RegistryClient {
         digest: &Digest,
         max: u64,
     ) -> Result<BlobStream, RegistryError> {
-        let what = digest.to_string();
+        let (_, stream) = self.open(image, &digest.to_string(), max).await?;
+        Ok(stream)
+    }
+
+    /// One `GET` of the blob `what` (retried until answered), its declared length (at most
+    /// `max`) and its body.
+    async fn open(
+        &self,
+        image: &Reference,
+        what: &str,
+        max: u64,
+    ) -> Result<(Option<u64>, BlobStream), RegistryError> {
         let (client, _) = self.prepare(image).await?;
         let direct = &self.inner.direct;
         let answer = self
-            .retry("pull blob", &what, || {
+            .retry("pull blob", what, || {
                 direct.blob(
                     &self.inner.config,
                     image,
-                    &what,
+                    what,
                     None,
                     client.authorization.as_ref(),
                 )
             })
             .await;
         let answer = self.forget_if_refused(image, answer)?;
-        if answer.content_length().is_some_and(|l| l > max) {
-            return Err(RegistryError::TooLarge { what, limit: max });
+        let len = answer.content_length();
+        if len.is_some_and(|l| l > max) {
+            return Err(RegistryError::TooLarge {
+                what: what.to_owned(),
+                limit: max,
+            });
         }
-        Ok(answer.into_stream().boxed())
+        Ok((len, answer.into_stream().boxed()))
     }
 
     /// The blob `desc` references: its embedded `data` when that matches the descriptor, else

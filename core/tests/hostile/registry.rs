@@ -267,3 +267,54 @@ async fn endless_error_bodies_of_blob_answers_are_not_read_whole() {
     let sent = server.sent().await;
     assert!(sent < SENT_BOUND, "range: server sent {sent} bytes");
 }
+
+/// A delta pack read early (whole, while the node rebuilds the index) answered with a body
+/// declared as 1 GiB is refused at its headers; one that never ends is kept only up to the
+/// pack's size, the rest of the body is never read, and every range of the pack is served.
+#[tokio::test]
+async fn endless_early_pack_reads_keep_no_more_than_the_pack() {
+    use chunksnap_core::fetch::{EarlyPacks, FetchError, RangeSource, WithEarlyPacks};
+    use futures::{FutureExt, StreamExt, future};
+
+    /// Fails every Range read: the early read must serve them all.
+    struct NoRanges;
+    impl RangeSource for NoRanges {
+        async fn read_range(&self, p: &str, o: u64, l: u64) -> Result<bytes::Bytes, FetchError> {
+            Err(FetchError::range(
+                p,
+                o,
+                l,
+                "not expected: the pack was read early",
+            ))
+        }
+    }
+
+    // Not a multiple of the server's 64 KiB blocks: the last piece kept is cut.
+    const SIZE: u64 = (1 << 20) + 123;
+    let pack = Digest::of(b"pack");
+    let server = Hostile::start(false, Framing::Declared).await;
+    let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+    let declared = server.client().open_blob(&image, &pack, SIZE).await;
+    assert_too_large(declared.map(|_| ()), &pack.to_string());
+
+    let mut server = Hostile::start(false, Framing::Endless).await;
+    let client = server.client();
+    let image = RegistryClient::parse_reference(&format!("{}/app:v1", server.addr)).unwrap();
+    let open = async move {
+        let body = client.open_blob(&image, &pack, SIZE).await.ok()?;
+        Some(body.filter_map(|piece| future::ready(piece.ok())).boxed())
+    };
+    let early = EarlyPacks::start(
+        [(pack.to_string(), SIZE, open.boxed())],
+        |_| Duration::from_secs(30),
+        (),
+    );
+    let src = WithEarlyPacks {
+        inner: &NoRanges,
+        early,
+    };
+    let whole = src.read_range(&pack.to_string(), 0, SIZE).await.unwrap();
+    assert!(whole.len() as u64 == SIZE && whole.iter().all(|b| *b == b' '));
+    let sent = server.sent().await;
+    assert!(sent < SENT_BOUND, "server sent {sent} bytes");
+}

@@ -132,17 +132,22 @@ fn repeated_layer_is_listed_once() {
     assert_eq!(parse(&a.bytes, None).unwrap().indexes.len(), 2);
 }
 
-#[test]
-fn index_deltas_parse_back_and_need_their_index() {
-    let mut l = layers();
-    let delta = IndexDelta {
+/// An index delta against layer 9's index, naming `packs`.
+fn index_delta(packs: Vec<Digest>) -> IndexDelta {
+    IndexDelta {
         digest: d(40),
         size: 7,
         base_layer: d(9),
         base_raw: d(41),
         raw: d(42),
-        packs: Vec::new(),
-    };
+        packs,
+    }
+}
+
+#[test]
+fn index_deltas_parse_back_and_need_their_index() {
+    let mut l = layers();
+    let delta = index_delta(Vec::new());
     l[1].index_delta = Some(delta.clone());
     let built = build(&subject(), &l).unwrap();
     let a = parse(&built.bytes, Some(&d(100))).unwrap();
@@ -171,14 +176,7 @@ fn index_deltas_parse_back_and_need_their_index() {
 #[test]
 fn an_index_deltas_packs_parse_back_and_must_be_packs_of_the_artifact() {
     let mut l = layers();
-    let delta = IndexDelta {
-        digest: d(40),
-        size: 7,
-        base_layer: d(9),
-        base_raw: d(41),
-        raw: d(42),
-        packs: vec![d(20), d(30)],
-    };
+    let delta = index_delta(vec![d(20), d(30)]);
     l[1].index_delta = Some(delta.clone());
     let built = build(&subject(), &l).unwrap();
     let a = parse(&built.bytes, None).unwrap();
